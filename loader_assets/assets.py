@@ -1,0 +1,153 @@
+"""Table assets: one time-window partitioned asset per configured table (DESIGN.md section 3).
+
+Materialising partitions P of table T loads every file of P that is not completed yet (pending, or failed with
+retries left): the asset takes T's lock, recovers interrupted batches, plans and claims the batch, and reads it
+with Spark; its IO manager commits it. Wide ranges run as one run (``BackfillPolicy.single_run()``) with one
+Spark session, which starts only when the batch has files.
+"""
+
+
+from collections.abc import Sequence
+
+import dagster as dg
+
+from loader_assets.core import faults
+from loader_assets.core.partitions import parse_start
+from loader_assets.loading import (
+    LoadBatch,
+    Plan,
+    data_schema_of_target,
+    expected_files,
+    new_batch_id,
+    next_batch_seq,
+    plan_batch,
+    recover_interrupted,
+    tracker_is_behind,
+)
+from loader_assets.reading import precheck_file, read_batch
+from loader_assets.resources.lock import DeltaLockResource
+from loader_assets.resources.spark import SparkSessionResource
+from loader_assets.resources.tracker import DeltaTrackerResource
+from loader_assets.settings import LoaderSettings, LoadingStrategy, PartitionGranularity, TableSettings
+
+TABLE_TAG = "loader_assets/table"
+IO_MANAGER_KEYS = {LoadingStrategy.APPEND: "append_io_manager", LoadingStrategy.SCD2: "scd2_io_manager"}
+
+
+def partitions_def_for(table: TableSettings) -> dg.TimeWindowPartitionsDefinition:
+    """Daily or hourly UTC windows from the configured start up to the current window (``end_offset=1``)."""
+    start = parse_start(table.partitioning.start)
+    if table.partitioning.granularity is PartitionGranularity.HOUR:
+        return dg.HourlyPartitionsDefinition(
+            start_date=start.strftime("%Y-%m-%d-%H:%M"), end_offset=1, timezone="UTC"
+        )
+    return dg.DailyPartitionsDefinition(start_date=start.strftime("%Y-%m-%d"), end_offset=1, timezone="UTC")
+
+
+def prepare_batch(
+    context: dg.AssetExecutionContext,
+    table: TableSettings,
+    settings: LoaderSettings,
+    partition_keys: Sequence[str] | None,
+    tracker_resource: DeltaTrackerResource,
+    lock_resource: DeltaLockResource,
+    spark: SparkSessionResource,
+) -> LoadBatch:
+    """Lock, recover, plan, claim and read one batch of ``table``. The returned batch holds the lock."""
+    name = table.table_name
+    target_path = settings.table_path(name)
+    tracker = tracker_resource.for_table(name)
+    lease = lock_resource.for_table(name).acquire(context.run_id, wait_seconds=lock_resource.wait_seconds)
+    batch = LoadBatch(table=table, target_path=target_path, run_id=context.run_id, tracker=tracker, lease=lease,
+                      discovered=0, partition_keys=list(partition_keys or []))
+    claimed: list[str] = []
+    try:
+        faults.crash_point(faults.AFTER_LOCK)
+        batch.recovered = recover_interrupted(tracker, target_path, name, lambda: spark.session)
+        if not batch.recovered.empty:
+            context.log.warning(
+                f"table {name}: recovered interrupted batches: {len(batch.recovered.completed)} files were "
+                f"committed (now completed), {len(batch.recovered.failed)} were not (failed, to retry)"
+            )
+        plan: Plan = plan_batch(
+            tracker, table, list(partition_keys) if partition_keys is not None else None,
+            settings.retry_attempts, settings.max_files_per_run,
+        )
+        batch.discovered, batch.deferred = plan.discovered, plan.deferred
+        if plan.batch.num_rows == 0:
+            context.log.info(f"table {name}: nothing to load in {len(partition_keys or [])} partition(s)")
+            return batch
+        batch.batch_seq = next_batch_seq(tracker, target_path, name)
+        batch.batch_id = new_batch_id(batch.batch_seq)
+        # A file claimed before may already have rows in the target (interrupted or superseded batch): replace them.
+        previously_claimed = plan.batch["batch_seq"].null_count < plan.batch.num_rows
+        batch.replace_existing = previously_claimed or tracker_is_behind(tracker, target_path, name)
+        files = expected_files(plan.batch)
+        claimed = [f.path for f in files]
+        tracker.claim(claimed, batch.batch_id, batch.batch_seq, context.run_id)
+        faults.crash_point(faults.AFTER_CLAIM)
+        context.log.info(f"table {name}: batch {batch.batch_id} claimed {len(files)} files")
+
+        prechecked = []
+        for expected in files:
+            problem = precheck_file(expected, table.file_format)
+            if problem:
+                batch.failed[expected.path] = problem
+            else:
+                prechecked.append(expected)
+        if prechecked:
+            session = spark.session
+            read = read_batch(session, table, prechecked, data_schema_of_target(session, target_path))
+            batch.failed.update(read.errors)
+            batch.dataframe, batch.loaded_paths = read.dataframe, read.loaded_paths
+        if batch.failed:
+            tracker.fail(batch.failed)
+            for path, error in batch.failed.items():
+                context.log.error(f"table {name}: file {path!r} failed: {error}")
+        return batch
+    except BaseException as error:
+        unresolved = [p for p in claimed if p not in batch.failed]
+        if unresolved:
+            message = f"run {context.run_id} failed while preparing batch {batch.batch_id}: {error}"
+            try:
+                tracker.fail({p: message for p in unresolved})
+            except Exception:
+                context.log.exception(f"table {name}: could not mark the batch failed; recovery will resolve it")
+        batch.release()
+        raise
+
+
+def build_table_asset(table: TableSettings, settings: LoaderSettings) -> dg.AssetsDefinition:
+    """The software-defined asset of one target table."""
+    name = table.table_name
+
+    @dg.asset(
+        name=name,
+        partitions_def=partitions_def_for(table),
+        backfill_policy=dg.BackfillPolicy.single_run(),
+        io_manager_key=IO_MANAGER_KEYS[table.loading_strategy],
+        group_name="tables",
+        kinds={"delta", "spark"},
+        tags={TABLE_TAG: name},
+        metadata={
+            "table_uri": settings.table_path(name),
+            "source_path": table.source_path,
+            "file_format": table.file_format.value,
+            "loading_strategy": table.loading_strategy.value,
+        },
+        description=(
+            f"Delta table `{name}`: {table.file_format.value} files from `{table.source_path}` loaded exactly once "
+            f"({table.loading_strategy.value}). A partition is a window of file arrival times; materialising it "
+            "loads every file of the window that is not completed yet."
+        ),
+    )
+    def _table_asset(
+        context: dg.AssetExecutionContext,
+        tracker: DeltaTrackerResource,
+        lock: DeltaLockResource,
+        spark: SparkSessionResource,
+    ) -> LoadBatch:
+        keys = list(context.partition_keys) if context.has_partition_key_range or context.has_partition_key else None
+        return prepare_batch(context, table, settings, keys, tracker, lock, spark)
+
+    return _table_asset

@@ -1,0 +1,157 @@
+"""Consistency checks per table, shown on the asset's Checks tab (DESIGN.md section 7).
+
+The checks read the tracker and the Delta table themselves instead of taking the asset as an input (which
+would load every partition). They run after each materialisation of the table and alone, through the table's
+``<table>_checks_job``.
+
+- ``<table>_no_failed_files``: files that failed. WARN while retries remain, ERROR once any file exhausted them.
+- ``<table>_target_matches_tracker``: every completed file's row count equals its rows in the target, no rows
+  come from a file that is not completed, and no file's rows carry two batch ids (a duplicate load).
+"""
+
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import dagster as dg
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from loader_assets.core.states import FileStatus
+from loader_assets.loading import open_target
+from loader_assets.reading import BATCH_ID_COLUMN, SOURCE_FILE_COLUMN
+from loader_assets.resources.spark import SparkSessionResource
+from loader_assets.resources.tracker import DeltaTrackerResource, FileTracker
+from loader_assets.settings import LoaderSettings, TableSettings
+
+SAMPLE = 20
+
+
+@dataclass
+class TargetConsistency:
+    """Result of comparing the tracker with the target table."""
+
+    completed_files: int = 0
+    target_files: int = 0
+    count_mismatches: list[dict[str, Any]] = field(default_factory=list)
+    untracked_files: list[str] = field(default_factory=list)
+    duplicate_loads: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def consistent(self) -> bool:
+        return not (self.count_mismatches or self.untracked_files or self.duplicate_loads)
+
+
+def compare_target_with_tracker(spark: Any, tracker: FileTracker, target_path: str) -> TargetConsistency:  # noqa: ANN401
+    """Per-file row counts and batch ids from the target (aggregated in Spark) against the tracker."""
+    from pyspark.sql import functions as F
+
+    result = TargetConsistency()
+    completed = tracker.read(columns=["file_path", "row_count"], statuses=[FileStatus.COMPLETED])
+    result.completed_files = completed.num_rows
+    if open_target(target_path) is None:
+        result.count_mismatches = [
+            {"file": row["file_path"], "tracker_rows": row["row_count"], "target_rows": 0}
+            for row in completed.to_pylist()
+            if (row["row_count"] or 0) > 0
+        ][:SAMPLE]
+        return result
+    per_file = (
+        spark.read.format("delta").load(target_path)
+        .groupBy(SOURCE_FILE_COLUMN)
+        .agg(F.count(F.lit(1)).alias("rows"), F.countDistinct(BATCH_ID_COLUMN).alias("batches"))
+        .collect()
+    )
+    target = pa.Table.from_pylist(
+        [{"file_path": r[SOURCE_FILE_COLUMN], "rows": int(r["rows"]), "batches": int(r["batches"])} for r in per_file],
+        schema=pa.schema([("file_path", pa.string()), ("rows", pa.int64()), ("batches", pa.int64())]),
+    )
+    result.target_files = target.num_rows
+    result.duplicate_loads = target.filter(pc.greater(target["batches"], 1)).slice(0, SAMPLE).to_pylist()
+    result.untracked_files = (
+        target.filter(pc.invert(pc.is_in(target["file_path"], completed["file_path"])))["file_path"]
+        .to_pylist()[:SAMPLE]
+    )
+    joined = completed.join(target, "file_path", join_type="left outer")
+    mismatched = joined.filter(
+        pc.not_equal(pc.fill_null(joined["row_count"], 0), pc.fill_null(joined["rows"], 0))
+    )
+    result.count_mismatches = [
+        {"file": r["file_path"], "tracker_rows": r["row_count"], "target_rows": r["rows"] or 0}
+        for r in mismatched.slice(0, SAMPLE).to_pylist()
+    ]
+    return result
+
+
+def failed_files_result(tracker: FileTracker, retry_attempts: int) -> dg.AssetCheckResult:
+    failed = tracker.read(columns=["file_path", "error_message", "retry_count"], statuses=[FileStatus.FAILED])
+    exhausted = failed.filter(pc.greater_equal(pc.fill_null(failed["retry_count"], 0), retry_attempts))
+    sample = [
+        {"file": r["file_path"], "error": r["error_message"], "retry_count": r["retry_count"]}
+        for r in failed.slice(0, SAMPLE).to_pylist()
+    ]
+    severity = dg.AssetCheckSeverity.ERROR if exhausted.num_rows else dg.AssetCheckSeverity.WARN
+    return dg.AssetCheckResult(
+        passed=failed.num_rows == 0,
+        severity=severity,
+        description=(
+            "no failed files" if failed.num_rows == 0
+            else f"{failed.num_rows} failed files, {exhausted.num_rows} with no retries left"
+        ),
+        metadata={
+            "failed_files": failed.num_rows,
+            "retries_exhausted": exhausted.num_rows,
+            "sample": dg.MetadataValue.json(sample),
+        },
+    )
+
+
+def target_consistency_result(consistency: TargetConsistency) -> dg.AssetCheckResult:
+    problems = []
+    if consistency.count_mismatches:
+        problems.append(f"{len(consistency.count_mismatches)}+ files whose row counts differ from the tracker")
+    if consistency.untracked_files:
+        problems.append(f"{len(consistency.untracked_files)}+ files with rows but not completed in the tracker")
+    if consistency.duplicate_loads:
+        problems.append(f"{len(consistency.duplicate_loads)}+ files loaded more than once")
+    return dg.AssetCheckResult(
+        passed=consistency.consistent,
+        severity=dg.AssetCheckSeverity.ERROR,
+        description="; ".join(problems) or "every completed file's rows are in the table exactly once",
+        metadata={
+            "completed_files": consistency.completed_files,
+            "files_in_target": consistency.target_files,
+            "count_mismatches": dg.MetadataValue.json(consistency.count_mismatches),
+            "untracked_files": dg.MetadataValue.json(consistency.untracked_files),
+            "duplicate_loads": dg.MetadataValue.json(consistency.duplicate_loads),
+        },
+    )
+
+
+def build_table_checks(table: TableSettings, settings: LoaderSettings) -> list[dg.AssetChecksDefinition]:
+    name = table.table_name
+    target_path = settings.table_path(name)
+
+    @dg.asset_check(
+        asset=name,
+        name=f"{name}_no_failed_files",
+        description="Files of this table that failed to load (WARN while retries remain, ERROR after).",
+    )
+    def _no_failed_files(tracker: DeltaTrackerResource) -> dg.AssetCheckResult:
+        return failed_files_result(tracker.for_table(name), settings.retry_attempts)
+
+    @dg.asset_check(
+        asset=name,
+        name=f"{name}_target_matches_tracker",
+        description=(
+            "Every completed file's row count equals its rows in the table; no rows from files that are not "
+            "completed; no file loaded twice."
+        ),
+    )
+    def _target_matches_tracker(tracker: DeltaTrackerResource, spark: SparkSessionResource) -> dg.AssetCheckResult:
+        table_tracker = tracker.for_table(name)
+        if open_target(target_path) is None and table_tracker.status_counts()[FileStatus.COMPLETED.value] == 0:
+            return dg.AssetCheckResult(passed=True, description="nothing loaded yet", metadata={"completed_files": 0})
+        return target_consistency_result(compare_target_with_tracker(spark.session, table_tracker, target_path))
+
+    return [_no_failed_files, _target_matches_tracker]

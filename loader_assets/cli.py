@@ -1,0 +1,144 @@
+"""``loader-assets`` command line, in the seed guide's style (``run``, ``status``).
+
+Exit codes: 0 success, 1 when any file failed (or a run failed), 2 on usage or configuration errors.
+Runs go through Dagster and are recorded in ``$DAGSTER_HOME`` (default ``./.dagster_home``, created with the
+project's ``dagster.yaml``), so they show in the UI of ``dagster dev`` started with the same home.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from loader_assets.core.errors import ConfigError, LoaderError
+from loader_assets.settings import LoaderSettings, load_settings
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.print_usage(sys.stderr)
+        print(f"{self.prog}: error: {message}", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="loader-assets", description="Load landing files into Delta tables exactly once.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    run = sub.add_parser("run", help="load every new file of the configured tables through Dagster")
+    run.add_argument("--config", required=True, help="YAML or JSON config file")
+    run.add_argument("--table", action="append", dest="tables", metavar="NAME", help="only this table (repeatable)")
+    run.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+    status = sub.add_parser("status", help="lock holders and file counts by status, per table")
+    status.add_argument("--config", required=True, help="YAML or JSON config file")
+    status.add_argument("--json", action="store_true", help="print as JSON")
+    return parser
+
+
+def ensure_dagster_home() -> Path:
+    """Use $DAGSTER_HOME, or ./.dagster_home seeded with ./dagster.yaml, so CLI runs persist and show in the UI."""
+    home = os.environ.get("DAGSTER_HOME")
+    if home:
+        Path(home).mkdir(parents=True, exist_ok=True)
+        return Path(home)
+    path = Path(".dagster_home").resolve()
+    path.mkdir(exist_ok=True)
+    if Path("dagster.yaml").exists() and not (path / "dagster.yaml").exists():
+        shutil.copy("dagster.yaml", path / "dagster.yaml")
+    os.environ["DAGSTER_HOME"] = str(path)
+    return path
+
+
+def _print_run(settings: LoaderSettings, summary: object) -> None:
+    from loader_assets.api import RunSummary
+
+    assert isinstance(summary, RunSummary)
+    print("=== LOAD SUMMARY ===")
+    print(f"Overall Status: {'SUCCESS' if summary.success else 'FAILED'}")
+    print(f"Files discovered: {summary.total_files_discovered}")
+    print(f"Files processed:  {summary.total_files_processed}")
+    print(f"Files failed:     {summary.total_files_failed}")
+    print(f"Rows loaded:      {summary.total_rows_loaded}")
+    print(f"Spark session started: {'yes' if summary.spark_session_started else 'no'}")
+    print("")
+    print("Tables:")
+    for name, table in summary.tables.items():
+        mark = "✓" if not (table.files_failed or table.errors) else "✗"
+        print(f"  {mark} {name}: {table.files_processed} processed, {table.files_failed} failed, "
+              f"{table.rows_loaded} rows -> {settings.table_path(name)}")
+        for path, error in list(table.failed_files.items())[:20]:
+            print(f"    - failed: {path}: {error}")
+        for error in table.errors[:5]:
+            print(f"    - run error: {error}")
+
+
+def _cmd_run(args: argparse.Namespace, settings: LoaderSettings) -> int:
+    from loader_assets.api import run_pipeline
+
+    if args.tables:
+        for name in args.tables:
+            settings.table(name)  # ConfigError (exit 2) for an unknown table
+    ensure_dagster_home()
+    summary = run_pipeline(settings, tables=args.tables)
+    if args.json:
+        print(json.dumps(summary.to_json(), indent=2, sort_keys=True))
+    else:
+        _print_run(settings, summary)
+    return EXIT_OK if summary.success else EXIT_FAILED
+
+
+def _cmd_status(args: argparse.Namespace, settings: LoaderSettings) -> int:
+    from loader_assets.api import pipeline_status
+
+    statuses = pipeline_status(settings)
+    if args.json:
+        print(json.dumps([s.__dict__ for s in statuses], indent=2, sort_keys=True, default=str))
+        return EXIT_OK
+    print("=== PIPELINE STATUS ===")
+    for status in statuses:
+        counts = ", ".join(f"{k}: {v}" for k, v in status.status_counts.items())
+        print(f"{status.table_name}: {counts}")
+        if status.lock is None:
+            print("  lock: free")
+        else:
+            stale = f" (STALE: {status.lock_stale_reason})" if status.lock_stale_reason else ""
+            print(f"  lock: held by PID {status.lock['pid']} on {status.lock['hostname']} since "
+                  f"{status.lock['acquired_at']}, until {status.lock['timeout_at']}{stale}")
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=os.environ.get("LOADER_ASSETS_LOG_LEVEL", "WARNING"))
+    try:
+        settings = load_settings(args.config)
+        if args.command == "run":
+            return _cmd_run(args, settings)
+        return _cmd_status(args, settings)
+    except ConfigError as error:
+        print(f"loader-assets: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except LoaderError as error:
+        print(f"loader-assets: {error}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+def entrypoint() -> None:
+    """Console script. Exits with ``os._exit`` after flushing: the exit code reflects the work, not the
+    interpreter teardown, during which native libraries have been seen to abort (DESIGN.md section 9)."""
+    try:
+        code = main()
+    except SystemExit as exit_:
+        code = exit_.code if isinstance(exit_.code, int) else EXIT_USAGE
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

@@ -1,0 +1,1 @@
+"""Engine-independent pieces of the loader: no Dagster, no Spark imports here."""

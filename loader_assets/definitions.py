@@ -1,0 +1,90 @@
+"""Dagster entry point: settings -> Definitions, in one factory call and nothing else.
+
+``dagster dev`` (via workspace.yaml) loads ``defs``; the config file is ``$LOADER_ASSETS_CONFIG``, by default
+``configs/local.yaml`` in the working directory. Bad config fails here, with the message naming the field.
+"""
+
+from __future__ import annotations
+
+import os
+
+import dagster as dg
+
+from loader_assets.assets import TABLE_TAG, build_table_asset, partitions_def_for
+from loader_assets.checks import build_table_checks
+from loader_assets.io_managers.append import DeltaAppendIOManager
+from loader_assets.resources.lock import DeltaLockResource
+from loader_assets.resources.spark import SparkSessionResource
+from loader_assets.resources.tracker import DeltaTrackerResource
+from loader_assets.sensors import build_table_sensor
+from loader_assets.settings import LoaderSettings, load_settings
+
+CONFIG_ENV = "LOADER_ASSETS_CONFIG"
+DEFAULT_CONFIG = "configs/local.yaml"
+
+
+def load_job_name(table_name: str) -> str:
+    return f"{table_name}_load_job"
+
+
+def checks_job_name(table_name: str) -> str:
+    return f"{table_name}_checks_job"
+
+
+def build_resources(settings: LoaderSettings) -> dict[str, object]:
+    spark = SparkSessionResource(master=settings.spark.master, app_name=settings.spark.app_name,
+                                 conf=dict(settings.spark.conf))
+    return {
+        "tracker": DeltaTrackerResource(checkpoint_path=settings.checkpoint_path),
+        "lock": DeltaLockResource(
+            checkpoint_path=settings.checkpoint_path,
+            lease_seconds=settings.timeout_minutes * 60,
+            wait_seconds=settings.lock_wait_seconds,
+        ),
+        "spark": spark,
+        "append_io_manager": DeltaAppendIOManager(target_root=settings.target_root, spark=spark),
+    }
+
+
+def build_definitions(settings: LoaderSettings) -> dg.Definitions:
+    """Every table's asset, checks, load job, checks-only job and sensor, plus the shared resources."""
+    assets, checks, jobs, sensors = [], [], [], []
+    for table in settings.tables:
+        asset = build_table_asset(table, settings)
+        table_checks = build_table_checks(table, settings)
+        assets.append(asset)
+        checks.extend(table_checks)
+        jobs.append(
+            dg.define_asset_job(
+                load_job_name(table.table_name),
+                selection=dg.AssetSelection.assets(asset.key),
+                partitions_def=partitions_def_for(table),
+                tags={TABLE_TAG: table.table_name},
+                description=f"Load new files of {table.table_name} and run its checks.",
+            )
+        )
+        jobs.append(
+            dg.define_asset_job(
+                checks_job_name(table.table_name),
+                selection=dg.AssetSelection.checks(*table_checks),
+                description=f"Run the consistency checks of {table.table_name} without loading anything.",
+            )
+        )
+        sensors.append(build_table_sensor(table, settings, load_job_name(table.table_name)))
+    return dg.Definitions(
+        assets=assets,
+        asset_checks=checks,
+        jobs=jobs,
+        sensors=sensors,
+        resources=build_resources(settings),
+        executor=dg.in_process_executor,
+    )
+
+
+def config_path_from_env() -> str:
+    return os.environ.get(CONFIG_ENV, DEFAULT_CONFIG)
+
+
+@dg.definitions
+def defs() -> dg.Definitions:
+    return build_definitions(load_settings(config_path_from_env()))

@@ -1,0 +1,116 @@
+"""Shared plumbing of the target IO managers: commit a prepared batch exactly once, then complete it.
+
+``DeltaBatchIOManager.handle_output`` is the second half of the protocol in ``loading.py``:
+
+    ensure the lease is still ours -> one Delta commit (txnAppId/txnVersion, userMetadata naming the batch)
+    -> read back the commit version and per-file row counts -> complete the files in the tracker
+    -> release the lock (always, in ``finally``)
+
+If the commit raises, the target's recorded txn version decides what happened: at or above the batch's
+``batch_seq`` the commit landed (the error came after it), so the files complete; below it, they fail for retry.
+Subclasses implement only ``write_batch``: how a batch becomes that one commit.
+"""
+
+
+from typing import TYPE_CHECKING, Any
+
+import dagster as dg
+
+from loader_assets.core import faults
+from loader_assets.core.errors import BatchWriteError
+from loader_assets.loading import LoadBatch, batch_row_counts, find_batch_commit, target_txn_version
+from loader_assets.resources.spark import SparkSessionResource
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return (text.splitlines()[0] if text else type(error).__name__)[:500]
+
+
+class DeltaBatchIOManager(dg.ConfigurableIOManager):
+    """Base of the Delta target IO managers. Table path = ``<target_root>/<asset name>``."""
+
+    target_root: str
+    spark: dg.ResourceDependency[SparkSessionResource]
+
+    def table_path(self, table_name: str) -> str:
+        return f"{self.target_root.rstrip('/')}/{table_name}"
+
+    def write_batch(self, batch: LoadBatch, frame: "DataFrame") -> None:
+        """Write the batch's rows (audit columns added) as exactly one Delta commit. Subclasses implement."""
+        raise NotImplementedError
+
+    def handle_output(self, context: dg.OutputContext, obj: LoadBatch) -> None:
+        batch = obj
+        try:
+            metadata = self._commit(context, batch)
+        finally:
+            batch.release()
+        context.add_output_metadata(metadata)
+
+    def _commit(self, context: dg.OutputContext, batch: LoadBatch) -> dict[str, Any]:
+        name = batch.table.table_name
+        metadata: dict[str, Any] = {
+            "table_uri": batch.target_path,
+            "files_discovered": batch.discovered,
+            "files_loaded": 0,
+            "files_failed": len(batch.failed),
+            "files_deferred": batch.deferred,
+            "num_rows": 0,
+        }
+        if batch.failed:
+            metadata["failed_files"] = dg.MetadataValue.json(
+                [{"file": path, "error": error} for path, error in list(batch.failed.items())[:50]]
+            )
+        if batch.dataframe is None or batch.batch_id is None or batch.batch_seq is None:
+            return metadata
+        assert batch.lease is not None
+        batch.lease.ensure_held()
+        frame = batch.dataframe
+        try:
+            faults.crash_point(faults.BEFORE_TARGET_COMMIT)
+            self.write_batch(batch, frame)
+        except Exception as error:
+            if target_txn_version(batch.target_path, name) < batch.batch_seq:
+                message = f"the target commit of batch {batch.batch_id} failed: {_first_line(error)}"
+                batch.tracker.fail({p: message for p in batch.loaded_paths})
+                raise BatchWriteError(name, batch.batch_id, _first_line(error)) from error
+            context.log.warning(f"table {name}: the write raised after its commit landed: {_first_line(error)}")
+        faults.crash_point(faults.AFTER_TARGET_COMMIT)
+        version = find_batch_commit(batch.target_path, batch.batch_id)
+        if version is None:
+            message = (
+                f"no target commit carries batch {batch.batch_id}: Delta skipped the write because txn version "
+                f"{batch.batch_seq} was already recorded for {batch.app_id}"
+            )
+            batch.tracker.fail({p: message for p in batch.loaded_paths})
+            raise BatchWriteError(name, batch.batch_id, message)
+        counts = batch_row_counts(frame.sparkSession, batch.target_path, batch.batch_id)
+        batch.tracker.complete({p: counts.get(p, 0) for p in batch.loaded_paths}, batch.batch_id, version)
+        faults.crash_point(faults.AFTER_COMPLETE)
+        rows = sum(counts.values())
+        context.log.info(
+            f"table {name}: batch {batch.batch_id} committed as version {version}: "
+            f"{len(batch.loaded_paths)} files, {rows} rows"
+        )
+        metadata.update(
+            {
+                "batch_id": batch.batch_id,
+                "batch_seq": batch.batch_seq,
+                "delta_version": version if version is not None else -1,
+                "files_loaded": len(batch.loaded_paths),
+                "num_rows": rows,
+                "replaced_existing_rows": batch.replace_existing,
+            }
+        )
+        return metadata
+
+    def load_input(self, context: dg.InputContext) -> "DataFrame":
+        """The whole target table as a Spark DataFrame (downstream assets filter it themselves)."""
+        table_name = context.upstream_output.asset_key.path[-1] if context.upstream_output else None
+        if table_name is None:
+            raise ValueError("cannot tell which table to load: the input has no upstream asset")
+        return self.spark.session.read.format("delta").load(self.table_path(table_name))

@@ -1,0 +1,298 @@
+"""The exactly-once protocol of one table (DESIGN.md section 4), minus the target write itself.
+
+Order inside the table's lock::
+
+    recover  -> plan (list, register new files pending, choose the batch) -> claim (one tracker commit)
+    -> read (Spark, bad files failed one by one)            ... the asset body ends here and returns a LoadBatch
+    -> write (one Delta commit with txnAppId/txnVersion)    ... the IO manager (io_managers/)
+    -> complete (one tracker commit) -> release the lock
+
+Crash windows and what the next holder's ``recover_interrupted`` does with the rows left in ``processing``:
+- before the target commit: the target's recorded txn version for ``loader_assets/<table>`` is below the
+  batch's ``batch_seq``, so the files become ``failed`` (retry_count + 1) and load again later;
+- after the target commit, before the tracker completion: the recorded version is >= ``batch_seq``, so the
+  files become ``completed`` with their row counts read back from the target. They are never loaded twice.
+
+Any batch holding a file that was claimed before (a retry after an interrupted batch, or a tracker that is
+behind the target) is written with ``replaceWhere`` on ``_source_file``: the write replaces whatever rows those
+files have, so even a zombie writer whose commit landed late cannot produce a duplicate.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+from deltalake import DeltaTable
+from deltalake.exceptions import TableNotFoundError
+
+from loader_assets.core.discovery import is_within, list_source_files
+from loader_assets.core.partitions import partition_keys_for
+from loader_assets.core.states import FileStatus
+from loader_assets.reading import AUDIT_COLUMNS, BATCH_ID_COLUMN, SOURCE_FILE_COLUMN, ExpectedFile
+from loader_assets.resources.lock import Lease
+from loader_assets.resources.tracker import FileTracker
+from loader_assets.settings import TableSettings
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
+
+logger = logging.getLogger(__name__)
+
+APP_ID_PREFIX = "loader_assets/"
+
+
+def app_id(table_name: str) -> str:
+    """The Delta txnAppId every commit of this table carries."""
+    return f"{APP_ID_PREFIX}{table_name}"
+
+
+def open_target(target_path: str) -> DeltaTable | None:
+    try:
+        return DeltaTable(target_path)
+    except TableNotFoundError:
+        return None
+
+
+def target_txn_version(target_path: str, table_name: str) -> int:
+    """The highest batch_seq the target has committed for this table (0 when none)."""
+    table = open_target(target_path)
+    if table is None:
+        return 0
+    return table.transaction_version(app_id(table_name)) or 0
+
+
+def find_batch_commit(target_path: str, batch_id: str, search_depth: int = 200) -> int | None:
+    """The target version whose commit carries ``batch_id`` in its userMetadata."""
+    table = open_target(target_path)
+    if table is None:
+        return None
+    for entry in table.history(search_depth):
+        raw = entry.get("userMetadata")
+        if not raw:
+            continue
+        try:
+            if json.loads(raw).get("batch_id") == batch_id:
+                return int(entry["version"])
+        except (ValueError, AttributeError):
+            continue
+    return None
+
+
+def next_batch_seq(tracker: FileTracker, target_path: str, table_name: str) -> int:
+    """One more than the larger of the tracker's last batch_seq and the target's recorded txn version.
+
+    Taking the target into account matters: Delta skips a write whose txnVersion is not above the recorded
+    one, so a tracker that was reset or lost must never restart the sequence below it.
+    """
+    return max(tracker.max_batch_seq(), target_txn_version(target_path, table_name)) + 1
+
+
+def tracker_is_behind(tracker: FileTracker, target_path: str, table_name: str) -> bool:
+    """True when the target holds batches the tracker does not know about (reset or lost tracker)."""
+    return target_txn_version(target_path, table_name) > tracker.max_batch_seq()
+
+
+def batch_row_counts(spark: SparkSession, target_path: str, batch_id: str) -> dict[str, int]:
+    """Rows per ``_source_file`` that the target holds for one batch (aggregated in Spark)."""
+    from pyspark.sql import functions as F
+
+    frame = spark.read.format("delta").load(target_path).where(F.col(BATCH_ID_COLUMN) == F.lit(batch_id))
+    rows = frame.groupBy(SOURCE_FILE_COLUMN).count().collect()
+    return {row[SOURCE_FILE_COLUMN]: int(row["count"]) for row in rows}
+
+
+@dataclass
+class RecoveryReport:
+    completed: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+
+    @property
+    def empty(self) -> bool:
+        return not (self.completed or self.failed)
+
+
+def recover_interrupted(
+    tracker: FileTracker,
+    target_path: str,
+    table_name: str,
+    spark_provider: Callable[[], SparkSession],
+) -> RecoveryReport:
+    """Resolve every ``processing`` row from the target's txn version. Call only while holding the lock.
+
+    Holding the table's lock means nobody else is loading it, so every ``processing`` row is an orphan of an
+    interrupted batch. Spark starts only if some interrupted batch had committed (to count its rows).
+    """
+    report = RecoveryReport()
+    orphans = tracker.read(statuses=[FileStatus.PROCESSING])
+    if orphans.num_rows == 0:
+        return report
+    committed_seq = target_txn_version(target_path, table_name)
+    for batch in orphans.group_by(["batch_id", "batch_seq"]).aggregate([("file_path", "list")]).to_pylist():
+        batch_id, batch_seq, paths = batch["batch_id"], batch["batch_seq"], batch["file_path_list"]
+        if batch_seq is not None and batch_seq <= committed_seq and batch_id is not None:
+            version = find_batch_commit(target_path, batch_id)
+            counts = batch_row_counts(spark_provider(), target_path, batch_id) if version is not None else {}
+            if version is None:
+                # recorded txn covers it but no commit names the batch: a later batch superseded it
+                tracker.fail({p: f"batch {batch_id} was interrupted and superseded; reloading" for p in paths})
+                report.failed.extend(paths)
+                continue
+            tracker.complete({p: counts.get(p, 0) for p in paths}, batch_id, version)
+            report.completed.extend(paths)
+            logger.warning("table %s: batch %s had committed (version %s) before its run died; "
+                           "marked %d files completed", table_name, batch_id, version, len(paths))
+        else:
+            message = (
+                f"interrupted: the run loading batch {batch_id} stopped before the target commit; "
+                "the file is retried"
+            )
+            tracker.fail({p: message for p in paths})
+            report.failed.extend(paths)
+            logger.warning("table %s: batch %s did not commit; %d files failed for retry",
+                           table_name, batch_id, len(paths))
+    return report
+
+
+@dataclass
+class Plan:
+    """What a run found in its partitions: the batch to load and what it left for later."""
+
+    discovered: int
+    registered: int
+    batch: pa.Table  # tracker rows of the files chosen for this batch, in load order
+    deferred: int  # eligible files left for a later run by max_files_per_run
+
+
+def eligible_files(rows: pa.Table, retry_attempts: int) -> pa.Table:
+    """Rows that a run may load: pending, or failed with retries left."""
+    status = rows["status"]
+    pending = pc.equal(status, FileStatus.PENDING.value)
+    retryable = pc.and_(
+        pc.equal(status, FileStatus.FAILED.value),
+        pc.less(pc.fill_null(rows["retry_count"], 0), retry_attempts),
+    )
+    return rows.filter(pc.or_(pending, retryable))
+
+
+def plan_batch(
+    tracker: FileTracker,
+    table: TableSettings,
+    partition_keys: list[str] | None,
+    retry_attempts: int,
+    max_files: int,
+    now: datetime | None = None,
+) -> Plan:
+    """List the source, register new files as pending, and choose the batch for ``partition_keys``.
+
+    ``partition_keys=None`` means every partition. Files load in (modification time, path) order.
+    """
+    listing = list_source_files(table.source_path)
+    keys = partition_keys_for(
+        listing["file_modified_time"], table.partitioning.granularity.value, table.partitioning.start, now
+    )
+    registered = tracker.register(listing, keys)
+    rows = tracker.read()
+    rows = eligible_files(rows, retry_attempts)
+    if partition_keys is not None:
+        rows = rows.filter(pc.is_in(rows["partition_key"], pa.array(partition_keys, pa.string())))
+    inside = [is_within(table.source_path, p) for p in rows["file_path"].to_pylist()]
+    rows = rows.filter(pa.array(inside, pa.bool_()))
+    rows = rows.sort_by([("file_modified_time", "ascending"), ("file_path", "ascending")])
+    batch = rows.slice(0, max_files)
+    return Plan(
+        discovered=listing.num_rows,
+        registered=registered,
+        batch=batch,
+        deferred=max(0, rows.num_rows - batch.num_rows),
+    )
+
+
+def new_batch_id(batch_seq: int) -> str:
+    return f"{batch_seq:08d}-{uuid.uuid4().hex[:12]}"
+
+
+def expected_files(rows: pa.Table) -> list[ExpectedFile]:
+    micros = pc.cast(rows["file_modified_time"], pa.int64()).to_pylist()
+    return [
+        ExpectedFile(path, int(size or 0), int(mtime or 0))
+        for path, size, mtime in zip(rows["file_path"].to_pylist(), rows["file_size"].to_pylist(), micros, strict=True)
+    ]
+
+
+@dataclass
+class LoadBatch:
+    """What a table asset hands to its IO manager: a claimed batch, read and ready to commit.
+
+    The lease of the table's lock travels with the batch; the IO manager releases it when the batch is done.
+    ``dataframe`` is None when there is nothing to write (no eligible files, or every file failed).
+    """
+
+    table: TableSettings
+    target_path: str
+    run_id: str
+    tracker: FileTracker
+    lease: Lease | None
+    discovered: int
+    batch_id: str | None = None
+    batch_seq: int | None = None
+    dataframe: DataFrame | None = None
+    loaded_paths: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    replace_existing: bool = False
+    deferred: int = 0
+    recovered: RecoveryReport = field(default_factory=RecoveryReport)
+    partition_keys: list[str] = field(default_factory=list)
+
+    @property
+    def app_id(self) -> str:
+        return app_id(self.table.table_name)
+
+    def user_metadata(self) -> str:
+        payload: dict[str, Any] = {
+            "batch_id": self.batch_id,
+            "batch_seq": self.batch_seq,
+            "run_id": self.run_id,
+            "table": self.table.table_name,
+            "files": len(self.loaded_paths),
+        }
+        return json.dumps(payload, sort_keys=True)
+
+    def release(self) -> None:
+        if self.lease is not None:
+            lease, self.lease = self.lease, None
+            lease.release()
+
+
+def replace_predicate(paths: list[str]) -> str:
+    """A Delta ``replaceWhere`` predicate selecting the rows of exactly these source files."""
+
+    def literal(value: str) -> str:
+        return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+    return f"{SOURCE_FILE_COLUMN} IN ({', '.join(literal(p) for p in paths)})"
+
+
+def data_schema_of_target(spark: SparkSession, target_path: str) -> Any:  # noqa: ANN401 - StructType
+    """The target's columns without the audit columns, or None if the table does not exist yet."""
+    from pyspark.sql.types import StructType
+
+    if open_target(target_path) is None:
+        return None
+    schema = spark.read.format("delta").load(target_path).schema
+    return StructType([f for f in schema.fields if f.name not in AUDIT_COLUMNS])
+
+
+def audited(frame: DataFrame, batch_id: str) -> DataFrame:
+    from pyspark.sql import functions as F
+
+    return frame.withColumn("_load_timestamp", F.current_timestamp()).withColumn(
+        BATCH_ID_COLUMN, F.lit(batch_id)
+    )

@@ -1,0 +1,367 @@
+"""The file tracker: one small Delta table per target table, written with delta-rs (no JVM).
+
+Layout: ``<checkpoint_path>/file_processing_tracker/<table_name>``. One table per target table keeps unrelated
+tables from conflicting with each other; :meth:`DeltaTrackerResource.read_all` is the logical
+``file_processing_tracker`` over all of them.
+
+Invariants
+- One row per ``file_path``. ``status`` is one of :class:`~loader_assets.core.states.FileStatus`; each transition
+  is a named method that writes one Delta commit (pending registration, claim, complete, fail, recover).
+- A table's tracker is written only by the holder of that table's lock (see ``lock.py``). Readers (the sensor,
+  ``status``) never write. Every write is still an optimistic transaction retried on conflict with fresh state,
+  so a write that races anyway (an operator tool, a stale holder) is never lost.
+- ``batch_seq`` of a row is the sequence number of the last batch that claimed it; the maximum over the table
+  only ever grows. The next batch's number also takes the target's recorded txn version into account
+  (``loading.next_batch_seq``) so a tracker that was reset can never make Delta skip later writes.
+
+Crash windows: each transition is one commit, so a crash leaves the tracker at the previous state. A crash
+between the claim and the completion leaves rows in ``processing``; recovery resolves them from the target's
+txn version (``loading.recover_interrupted``).
+
+Maintenance: every ``CHECKPOINT_EVERY`` commits a Delta checkpoint is written, and every ``COMPACT_EVERY``
+commits the small files are compacted, so reads stay fast after thousands of commits (DESIGN.md section 5).
+"""
+
+
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+import dagster as dg
+import pyarrow as pa
+import pyarrow.compute as pc
+from deltalake import CommitProperties, DeltaTable, write_deltalake
+from deltalake.exceptions import CommitFailedError, TableNotFoundError
+
+from loader_assets.core.discovery import TIMESTAMP, fingerprint
+from loader_assets.core.errors import TrackerError
+from loader_assets.core.states import ALL_STATUSES, FileStatus
+
+logger = logging.getLogger(__name__)
+
+TRACKER_DIR = "file_processing_tracker"
+TRACKER_SCHEMA_VERSION = "1"
+CHECKPOINT_EVERY = 50
+COMPACT_EVERY = 200
+MAX_CONFLICT_RETRIES = 8
+
+TRACKER_SCHEMA = pa.schema(
+    [
+        pa.field("file_path", pa.string(), nullable=False),
+        pa.field("file_size", pa.int64()),
+        pa.field("file_modified_time", TIMESTAMP),
+        pa.field("table_name", pa.string()),
+        pa.field("status", pa.string()),
+        pa.field("processing_start_time", TIMESTAMP),
+        pa.field("processing_end_time", TIMESTAMP),
+        pa.field("error_message", pa.string()),
+        pa.field("retry_count", pa.int32()),
+        pa.field("created_at", TIMESTAMP),
+        pa.field("updated_at", TIMESTAMP),
+        pa.field("batch_id", pa.string()),
+        pa.field("batch_seq", pa.int64()),
+        pa.field("run_id", pa.string()),
+        pa.field("partition_key", pa.string()),
+        pa.field("row_count", pa.int64()),
+        pa.field("target_version", pa.int64()),
+        pa.field("fingerprint", pa.string()),
+    ]
+)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _scalar_column(value: object, pa_type: pa.DataType, length: int) -> pa.Array:
+    return pa.array([value] * length, pa_type)
+
+
+def _replace(table: pa.Table, **columns: object) -> pa.Table:
+    """Return ``table`` with the named columns replaced by a scalar (broadcast) or an array."""
+    for name, value in columns.items():
+        index = table.schema.get_field_index(name)
+        field = table.schema.field(index)
+        if isinstance(value, pa.Array | pa.ChunkedArray):
+            column = value.cast(field.type) if value.type != field.type else value
+        else:
+            column = _scalar_column(value, field.type, table.num_rows)
+        table = table.set_column(index, field, column)
+    return table
+
+
+class FileTracker:
+    """The tracker table of one target table. Cheap to create; opens the Delta table per operation.
+
+    A long-lived ``DeltaTable`` object slows with every commit made through it (DESIGN.md section 9), so each
+    operation opens the table afresh (about 30 ms).
+    """
+
+    def __init__(self, path: str, table_name: str) -> None:
+        self.path = path
+        self.table_name = table_name
+
+    # ----------------------------------------------------------------------------------------------- reads
+    def exists(self) -> bool:
+        return DeltaTable.is_deltatable(self.path)
+
+    def _open(self) -> DeltaTable | None:
+        try:
+            return DeltaTable(self.path)
+        except TableNotFoundError:
+            if Path(self.path).exists() and any(Path(self.path).iterdir()):
+                raise TrackerError(
+                    f"tracker of table {self.table_name!r} at {self.path} exists but is not a readable Delta table "
+                    "(its _delta_log is missing or damaged); restore it from backup, or move it away and run "
+                    "`loader-assets reset-state --table "
+                    f"{self.table_name}` to rebuild tracking from the target table"
+                ) from None
+            return None
+
+    def read(self, columns: Sequence[str] | None = None, statuses: Sequence[FileStatus] | None = None) -> pa.Table:
+        """All rows (or the given columns / statuses). An absent tracker reads as empty."""
+        table = self._open()
+        if table is None:
+            empty = TRACKER_SCHEMA.empty_table()
+            return empty.select(list(columns)) if columns else empty
+        names = list(columns) if columns else TRACKER_SCHEMA.names
+        wanted = [c for c in names]
+        if statuses and "status" not in wanted:
+            wanted.append("status")
+        result = table.to_pyarrow_table(columns=wanted)
+        result = result.cast(pa.schema([TRACKER_SCHEMA.field(name) for name in wanted]))
+        if statuses:
+            result = result.filter(pc.is_in(result["status"], pa.array([s.value for s in statuses], pa.string())))
+        return result.select(names)
+
+    def max_batch_seq(self) -> int:
+        seqs = self.read(columns=["batch_seq"])["batch_seq"]
+        value = pc.max(seqs).as_py() if len(seqs) else None
+        return int(value) if value is not None else 0
+
+    def status_counts(self) -> dict[str, int]:
+        statuses = self.read(columns=["status"])["status"]
+        counts = {status.value: 0 for status in ALL_STATUSES}
+        for item in pc.value_counts(statuses).to_pylist():
+            counts[item["values"]] = item["counts"]
+        return counts
+
+    def rows_for(self, paths: Sequence[str]) -> pa.Table:
+        table = self.read()
+        return table.filter(pc.is_in(table["file_path"], pa.array(list(paths), pa.string())))
+
+    # ---------------------------------------------------------------------------------------------- writes
+    def _create(self) -> None:
+        try:
+            DeltaTable.create(
+                self.path,
+                schema=TRACKER_SCHEMA,
+                mode="ignore",
+                name=f"file_processing_tracker_{self.table_name}",
+                description=f"loader-assets file tracker of table {self.table_name}",
+                configuration={"loader_assets.tracker_schema_version": TRACKER_SCHEMA_VERSION},
+                raise_if_key_not_exists=False,
+            )
+        except CommitFailedError:
+            pass  # created by a racing process a moment ago: that is the table we wanted
+
+    def _upsert(self, make_rows: Callable[[pa.Table], pa.Table], operation: str, insert_only: bool = False) -> int:
+        """Merge the rows ``make_rows(current)`` returns into the tracker, keyed by ``file_path``.
+
+        On a commit conflict the current state is re-read and ``make_rows`` runs again, so no update is lost.
+        Returns the number of rows written.
+        """
+        if not self.exists():
+            self._create()
+        for attempt in range(MAX_CONFLICT_RETRIES):
+            table = self._open()
+            assert table is not None
+            current = table.to_pyarrow_table()
+            rows = make_rows(current)
+            if rows.num_rows == 0:
+                return 0
+            rows = rows.select(TRACKER_SCHEMA.names).cast(TRACKER_SCHEMA)
+            merger = table.merge(
+                source=rows,
+                predicate="t.file_path = s.file_path",
+                source_alias="s",
+                target_alias="t",
+                commit_properties=CommitProperties(
+                    custom_metadata={"loader_assets.operation": operation, "loader_assets.table": self.table_name},
+                    max_commit_retries=0,
+                ),
+            )
+            if not insert_only:
+                merger = merger.when_matched_update_all()
+            try:
+                merger.when_not_matched_insert_all().execute()
+            except CommitFailedError:
+                logger.info("tracker %s: commit conflict on %s, retrying (%d)", self.table_name, operation, attempt)
+                time.sleep(0.05 * (attempt + 1))
+                continue
+            self._maintain()
+            return rows.num_rows
+        raise TrackerError(
+            f"tracker of table {self.table_name!r}: {operation} kept conflicting with other writers "
+            f"after {MAX_CONFLICT_RETRIES} attempts"
+        )
+
+    def _maintain(self) -> None:
+        """Checkpoint and compact on a commit-count cadence so reads stay fast (best effort)."""
+        try:
+            table = DeltaTable(self.path)
+            version = table.version()
+            if version and version % COMPACT_EVERY == 0:
+                table.optimize.compact()
+                table = DeltaTable(self.path)
+            if version and version % CHECKPOINT_EVERY == 0:
+                table.create_checkpoint()
+                table.cleanup_metadata()
+        except Exception:  # maintenance is optional: a failure here must not fail the transition
+            logger.warning("tracker %s: maintenance failed", self.table_name, exc_info=True)
+
+    def register(self, listing: pa.Table, partition_keys: pa.Array) -> int:
+        """Insert files not yet tracked as ``pending`` with their partition key. Known files are untouched."""
+        if listing.num_rows == 0:
+            return 0
+        now = _now()
+        n = listing.num_rows
+        candidates = pa.table(
+            {
+                "file_path": listing["file_path"],
+                "file_size": listing["file_size"],
+                "file_modified_time": listing["file_modified_time"],
+                "table_name": _scalar_column(self.table_name, pa.string(), n),
+                "status": _scalar_column(FileStatus.PENDING.value, pa.string(), n),
+                "processing_start_time": pa.nulls(n, TIMESTAMP),
+                "processing_end_time": pa.nulls(n, TIMESTAMP),
+                "error_message": pa.nulls(n, pa.string()),
+                "retry_count": _scalar_column(0, pa.int32(), n),
+                "created_at": _scalar_column(now, TIMESTAMP, n),
+                "updated_at": _scalar_column(now, TIMESTAMP, n),
+                "batch_id": pa.nulls(n, pa.string()),
+                "batch_seq": pa.nulls(n, pa.int64()),
+                "run_id": pa.nulls(n, pa.string()),
+                "partition_key": partition_keys,
+                "row_count": pa.nulls(n, pa.int64()),
+                "target_version": pa.nulls(n, pa.int64()),
+                "fingerprint": fingerprint(listing["file_size"], listing["file_modified_time"]),
+            },
+            schema=TRACKER_SCHEMA,
+        )
+
+        def new_only(current: pa.Table) -> pa.Table:
+            known = current["file_path"]
+            return candidates.filter(pc.invert(pc.is_in(candidates["file_path"], known)))
+
+        return self._upsert(new_only, "register", insert_only=True)
+
+    def _transition(
+        self,
+        paths: Sequence[str],
+        operation: str,
+        allowed_from: Sequence[FileStatus],
+        change: Callable[[pa.Table], pa.Table],
+    ) -> int:
+        wanted = pa.array(list(paths), pa.string())
+
+        def make_rows(current: pa.Table) -> pa.Table:
+            rows = current.filter(pc.is_in(current["file_path"], wanted))
+            bad = rows.filter(pc.invert(pc.is_in(rows["status"], pa.array([s.value for s in allowed_from]))))
+            if bad.num_rows:
+                first = bad.slice(0, 1).to_pylist()[0]
+                raise TrackerError(
+                    f"tracker of table {self.table_name!r}: cannot {operation} {first['file_path']!r} "
+                    f"from status {first['status']!r}"
+                )
+            missing = len(set(paths)) - rows.num_rows
+            if missing:
+                raise TrackerError(f"tracker of table {self.table_name!r}: {operation} of {missing} unknown files")
+            return change(rows)
+
+        return self._upsert(make_rows, operation)
+
+    def claim(self, paths: Sequence[str], batch_id: str, batch_seq: int, run_id: str) -> int:
+        """pending | failed -> processing, stamped with the batch. One commit."""
+        now = _now()
+        return self._transition(
+            paths,
+            "claim",
+            (FileStatus.PENDING, FileStatus.FAILED),
+            lambda rows: _replace(
+                rows,
+                status=FileStatus.PROCESSING.value,
+                batch_id=batch_id,
+                batch_seq=batch_seq,
+                run_id=run_id,
+                processing_start_time=now,
+                processing_end_time=None,
+                updated_at=now,
+            ),
+        )
+
+    def complete(self, row_counts: Mapping[str, int], batch_id: str, target_version: int | None) -> int:
+        """processing -> completed with each file's row count and the target commit version. One commit."""
+        now = _now()
+
+        def change(rows: pa.Table) -> pa.Table:
+            counts = [int(row_counts.get(path, 0)) for path in rows["file_path"].to_pylist()]
+            return _replace(
+                rows,
+                status=FileStatus.COMPLETED.value,
+                row_count=pa.array(counts, pa.int64()),
+                target_version=target_version,
+                error_message=None,
+                processing_end_time=now,
+                updated_at=now,
+                batch_id=batch_id,
+            )
+
+        return self._transition(list(row_counts), "complete", (FileStatus.PROCESSING,), change)
+
+    def fail(self, errors: Mapping[str, str], count_retry: bool = True) -> int:
+        """processing | pending -> failed with the error; ``retry_count`` grows by one. One commit."""
+        now = _now()
+
+        def change(rows: pa.Table) -> pa.Table:
+            messages = [errors[path] for path in rows["file_path"].to_pylist()]
+            retries = rows["retry_count"]
+            if count_retry:
+                retries = pc.add(pc.fill_null(retries, 0), pa.scalar(1, pa.int32()))
+            return _replace(
+                rows,
+                status=FileStatus.FAILED.value,
+                error_message=pa.array(messages, pa.string()),
+                retry_count=retries,
+                processing_end_time=now,
+                updated_at=now,
+            )
+
+        return self._transition(
+            list(errors), "fail", (FileStatus.PROCESSING, FileStatus.PENDING, FileStatus.FAILED), change
+        )
+
+
+class DeltaTrackerResource(dg.ConfigurableResource):
+    """File tracker for every table, as Delta tables under ``checkpoint_path``.
+
+    Example::
+
+        tracker = DeltaTrackerResource(checkpoint_path="/data/checkpoints")
+        tracker.for_table("transactions").status_counts()
+    """
+
+    checkpoint_path: str
+
+    def for_table(self, table_name: str) -> FileTracker:
+        return FileTracker(f"{self.checkpoint_path.rstrip('/')}/{TRACKER_DIR}/{table_name}", table_name)
+
+    def read_all(self, table_names: Sequence[str]) -> pa.Table:
+        """The logical ``file_processing_tracker``: every table's rows in one Arrow table."""
+        parts = [self.for_table(name).read() for name in table_names]
+        return pa.concat_tables(parts) if parts else TRACKER_SCHEMA.empty_table()
+
+
+__all__ = ["TRACKER_SCHEMA", "DeltaTrackerResource", "FileTracker", "write_deltalake"]

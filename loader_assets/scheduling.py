@@ -1,0 +1,82 @@
+"""Finding which partitions of a table have work, without writing anything (sensor and CLI share it).
+
+One listing of the source, one read of the tracker, and vectorised set operations: a file needs loading when the
+tracker does not know it yet, or knows it as pending, or as failed with retries left. Unknown files get the
+partition their modification time gives now; known files keep the partition stored at registration.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from datetime import datetime
+
+
+import pyarrow.compute as pc
+
+from loader_assets.core.discovery import fingerprint, list_source_files
+from loader_assets.core.partitions import group_into_ranges, partition_keys_for
+from loader_assets.loading import eligible_files
+from loader_assets.resources.tracker import FileTracker
+from loader_assets.settings import TableSettings
+
+
+@dataclass(frozen=True)
+class PendingWork:
+    """The files of one table that a run would load, grouped by partition."""
+
+    table_name: str
+    discovered: int
+    new_files: int
+    pending_files: int
+    retryable_files: int
+    partition_keys: tuple[str, ...]
+    ranges: tuple[tuple[str, str], ...]
+    digest: str
+
+    @property
+    def has_work(self) -> bool:
+        return bool(self.partition_keys)
+
+
+def find_pending_work(
+    table: TableSettings, tracker: FileTracker, retry_attempts: int, now: datetime | None = None
+) -> PendingWork:
+    listing = list_source_files(table.source_path)
+    known = tracker.read(columns=["file_path", "status", "retry_count", "partition_key", "fingerprint"])
+    new = listing.filter(pc.invert(pc.is_in(listing["file_path"], known["file_path"])))
+    new_keys = partition_keys_for(
+        new["file_modified_time"], table.partitioning.granularity.value, table.partitioning.start, now
+    )
+    # Only files still in the source count: a tracked file that was deleted from the landing zone cannot load.
+    present = known.filter(pc.is_in(known["file_path"], listing["file_path"]))
+    eligible = eligible_files(present, retry_attempts)
+    keys = sorted(set(new_keys.to_pylist()) | set(eligible["partition_key"].to_pylist()))
+    entries = [
+        "\x00".join((path, fp, "0"))
+        for path, fp in zip(
+            new["file_path"].to_pylist(),
+            fingerprint(new["file_size"], new["file_modified_time"]).to_pylist(),
+            strict=True,
+        )
+    ]
+    entries += [
+        "\x00".join((path, fp, str(retries or 0)))
+        for path, fp, retries in zip(
+            eligible["file_path"].to_pylist(), eligible["fingerprint"].to_pylist(),
+            eligible["retry_count"].to_pylist(), strict=True,
+        )
+    ]
+    digest = hashlib.sha256("\n".join(sorted(entries)).encode())
+    return PendingWork(
+        table_name=table.table_name,
+        discovered=listing.num_rows,
+        new_files=new.num_rows,
+        pending_files=int(pc.sum(pc.equal(eligible["status"], "pending")).as_py() or 0),
+        retryable_files=int(pc.sum(pc.equal(eligible["status"], "failed")).as_py() or 0),
+        partition_keys=tuple(keys),
+        ranges=tuple(group_into_ranges(keys, table.partitioning.granularity.value)),
+        digest=digest.hexdigest()[:16],
+    )
+
+

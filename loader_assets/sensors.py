@@ -1,0 +1,66 @@
+"""File-discovery sensors: one per table, a trigger for ranged runs over the partitions that have files to load.
+
+A tick lists the landing directory once, diffs it against the tracker (``scheduling.find_pending_work``) and
+requests one run per contiguous group of partitions with work. It writes nothing: the run registers and claims
+files under the table's lock. Run keys are deterministic (table, range, digest of the pending files' paths,
+fingerprints and retry counts), so a tick repeated after a crash requests nothing twice, while a file that failed
+and has retries left changes the digest and is requested again. While a run of the table is queued or in
+progress the sensor waits, so a slow run is not stacked with duplicates.
+"""
+
+
+import json
+
+import dagster as dg
+from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
+
+from loader_assets.assets import TABLE_TAG
+from loader_assets.resources.tracker import DeltaTrackerResource
+from loader_assets.scheduling import find_pending_work
+from loader_assets.settings import LoaderSettings, TableSettings
+
+IN_FLIGHT = [
+    dg.DagsterRunStatus.QUEUED,
+    dg.DagsterRunStatus.NOT_STARTED,
+    dg.DagsterRunStatus.STARTING,
+    dg.DagsterRunStatus.STARTED,
+]
+
+
+def range_tags(start: str, end: str) -> dict[str, str]:
+    """Run tags that make a run materialise the partition range [start, end] in one go."""
+    return {ASSET_PARTITION_RANGE_START_TAG: start, ASSET_PARTITION_RANGE_END_TAG: end}
+
+
+def build_table_sensor(table: TableSettings, settings: LoaderSettings, job_name: str) -> dg.SensorDefinition:
+    name = table.table_name
+
+    @dg.sensor(
+        name=f"{name}_files_sensor",
+        job_name=job_name,
+        minimum_interval_seconds=30,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description=f"Requests runs of `{name}` for the partitions that have files to load in {table.source_path}.",
+    )
+    def _files_sensor(
+        context: dg.SensorEvaluationContext, tracker: DeltaTrackerResource
+    ) -> dg.SensorResult | dg.SkipReason:
+        in_flight = context.instance.get_runs(
+            filters=dg.RunsFilter(tags={TABLE_TAG: name}, statuses=IN_FLIGHT), limit=1
+        )
+        if in_flight:
+            return dg.SkipReason(f"run {in_flight[0].run_id} of {name} is still queued or in progress")
+        work = find_pending_work(table, tracker.for_table(name), settings.retry_attempts)
+        if not work.has_work:
+            return dg.SkipReason(f"no new or retryable files among {work.discovered} in {table.source_path}")
+        requests = []
+        for start, end in work.ranges:
+            tags = {TABLE_TAG: name, **range_tags(start, end)}
+            requests.append(dg.RunRequest(run_key=f"{name}:{start}...{end}:{work.digest}", tags=tags))
+        cursor = json.dumps(
+            {"discovered": work.discovered, "new": work.new_files, "retryable": work.retryable_files,
+             "digest": work.digest}
+        )
+        return dg.SensorResult(run_requests=requests, cursor=cursor)
+
+    return _files_sensor

@@ -1,0 +1,228 @@
+"""Loader settings: the seed guide's configuration, validated once when definitions load.
+
+A config file is YAML (``configs/local.yaml``) or JSON (the seed guide's ``config.json``). Relative paths in it
+resolve against the directory of the config file, so a config works from any working directory.
+
+Every model is frozen and rejects unknown fields, so a typo fails loudly with the field's name instead of being
+ignored. ``load_settings`` turns pydantic's errors into one :class:`~loader_assets.core.errors.ConfigError` whose
+message names the file and each bad field.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import datetime
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from loader_assets.core.errors import ConfigError
+
+_TABLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+class FileFormat(str, Enum):
+    """Source file formats the Spark reader is asked to read."""
+
+    PARQUET = "parquet"
+    CSV = "csv"
+    JSON = "json"
+
+
+class LoadingStrategy(str, Enum):
+    """How a batch of files becomes one Delta commit on the target table."""
+
+    APPEND = "append"
+    SCD2 = "scd2"
+
+
+class PartitionGranularity(str, Enum):
+    """Width of the time-window partitions a table's files are grouped into (DESIGN.md section 3)."""
+
+    DAY = "day"
+    HOUR = "hour"
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PartitioningSettings(_Frozen):
+    """Time-window partitions over each file's arrival time (its modification time at first discovery)."""
+
+    granularity: PartitionGranularity = Field(
+        default=PartitionGranularity.DAY, description="Partition width: day or hour."
+    )
+    start: str = Field(
+        default="2024-01-01",
+        description="First partition (YYYY-MM-DD, or YYYY-MM-DD-HH:MM for hourly). Older files go to it.",
+    )
+
+    @field_validator("start")
+    @classmethod
+    def _parse_start(cls, value: str) -> str:
+        for fmt in ("%Y-%m-%d", "%Y-%m-%d-%H:%M"):
+            try:
+                datetime.strptime(value, fmt)
+                return value
+            except ValueError:
+                continue
+        raise ValueError(f"start must look like 2024-01-01 (or 2024-01-01-00:00 for hourly), got {value!r}")
+
+
+class SparkSettings(_Frozen):
+    """The Spark session the target tables are written with. ``conf`` is passed through to the builder."""
+
+    master: str = Field(default="local[*]", description="Spark master URL, e.g. local[*] or spark://host:7077.")
+    app_name: str = Field(default="loader-assets", description="Spark application name.")
+    conf: dict[str, str] = Field(default_factory=dict, description="Extra Spark confs, passed through.")
+
+    @field_validator("conf", mode="before")
+    @classmethod
+    def _stringify(cls, value: Any) -> Any:  # noqa: ANN401 - raw YAML value
+        if isinstance(value, dict):
+            return {str(k): str(v).lower() if isinstance(v, bool) else str(v) for k, v in value.items()}
+        return value
+
+
+class TableSettings(_Frozen):
+    """One target table: where its files land, how they are read, and how they are loaded."""
+
+    table_name: str = Field(description="Target table name; the Delta table lives at <target_root>/<table_name>.")
+    source_path: str = Field(description="Directory the table's files land in, read recursively.")
+    file_format: FileFormat = Field(description="parquet, csv or json.")
+    read_options: dict[str, str] = Field(
+        default_factory=dict, description="Options passed to the Spark reader (csv header etc.)."
+    )
+    loading_strategy: LoadingStrategy = Field(default=LoadingStrategy.APPEND, description="append or scd2.")
+    partitioning: PartitioningSettings = Field(default_factory=PartitioningSettings)
+
+    @field_validator("table_name")
+    @classmethod
+    def _valid_name(cls, value: str) -> str:
+        if not _TABLE_NAME.match(value):
+            raise ValueError(
+                f"table_name {value!r} must start with a letter or underscore and contain only letters, digits "
+                "and underscores (it names a Dagster asset, a directory and a Delta txnAppId)"
+            )
+        return value
+
+    @field_validator("read_options", mode="before")
+    @classmethod
+    def _stringify(cls, value: Any) -> Any:  # noqa: ANN401 - raw YAML value
+        if isinstance(value, dict):
+            return {str(k): str(v).lower() if isinstance(v, bool) else str(v) for k, v in value.items()}
+        return value
+
+    @model_validator(mode="after")
+    def _strategy_supported(self) -> TableSettings:
+        if self.loading_strategy is LoadingStrategy.SCD2:
+            raise ValueError(
+                f"table {self.table_name!r}: loading_strategy 'scd2' is not available in this version; "
+                "supported values: append"
+            )
+        return self
+
+
+class LoaderSettings(_Frozen):
+    """The whole loader: where tables and state live, limits, Spark, and the tables."""
+
+    target_root: str = Field(description="Each table's Delta table is written to <target_root>/<table_name>.")
+    checkpoint_path: str = Field(description="Directory of the file tracker and lock tables.")
+    retry_attempts: int = Field(default=3, ge=0, description="How many times a failed file is retried.")
+    timeout_minutes: int = Field(
+        default=60, ge=1, description="Lease of a table lock; a holder that stops renewing it is stale after this."
+    )
+    lock_wait_seconds: int = Field(
+        default=600, ge=0, description="How long a run waits for a table lock held by a live run."
+    )
+    max_files_per_run: int = Field(default=1000, ge=1, description="At most this many files in one batch.")
+    spark: SparkSettings = Field(default_factory=SparkSettings)
+    tables: list[TableSettings] = Field(min_length=1, description="The target tables.")
+
+    @model_validator(mode="after")
+    def _unique_tables(self) -> LoaderSettings:
+        seen: set[str] = set()
+        for table in self.tables:
+            if table.table_name in seen:
+                raise ValueError(f"table_name {table.table_name!r} appears more than once in tables")
+            seen.add(table.table_name)
+        return self
+
+    def table(self, name: str) -> TableSettings:
+        """The table named ``name``; raises ConfigError listing the known names otherwise."""
+        for table in self.tables:
+            if table.table_name == name:
+                return table
+        known = ", ".join(t.table_name for t in self.tables)
+        raise ConfigError(f"unknown table {name!r}; configured tables: {known}")
+
+    def table_path(self, name: str) -> str:
+        """Location of the table's Delta table."""
+        return _join(self.target_root, name)
+
+
+def _join(root: str, name: str) -> str:
+    return f"{root.rstrip('/')}/{name}"
+
+
+def _is_uri(value: str) -> bool:
+    return "://" in value
+
+
+def _resolve_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
+    """Resolve relative local paths against the config file's directory (object-store URIs stay as they are)."""
+
+    def resolve(value: Any) -> Any:  # noqa: ANN401 - raw YAML value
+        if isinstance(value, str) and value and not _is_uri(value):
+            return str((base / Path(value).expanduser()).resolve())
+        return value
+
+    out = dict(raw)
+    for key in ("target_root", "checkpoint_path"):
+        if key in out:
+            out[key] = resolve(out[key])
+    tables = out.get("tables")
+    if isinstance(tables, list):
+        out["tables"] = [
+            {**t, "source_path": resolve(t["source_path"])} if isinstance(t, dict) and "source_path" in t else t
+            for t in tables
+        ]
+    return out
+
+
+def _format_validation_error(path: Path, error: ValidationError) -> str:
+    lines = [f"invalid config {path}:"]
+    for item in error.errors():
+        location = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        message = item["msg"].removeprefix("Value error, ")
+        lines.append(f"  {location}: {message}")
+    return "\n".join(lines)
+
+
+def parse_settings(raw: dict[str, Any], base_dir: Path, source: Path | None = None) -> LoaderSettings:
+    """Validate an already-parsed config mapping; relative paths resolve against ``base_dir``."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"invalid config {source or base_dir}: the top level must be a mapping")
+    try:
+        return LoaderSettings.model_validate(_resolve_paths(raw, base_dir))
+    except ValidationError as error:
+        raise ConfigError(_format_validation_error(source or base_dir, error)) from None
+
+
+def load_settings(path: str | Path) -> LoaderSettings:
+    """Read and validate a YAML or JSON config file. Raises ConfigError naming the file and the bad fields."""
+    config_path = Path(path).expanduser().resolve()
+    try:
+        text = config_path.read_text(encoding="utf-8")
+    except OSError as error:
+        raise ConfigError(f"cannot read config {config_path}: {error.strerror or error}") from None
+    try:
+        raw = json.loads(text) if config_path.suffix.lower() == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as error:
+        raise ConfigError(f"cannot parse config {config_path}: {error}") from None
+    return parse_settings(raw, config_path.parent, config_path)
