@@ -173,7 +173,7 @@ class FileTracker:
         On a commit conflict the current state is re-read and ``make_rows`` runs again, so no update is lost.
         Returns the number of rows written.
         """
-        if not self.exists():
+        if self._open() is None:  # raises TrackerError for a damaged tracker rather than recreating it
             self._create()
         for attempt in range(MAX_CONFLICT_RETRIES):
             table = self._open()

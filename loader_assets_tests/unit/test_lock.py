@@ -1,0 +1,98 @@
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+
+from loader_assets.core.errors import LockHeldError, LockLostError
+from loader_assets.resources.lock import DeltaLockResource, Lease, LockState
+
+RACER = """
+import json, os, sys, time
+from loader_assets.resources.lock import TableLock, Lease
+lock = TableLock(sys.argv[1], "t", 60)
+lock._open_or_create()
+start = float(sys.argv[2])
+while time.time() < start:
+    pass
+outcome = lock.try_acquire("run-%d" % os.getpid())
+print(json.dumps({"won": isinstance(outcome, Lease)}), flush=True)
+os._exit(0)
+"""
+
+
+def locks(tmp_path, lease=60.0):
+    return DeltaLockResource(checkpoint_path=str(tmp_path), lease_seconds=lease)
+
+
+def test_acquire_release_and_seed_fields(tmp_path):
+    lock = locks(tmp_path).for_table("t")
+    assert lock.read() is None
+    lease = lock.acquire("run-1", wait_seconds=0, heartbeat=False)
+    state = lock.read()
+    assert state.held and state.owner_id == lease.owner_id and state.run_id == "run-1"
+    seed_fields = state.to_json()
+    assert {"pid", "hostname", "acquired_at", "timeout_at", "lock_name"} <= set(seed_fields)
+    assert seed_fields["lock_name"] == "loader_assets/t"
+    with pytest.raises(LockHeldError, match="table 't' is locked by PID"):
+        lock.acquire("run-2", wait_seconds=0.3)
+    lease.release()
+    assert not lock.read().held
+    lock.acquire("run-2", wait_seconds=0, heartbeat=False).release()
+
+
+def test_dead_holder_on_this_host_is_taken_over(tmp_path):
+    lock = locks(tmp_path).for_table("t")
+    holder = subprocess.run(
+        [sys.executable, "-c", f"from loader_assets.resources.lock import TableLock\n"
+         f"TableLock({str(tmp_path / 'locks' / 't')!r}, 't', 3600).acquire('dead', 0, heartbeat=False)\n"
+         "import os; os._exit(0)"], check=True)
+    assert holder.returncode == 0
+    state = lock.read()
+    assert state.held and "is gone" in state.stale_reason()
+    lease = lock.acquire("run-2", wait_seconds=0, heartbeat=False)
+    assert lock.read().owner_id == lease.owner_id
+    lease.release()
+
+
+def test_expired_lease_is_taken_over_and_the_old_holder_notices(tmp_path):
+    lock = locks(tmp_path, lease=0.5).for_table("t")
+    first = lock.acquire("run-1", wait_seconds=0, heartbeat=False)
+    time.sleep(0.7)
+    assert "lease expired" in lock.read().stale_reason()
+    second = lock.acquire("run-2", wait_seconds=0, heartbeat=False)
+    with pytest.raises(LockLostError, match="lost the lock of table 't'"):
+        first.ensure_held()
+    first.release()  # must not free the new holder's lock
+    assert lock.read().owner_id == second.owner_id
+    second.release()
+
+
+def test_heartbeat_keeps_a_short_lease_alive(tmp_path):
+    lock = locks(tmp_path, lease=1.5).for_table("t")
+    lease = lock.acquire("run-1", wait_seconds=0, heartbeat=True)
+    time.sleep(3.5)
+    assert lock.read().stale_reason() is None
+    lease.ensure_held()
+    lease.release()
+
+
+def test_four_racing_processes_exactly_one_wins(tmp_path):
+    for trial in range(5):
+        path = tmp_path / f"trial{trial}"
+        locks(path).for_table("t")._open_or_create()
+        start = time.time() + 3.0
+        racers = [
+            subprocess.Popen([sys.executable, "-c", RACER, str(path / "locks" / "t"), str(start)],
+                             stdout=subprocess.PIPE, text=True)
+            for _ in range(4)
+        ]
+        results = [json.loads(r.communicate(timeout=60)[0].strip().splitlines()[-1]) for r in racers]
+        assert sum(r["won"] for r in results) == 1, results
+
+
+def test_free_state_describes_itself():
+    state = LockState("loader_assets/t", None, None, None, None, None, None, None, None)
+    assert state.describe() == "free" and state.stale_reason() is None
+    assert isinstance(Lease, type)

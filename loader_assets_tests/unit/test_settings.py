@@ -1,0 +1,97 @@
+import json
+from pathlib import Path
+
+import pytest
+
+from loader_assets.core.errors import ConfigError
+from loader_assets.settings import load_settings
+
+PROJECT = Path(__file__).resolve().parents[2]
+
+
+def write(tmp_path: Path, text: str, name: str = "c.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_shipped_local_config_loads_and_resolves_paths_against_its_directory():
+    settings = load_settings(PROJECT / "configs" / "local.yaml")
+    assert settings.target_root == str(PROJECT / "data" / "lake")
+    assert settings.tables[0].source_path == str(PROJECT / "data" / "landing" / "transactions")
+    assert settings.table_path("transactions") == str(PROJECT / "data" / "lake" / "transactions")
+    assert settings.tables[1].read_options == {"header": "true", "inferSchema": "false"}
+
+
+def test_seed_guide_json_style_loads():
+    settings = load_settings(PROJECT / "configs" / "seed-style.json")
+    assert [t.table_name for t in settings.tables] == ["transactions"]
+    assert settings.retry_attempts == 3 and settings.timeout_minutes == 60
+
+
+def test_object_store_uris_are_not_resolved(tmp_path):
+    path = write(tmp_path, json.dumps({
+        "target_root": "s3://bucket/lake", "checkpoint_path": "ckpt",
+        "tables": [{"table_name": "t", "source_path": "s3://bucket/in", "file_format": "csv"}]}), "c.json")
+    settings = load_settings(path)
+    assert settings.target_root == "s3://bucket/lake"
+    assert settings.tables[0].source_path == "s3://bucket/in"
+    assert settings.checkpoint_path == str(tmp_path / "ckpt")
+
+
+@pytest.mark.parametrize(
+    ("table_yaml", "expected"),
+    [
+        ("file_format: xml", "tables.0.file_format: Input should be 'parquet', 'csv' or 'json'"),
+        ("file_format: csv\n    loading_strategy: scd2", "loading_strategy 'scd2' is not available"),
+        ("file_format: csv\n    colour: blue", "tables.0.colour: Extra inputs are not permitted"),
+        ("file_format: csv\n    partitioning: {granularity: week}", "tables.0.partitioning.granularity"),
+        ("file_format: csv\n    partitioning: {start: yesterday}", "start must look like 2024-01-01"),
+    ],
+)
+def test_bad_table_fields_are_named(tmp_path, table_yaml, expected):
+    path = write(tmp_path, f"""
+target_root: lake
+checkpoint_path: ckpt
+tables:
+  - table_name: t
+    source_path: in
+    {table_yaml}
+""")
+    with pytest.raises(ConfigError) as error:
+        load_settings(path)
+    assert str(path) in str(error.value)
+    assert expected in str(error.value)
+
+
+def test_bad_top_level_fields_are_named(tmp_path):
+    path = write(tmp_path, "target_root: lake\ncheckpoint_path: c\nretry_attempts: -1\ntables: []\n")
+    message = str(pytest.raises(ConfigError, load_settings, path).value)
+    assert "retry_attempts: Input should be greater than or equal to 0" in message
+    assert "tables: List should have at least 1 item" in message
+
+
+def test_duplicate_and_invalid_table_names(tmp_path):
+    path = write(tmp_path, """
+target_root: lake
+checkpoint_path: ckpt
+tables:
+  - {table_name: t, source_path: a, file_format: csv}
+  - {table_name: t, source_path: b, file_format: csv}
+""")
+    assert "appears more than once" in str(pytest.raises(ConfigError, load_settings, path).value)
+    path = write(tmp_path, "target_root: l\ncheckpoint_path: c\ntables: [{table_name: 'bad name', source_path: a, "
+                           "file_format: csv}]\n")
+    assert "table_name 'bad name' must start with a letter" in str(pytest.raises(ConfigError, load_settings, path).value)
+
+
+def test_unreadable_and_unparsable_files(tmp_path):
+    assert "cannot read config" in str(pytest.raises(ConfigError, load_settings, tmp_path / "nope.yaml").value)
+    path = write(tmp_path, "tables: [unclosed")
+    assert "cannot parse config" in str(pytest.raises(ConfigError, load_settings, path).value)
+
+
+def test_unknown_table_lookup_lists_known_names():
+    settings = load_settings(PROJECT / "configs" / "local.yaml")
+    message = str(pytest.raises(ConfigError, settings.table, "nope").value)
+    assert "unknown table 'nope'" in message and "transactions, page_views" in message

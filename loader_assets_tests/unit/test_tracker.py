@@ -1,0 +1,76 @@
+import pyarrow as pa
+import pytest
+
+from loader_assets.core.discovery import list_source_files
+from loader_assets.core.errors import TrackerError
+from loader_assets.core.partitions import partition_keys_for
+from loader_assets.resources.tracker import DeltaTrackerResource
+
+
+@pytest.fixture
+def files(tmp_path):
+    for name in ["a.csv", "b.csv", "c.csv"]:
+        (tmp_path / "in").mkdir(exist_ok=True)
+        (tmp_path / "in" / name).write_text("h\n1\n")
+    listing = list_source_files(str(tmp_path / "in"))
+    return listing, partition_keys_for(listing["file_modified_time"], "day", "2024-01-01")
+
+
+def test_register_is_idempotent_and_keeps_known_rows(tmp_path, files):
+    tracker = DeltaTrackerResource(checkpoint_path=str(tmp_path / "ckpt")).for_table("t")
+    assert tracker.read().num_rows == 0 and tracker.max_batch_seq() == 0
+    listing, keys = files
+    assert tracker.register(listing, keys) == 3
+    paths = listing["file_path"].to_pylist()
+    tracker.claim(paths[:1], "b1", 1, "run1")
+    assert tracker.register(listing, keys) == 0
+    rows = {r["file_path"]: r for r in tracker.read().to_pylist()}
+    assert rows[paths[0]]["status"] == "processing" and rows[paths[1]]["status"] == "pending"
+    assert rows[paths[1]]["fingerprint"] == f"4:{int(listing['file_modified_time'][1].value)}"
+    assert rows[paths[0]]["table_name"] == "t"
+
+
+def test_named_transitions_and_counts(tmp_path, files):
+    tracker = DeltaTrackerResource(checkpoint_path=str(tmp_path / "ckpt")).for_table("t")
+    listing, keys = files
+    tracker.register(listing, keys)
+    a, b, c = listing["file_path"].to_pylist()
+    tracker.claim([a, b], "b7", 7, "run1")
+    tracker.complete({a: 10}, "b7", 3)
+    tracker.fail({b: "boom"})
+    assert tracker.status_counts() == {"pending": 1, "processing": 0, "completed": 1, "failed": 1}
+    assert tracker.max_batch_seq() == 7
+    rows = {r["file_path"]: r for r in tracker.read().to_pylist()}
+    assert (rows[a]["row_count"], rows[a]["target_version"], rows[a]["batch_id"]) == (10, 3, "b7")
+    assert (rows[b]["error_message"], rows[b]["retry_count"]) == ("boom", 1)
+    assert rows[a]["processing_end_time"] is not None and rows[c]["processing_start_time"] is None
+    # a failed file can be claimed again, a completed one cannot
+    tracker.claim([b], "b8", 8, "run2")
+    with pytest.raises(TrackerError, match="cannot claim .* from status 'completed'"):
+        tracker.claim([a], "b9", 9, "run3")
+    with pytest.raises(TrackerError, match="cannot complete .* from status 'pending'"):
+        tracker.complete({c: 1}, "b9", 4)
+
+
+def test_filtered_read_and_logical_view(tmp_path, files):
+    resource = DeltaTrackerResource(checkpoint_path=str(tmp_path / "ckpt"))
+    listing, keys = files
+    resource.for_table("t").register(listing, keys)
+    resource.for_table("u").register(listing.slice(0, 1), keys.slice(0, 1))
+    from loader_assets.core.states import FileStatus
+    pending = resource.for_table("t").read(columns=["file_path"], statuses=[FileStatus.PENDING])
+    assert pending.column_names == ["file_path"] and pending.num_rows == 3
+    everything = resource.read_all(["t", "u"])
+    assert everything.num_rows == 4 and set(everything["table_name"].to_pylist()) == {"t", "u"}
+
+
+def test_damaged_tracker_is_reported_not_recreated(tmp_path):
+    path = tmp_path / "ckpt" / "file_processing_tracker" / "t"
+    path.mkdir(parents=True)
+    (path / "part-0.parquet").write_bytes(b"junk")
+    tracker = DeltaTrackerResource(checkpoint_path=str(tmp_path / "ckpt")).for_table("t")
+    with pytest.raises(TrackerError, match="not a readable Delta table"):
+        tracker.read()
+    with pytest.raises(TrackerError):
+        tracker.register(pa.table({"file_path": ["x"], "file_size": [1], "file_modified_time": [None]}),
+                         pa.array(["2024-01-01"]))
