@@ -57,8 +57,8 @@ def prepare_batch(
     name = table.table_name
     target_path = settings.table_path(name)
     tracker = tracker_resource.for_table(name)
-    lease = lock_resource.for_table(name).acquire(context.run_id, wait_seconds=lock_resource.wait_seconds)
-    batch = LoadBatch(table=table, target_path=target_path, run_id=context.run_id, tracker=tracker, lease=lease,
+    lease = lock_resource.for_table(name).acquire(context.run.run_id, wait_seconds=lock_resource.wait_seconds)
+    batch = LoadBatch(table=table, target_path=target_path, run_id=context.run.run_id, tracker=tracker, lease=lease,
                       discovered=0, partition_keys=list(partition_keys or []))
     claimed: list[str] = []
     try:
@@ -84,7 +84,7 @@ def prepare_batch(
         batch.replace_existing = previously_claimed or tracker_is_behind(tracker, target_path, name)
         files = expected_files(plan.batch)
         claimed = [f.path for f in files]
-        tracker.claim(claimed, batch.batch_id, batch.batch_seq, context.run_id)
+        tracker.claim(claimed, batch.batch_id, batch.batch_seq, context.run.run_id)
         faults.crash_point(faults.AFTER_CLAIM)
         context.log.info(f"table {name}: batch {batch.batch_id} claimed {len(files)} files")
 
@@ -108,7 +108,7 @@ def prepare_batch(
     except BaseException as error:
         unresolved = [p for p in claimed if p not in batch.failed]
         if unresolved:
-            message = f"run {context.run_id} failed while preparing batch {batch.batch_id}: {error}"
+            message = f"run {context.run.run_id} failed while preparing batch {batch.batch_id}: {error}"
             try:
                 tracker.fail({p: message for p in unresolved})
             except Exception:

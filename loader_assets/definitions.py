@@ -10,7 +10,7 @@ import os
 
 import dagster as dg
 
-from loader_assets.assets import TABLE_TAG, build_table_asset, partitions_def_for
+from loader_assets.assets import TABLE_TAG, build_table_asset
 from loader_assets.checks import build_table_checks
 from loader_assets.io_managers.append import DeltaAppendIOManager
 from loader_assets.resources.lock import DeltaLockResource
@@ -58,7 +58,6 @@ def build_definitions(settings: LoaderSettings) -> dg.Definitions:
             dg.define_asset_job(
                 load_job_name(table.table_name),
                 selection=dg.AssetSelection.assets(asset.key),
-                partitions_def=partitions_def_for(table),
                 tags={TABLE_TAG: table.table_name},
                 description=f"Load new files of {table.table_name} and run its checks.",
             )
