@@ -86,6 +86,7 @@ def run_pipeline(
     started_before = spark_resource.sessions_started()
     summary = RunSummary()
     tracker_resource = DeltaTrackerResource(checkpoint_path=settings.checkpoint_path)
+    locks = DeltaLockResource(checkpoint_path=settings.checkpoint_path, lease_seconds=settings.timeout_minutes * 60)
     try:
         for table in selected:
             name = table.table_name
@@ -93,7 +94,7 @@ def run_pipeline(
             job = definitions.resolve_job_def(load_job_name(name))
             last_digest = None
             for round_number in range(MAX_ROUNDS_PER_TABLE):
-                work = find_pending_work(table, tracker_resource.for_table(name), settings.retry_attempts)
+                work = find_pending_work(table, tracker_resource.for_table(name), settings.retry_attempts, locks.for_table(name))
                 if round_number == 0:
                     result.files_discovered = work.discovered
                 # Later rounds only drain files left pending by max_files_per_run; a file that failed in this

@@ -15,9 +15,13 @@ import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from loader_assets.core.errors import ConfigError, LoaderError
 from loader_assets.settings import LoaderSettings, load_settings
+
+if TYPE_CHECKING:
+    import dagster as dg
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -58,6 +62,24 @@ def ensure_dagster_home() -> Path:
     return path
 
 
+def open_instance() -> "dg.DagsterInstance":
+    """The instance of $DAGSTER_HOME. Its sqlite schema is created under a file lock, because two CLI processes
+    started together on a fresh home would otherwise race to create the same tables and one would crash."""
+    import fcntl
+
+    import dagster as dg
+
+    home = ensure_dagster_home()
+    with (home / ".loader_assets_init.lock").open("w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            instance = dg.DagsterInstance.get()
+            instance.get_runs(limit=1)  # touches run and event storage so their schemas exist
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+    return instance
+
+
 def _print_run(settings: LoaderSettings, summary: object) -> None:
     from loader_assets.api import RunSummary
 
@@ -87,8 +109,11 @@ def _cmd_run(args: argparse.Namespace, settings: LoaderSettings) -> int:
     if args.tables:
         for name in args.tables:
             settings.table(name)  # ConfigError (exit 2) for an unknown table
-    ensure_dagster_home()
-    summary = run_pipeline(settings, tables=args.tables)
+    instance = open_instance()
+    try:
+        summary = run_pipeline(settings, tables=args.tables, instance=instance)
+    finally:
+        instance.dispose()
     if args.json:
         print(json.dumps(summary.to_json(), indent=2, sort_keys=True))
     else:

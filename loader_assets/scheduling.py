@@ -16,7 +16,9 @@ import pyarrow.compute as pc
 
 from loader_assets.core.discovery import fingerprint, list_source_files
 from loader_assets.core.partitions import group_into_ranges, partition_keys_for
+from loader_assets.core.states import FileStatus
 from loader_assets.loading import eligible_files
+from loader_assets.resources.lock import TableLock
 from loader_assets.resources.tracker import FileTracker
 from loader_assets.settings import TableSettings
 
@@ -30,6 +32,7 @@ class PendingWork:
     new_files: int
     pending_files: int
     retryable_files: int
+    interrupted_files: int
     partition_keys: tuple[str, ...]
     ranges: tuple[tuple[str, str], ...]
     digest: str
@@ -40,10 +43,18 @@ class PendingWork:
 
 
 def find_pending_work(
-    table: TableSettings, tracker: FileTracker, retry_attempts: int, now: datetime | None = None
+    table: TableSettings,
+    tracker: FileTracker,
+    retry_attempts: int,
+    lock: TableLock | None = None,
+    now: datetime | None = None,
 ) -> PendingWork:
+    """What a run of ``table`` would do now. With ``lock``, files left ``processing`` by a holder that is gone
+    count as work too: the run's recovery resolves them (committed -> completed, else retried)."""
     listing = list_source_files(table.source_path)
-    known = tracker.read(columns=["file_path", "status", "retry_count", "partition_key", "fingerprint"])
+    known = tracker.read(
+        columns=["file_path", "status", "retry_count", "partition_key", "fingerprint", "batch_id"]
+    )
     new = listing.filter(pc.invert(pc.is_in(listing["file_path"], known["file_path"])))
     new_keys = partition_keys_for(
         new["file_modified_time"], table.partitioning.granularity.value, table.partitioning.start, now
@@ -51,7 +62,18 @@ def find_pending_work(
     # Only files still in the source count: a tracked file that was deleted from the landing zone cannot load.
     present = known.filter(pc.is_in(known["file_path"], listing["file_path"]))
     eligible = eligible_files(present, retry_attempts)
-    keys = sorted(set(new_keys.to_pylist()) | set(eligible["partition_key"].to_pylist()))
+    orphaned = known.slice(0, 0)
+    if lock is not None:
+        processing = known.filter(pc.equal(known["status"], FileStatus.PROCESSING.value))
+        if processing.num_rows:
+            state = lock.read()
+            if state is None or not state.held or state.stale_reason() is not None:
+                orphaned = processing
+    keys = sorted(
+        set(new_keys.to_pylist())
+        | set(eligible["partition_key"].to_pylist())
+        | set(orphaned["partition_key"].to_pylist())
+    )
     entries = [
         "\x00".join((path, fp, "0"))
         for path, fp in zip(
@@ -67,6 +89,10 @@ def find_pending_work(
             eligible["retry_count"].to_pylist(), strict=True,
         )
     ]
+    entries += [
+        "\x00".join((path, "interrupted", batch_id or ""))
+        for path, batch_id in zip(orphaned["file_path"].to_pylist(), orphaned["batch_id"].to_pylist(), strict=True)
+    ]
     digest = hashlib.sha256("\n".join(sorted(entries)).encode())
     return PendingWork(
         table_name=table.table_name,
@@ -74,6 +100,7 @@ def find_pending_work(
         new_files=new.num_rows,
         pending_files=int(pc.sum(pc.equal(eligible["status"], "pending")).as_py() or 0),
         retryable_files=int(pc.sum(pc.equal(eligible["status"], "failed")).as_py() or 0),
+        interrupted_files=orphaned.num_rows,
         partition_keys=tuple(keys),
         ranges=tuple(group_into_ranges(keys, table.partitioning.granularity.value)),
         digest=digest.hexdigest()[:16],

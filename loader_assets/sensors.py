@@ -15,6 +15,7 @@ import dagster as dg
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
 from loader_assets.assets import TABLE_TAG
+from loader_assets.resources.lock import DeltaLockResource
 from loader_assets.resources.tracker import DeltaTrackerResource
 from loader_assets.scheduling import find_pending_work
 from loader_assets.settings import LoaderSettings, TableSettings
@@ -43,14 +44,14 @@ def build_table_sensor(table: TableSettings, settings: LoaderSettings, job_name:
         description=f"Requests runs of `{name}` for the partitions that have files to load in {table.source_path}.",
     )
     def _files_sensor(
-        context: dg.SensorEvaluationContext, tracker: DeltaTrackerResource
+        context: dg.SensorEvaluationContext, tracker: DeltaTrackerResource, lock: DeltaLockResource
     ) -> dg.SensorResult | dg.SkipReason:
         in_flight = context.instance.get_runs(
             filters=dg.RunsFilter(tags={TABLE_TAG: name}, statuses=IN_FLIGHT), limit=1
         )
         if in_flight:
             return dg.SkipReason(f"run {in_flight[0].run_id} of {name} is still queued or in progress")
-        work = find_pending_work(table, tracker.for_table(name), settings.retry_attempts)
+        work = find_pending_work(table, tracker.for_table(name), settings.retry_attempts, lock.for_table(name))
         if not work.has_work:
             return dg.SkipReason(f"no new or retryable files among {work.discovered} in {table.source_path}")
         requests = []

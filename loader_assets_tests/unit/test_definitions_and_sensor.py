@@ -5,6 +5,7 @@ import pytest
 
 from loader_assets.core.errors import ConfigError
 from loader_assets.definitions import CONFIG_ENV, build_definitions, defs
+from loader_assets.resources.lock import DeltaLockResource
 from loader_assets.resources.tracker import DeltaTrackerResource
 from loader_assets.scheduling import find_pending_work
 from loader_assets.sensors import range_tags
@@ -43,7 +44,8 @@ def test_sensor_tick_requests_one_ranged_run_with_a_stable_key(lake, instance):
     settings = lake.config()
     definitions = build_definitions(settings)
     sensor = definitions.get_sensor_def("events_files_sensor")
-    resources = {"tracker": DeltaTrackerResource(checkpoint_path=settings.checkpoint_path)}
+    resources = {"tracker": DeltaTrackerResource(checkpoint_path=settings.checkpoint_path),
+                 "lock": DeltaLockResource(checkpoint_path=settings.checkpoint_path)}
 
     first = sensor.evaluate_tick(dg.build_sensor_context(instance=instance, resources=resources))
     assert len(first.run_requests) == 1
@@ -66,5 +68,6 @@ def test_sensor_skips_an_empty_landing_zone(lake, instance):
     settings = lake.config()
     sensor = build_definitions(settings).get_sensor_def("events_files_sensor")
     result = sensor.evaluate_tick(dg.build_sensor_context(
-        instance=instance, resources={"tracker": DeltaTrackerResource(checkpoint_path=settings.checkpoint_path)}))
+        instance=instance, resources={"tracker": DeltaTrackerResource(checkpoint_path=settings.checkpoint_path),
+                                      "lock": DeltaLockResource(checkpoint_path=settings.checkpoint_path)}))
     assert result.run_requests == [] and "no new or retryable files among 0" in result.skip_message
