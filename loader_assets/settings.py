@@ -47,6 +47,13 @@ class PartitionGranularity(str, Enum):
     HOUR = "hour"
 
 
+def _string_mapping(value: Any) -> Any:  # noqa: ANN401 - raw YAML value
+    """YAML gives booleans and numbers; Spark options are strings (``true``, not ``True``)."""
+    if isinstance(value, dict):
+        return {str(k): str(v).lower() if isinstance(v, bool) else str(v) for k, v in value.items()}
+    return value
+
+
 class _Frozen(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -81,12 +88,7 @@ class SparkSettings(_Frozen):
     app_name: str = Field(default="loader-assets", description="Spark application name.")
     conf: dict[str, str] = Field(default_factory=dict, description="Extra Spark confs, passed through.")
 
-    @field_validator("conf", mode="before")
-    @classmethod
-    def _stringify(cls, value: Any) -> Any:  # noqa: ANN401 - raw YAML value
-        if isinstance(value, dict):
-            return {str(k): str(v).lower() if isinstance(v, bool) else str(v) for k, v in value.items()}
-        return value
+    _stringify = field_validator("conf", mode="before")(lambda value: _string_mapping(value))
 
 
 class TableSettings(_Frozen):
@@ -111,12 +113,7 @@ class TableSettings(_Frozen):
             )
         return value
 
-    @field_validator("read_options", mode="before")
-    @classmethod
-    def _stringify(cls, value: Any) -> Any:  # noqa: ANN401 - raw YAML value
-        if isinstance(value, dict):
-            return {str(k): str(v).lower() if isinstance(v, bool) else str(v) for k, v in value.items()}
-        return value
+    _stringify = field_validator("read_options", mode="before")(lambda value: _string_mapping(value))
 
     @model_validator(mode="after")
     def _strategy_supported(self) -> TableSettings:

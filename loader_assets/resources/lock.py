@@ -36,10 +36,11 @@ from typing import Any
 import dagster as dg
 import pyarrow as pa
 from deltalake import CommitProperties, DeltaTable, write_deltalake
-from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
+from deltalake.exceptions import CommitFailedError, DeltaError
 
 from loader_assets.core.discovery import TIMESTAMP
 from loader_assets.core.errors import LockHeldError, LockLostError, TrackerError
+from loader_assets.resources._state_tables import open_state_table
 
 logger = logging.getLogger(__name__)
 
@@ -213,15 +214,11 @@ class TableLock:
         self.lease_seconds = lease_seconds
 
     def _open(self) -> DeltaTable | None:
-        try:
-            return DeltaTable(self.path)
-        except TableNotFoundError:
-            if Path(self.path).exists() and any(Path(self.path).iterdir()):
-                raise TrackerError(
-                    f"lock of table {self.table_name!r} at {self.path} is not a readable Delta table; make sure no "
-                    f"run is active, then remove {self.path} (it is recreated free)"
-                ) from None
-            return None
+        return open_state_table(
+            self.path,
+            f"the lock of table {self.table_name!r} is damaged: make sure no run is active, then remove "
+            f"{self.path} (it is recreated free)",
+        )
 
     def _free_state(self) -> LockState:
         return LockState(self.lock_name, None, None, None, None, None, None, None, None)

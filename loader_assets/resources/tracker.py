@@ -27,17 +27,17 @@ import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
-from pathlib import Path
 
 import dagster as dg
 import pyarrow as pa
 import pyarrow.compute as pc
 from deltalake import CommitProperties, DeltaTable, write_deltalake
-from deltalake.exceptions import CommitFailedError, TableNotFoundError
+from deltalake.exceptions import CommitFailedError
 
 from loader_assets.core.discovery import TIMESTAMP, fingerprint
 from loader_assets.core.errors import TrackerError
 from loader_assets.core.states import ALL_STATUSES, FileStatus
+from loader_assets.resources._state_tables import open_state_table
 
 logger = logging.getLogger(__name__)
 
@@ -108,17 +108,12 @@ class FileTracker:
         return DeltaTable.is_deltatable(self.path)
 
     def _open(self) -> DeltaTable | None:
-        try:
-            return DeltaTable(self.path)
-        except TableNotFoundError:
-            if Path(self.path).exists() and any(Path(self.path).iterdir()):
-                raise TrackerError(
-                    f"tracker of table {self.table_name!r} at {self.path} exists but is not a readable Delta table "
-                    "(its _delta_log is missing or damaged); restore it from backup, or move it away and run "
-                    "`loader-assets reset-state --table "
-                    f"{self.table_name}` to rebuild tracking from the target table"
-                ) from None
-            return None
+        return open_state_table(
+            self.path,
+            f"the tracker of table {self.table_name!r} is damaged (its _delta_log is missing or unreadable). "
+            "Restore it from a backup, or move it away: a new tracker then re-registers the files, and since it "
+            "is behind the target every reload replaces the files' rows instead of duplicating them",
+        )
 
     def read(self, columns: Sequence[str] | None = None, statuses: Sequence[FileStatus] | None = None) -> pa.Table:
         """All rows (or the given columns / statuses). An absent tracker reads as empty."""
