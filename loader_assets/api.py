@@ -19,7 +19,7 @@ from loader_assets.core.states import FileStatus
 from loader_assets.definitions import build_definitions, load_job_name
 from loader_assets.resources import spark as spark_resource
 from loader_assets.resources.lock import DeltaLockResource
-from loader_assets.resources.tracker import DeltaTrackerResource
+from loader_assets.resources.tracker import DeltaTrackerResource, FileTracker
 from loader_assets.scheduling import find_pending_work
 from loader_assets.sensors import range_tags
 from loader_assets.settings import LoaderSettings
@@ -61,8 +61,8 @@ class RunSummary:
         return {**asdict(self), "success": self.success}
 
 
-def _outcome(settings: LoaderSettings, table_name: str, run_ids: list[str]) -> tuple[int, int, int, dict[str, str]]:
-    tracker = DeltaTrackerResource(checkpoint_path=settings.checkpoint_path).for_table(table_name)
+def _outcome(tracker: FileTracker, run_ids: list[str]) -> tuple[int, int, int, dict[str, str]]:
+    """Files this invocation's runs completed and failed, and the rows they loaded (read from the tracker)."""
     rows = tracker.read(columns=["file_path", "status", "run_id", "row_count", "error_message"])
     mine = rows.filter(pc.is_in(rows["run_id"], pc.cast(run_ids, "string"))) if run_ids else rows.slice(0, 0)
     completed = mine.filter(pc.equal(mine["status"], FileStatus.COMPLETED.value))
@@ -119,7 +119,7 @@ def run_pipeline(
                                 result.errors.append(event.step_failure_data.error.message.strip())
                 if result.errors:
                     break
-            processed, failed, rows_loaded, failures = _outcome(settings, name, result.run_ids)
+            processed, failed, rows_loaded, failures = _outcome(tracker_resource.for_table(name), result.run_ids)
             result.files_processed, result.files_failed, result.rows_loaded = processed, failed, rows_loaded
             result.failed_files = failures
             result.status_counts = tracker_resource.for_table(name).status_counts()

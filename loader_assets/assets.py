@@ -19,10 +19,9 @@ from loader_assets.loading import (
     data_schema_of_target,
     expected_files,
     new_batch_id,
-    next_batch_seq,
+    next_batch_sequence,
     plan_batch,
     recover_interrupted,
-    tracker_is_behind,
 )
 from loader_assets.reading import precheck_file, read_batch
 from loader_assets.resources.lock import DeltaLockResource
@@ -59,7 +58,7 @@ def prepare_batch(
     tracker = tracker_resource.for_table(name)
     lease = lock_resource.for_table(name).acquire(context.run.run_id, wait_seconds=lock_resource.wait_seconds)
     batch = LoadBatch(table=table, target_path=target_path, run_id=context.run.run_id, tracker=tracker, lease=lease,
-                      discovered=0, partition_keys=list(partition_keys or []))
+                      discovered=0)
     claimed: list[str] = []
     try:
         faults.crash_point(faults.AFTER_LOCK)
@@ -74,14 +73,17 @@ def prepare_batch(
             settings.retry_attempts, settings.max_files_per_run,
         )
         batch.discovered, batch.deferred = plan.discovered, plan.deferred
+        if plan.registered:
+            context.log.info(f"table {name}: registered {plan.registered} new files as pending")
         if plan.batch.num_rows == 0:
             context.log.info(f"table {name}: nothing to load in {len(partition_keys or [])} partition(s)")
             return batch
-        batch.batch_seq = next_batch_seq(tracker, target_path, name)
+        sequence = next_batch_sequence(tracker, target_path, name)
+        batch.batch_seq = sequence.next_seq
         batch.batch_id = new_batch_id(batch.batch_seq)
         # A file claimed before may already have rows in the target (interrupted or superseded batch): replace them.
         previously_claimed = plan.batch["batch_seq"].null_count < plan.batch.num_rows
-        batch.replace_existing = previously_claimed or tracker_is_behind(tracker, target_path, name)
+        batch.replace_existing = previously_claimed or sequence.tracker_behind
         files = expected_files(plan.batch)
         claimed = [f.path for f in files]
         tracker.claim(claimed, batch.batch_id, batch.batch_seq, context.run.run_id)

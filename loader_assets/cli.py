@@ -23,6 +23,8 @@ from loader_assets.settings import LoaderSettings, load_settings
 if TYPE_CHECKING:
     import dagster as dg
 
+    from loader_assets.api import RunSummary
+
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
@@ -80,10 +82,7 @@ def open_instance() -> "dg.DagsterInstance":
     return instance
 
 
-def _print_run(settings: LoaderSettings, summary: object) -> None:
-    from loader_assets.api import RunSummary
-
-    assert isinstance(summary, RunSummary)
+def _print_run(settings: LoaderSettings, summary: "RunSummary") -> None:
     print("=== LOAD SUMMARY ===")
     print(f"Overall Status: {'SUCCESS' if summary.success else 'FAILED'}")
     print(f"Files discovered: {summary.total_files_discovered}")

@@ -86,18 +86,24 @@ def find_batch_commit(target_path: str, batch_id: str, search_depth: int = 200) 
     return None
 
 
-def next_batch_seq(tracker: FileTracker, target_path: str, table_name: str) -> int:
+@dataclass(frozen=True)
+class BatchSequence:
+    """The next batch's number, and whether the target holds batches the tracker does not know about."""
+
+    next_seq: int
+    tracker_behind: bool
+
+
+def next_batch_sequence(tracker: FileTracker, target_path: str, table_name: str) -> BatchSequence:
     """One more than the larger of the tracker's last batch_seq and the target's recorded txn version.
 
     Taking the target into account matters: Delta skips a write whose txnVersion is not above the recorded
-    one, so a tracker that was reset or lost must never restart the sequence below it.
+    one, so a tracker that was reset or lost must never restart the sequence below it. Such a tracker is
+    "behind" the target, and its batches must replace rows rather than append them.
     """
-    return max(tracker.max_batch_seq(), target_txn_version(target_path, table_name)) + 1
-
-
-def tracker_is_behind(tracker: FileTracker, target_path: str, table_name: str) -> bool:
-    """True when the target holds batches the tracker does not know about (reset or lost tracker)."""
-    return target_txn_version(target_path, table_name) > tracker.max_batch_seq()
+    tracker_seq = tracker.max_batch_seq()
+    target_seq = target_txn_version(target_path, table_name)
+    return BatchSequence(next_seq=max(tracker_seq, target_seq) + 1, tracker_behind=target_seq > tracker_seq)
 
 
 def batch_row_counts(spark: SparkSession, target_path: str, batch_id: str) -> dict[str, int]:
@@ -249,7 +255,6 @@ class LoadBatch:
     replace_existing: bool = False
     deferred: int = 0
     recovered: RecoveryReport = field(default_factory=RecoveryReport)
-    partition_keys: list[str] = field(default_factory=list)
 
     @property
     def app_id(self) -> str:

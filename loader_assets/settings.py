@@ -160,11 +160,12 @@ class LoaderSettings(_Frozen):
 
     def table_path(self, name: str) -> str:
         """Location of the table's Delta table."""
-        return _join(self.target_root, name)
+        return table_location(self.target_root, name)
 
 
-def _join(root: str, name: str) -> str:
-    return f"{root.rstrip('/')}/{name}"
+def table_location(target_root: str, table_name: str) -> str:
+    """``<target_root>/<table_name>``: where a table's Delta table lives."""
+    return f"{target_root.rstrip('/')}/{table_name}"
 
 
 def _is_uri(value: str) -> bool:

@@ -20,6 +20,7 @@ from loader_assets.core import faults
 from loader_assets.core.errors import BatchWriteError
 from loader_assets.loading import LoadBatch, batch_row_counts, find_batch_commit, target_txn_version
 from loader_assets.resources.spark import SparkSessionResource
+from loader_assets.settings import table_location
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame
@@ -35,9 +36,6 @@ class DeltaBatchIOManager(dg.ConfigurableIOManager):
 
     target_root: str
     spark: dg.ResourceDependency[SparkSessionResource]
-
-    def table_path(self, table_name: str) -> str:
-        return f"{self.target_root.rstrip('/')}/{table_name}"
 
     def write_batch(self, batch: LoadBatch, frame: "DataFrame") -> None:
         """Write the batch's rows (audit columns added) as exactly one Delta commit. Subclasses implement."""
@@ -113,4 +111,4 @@ class DeltaBatchIOManager(dg.ConfigurableIOManager):
         table_name = context.upstream_output.asset_key.path[-1] if context.upstream_output else None
         if table_name is None:
             raise ValueError("cannot tell which table to load: the input has no upstream asset")
-        return self.spark.session.read.format("delta").load(self.table_path(table_name))
+        return self.spark.session.read.format("delta").load(table_location(self.target_root, table_name))

@@ -86,10 +86,6 @@ class SparkSessionResource(dg.ConfigurableResource):
     _session: Any = PrivateAttr(default=None)
 
     @property
-    def started(self) -> bool:
-        return self._session is not None
-
-    @property
     def session(self) -> "SparkSession":
         if self._session is None:
             self._session = get_or_create_spark(self.master, self.app_name, self.conf)

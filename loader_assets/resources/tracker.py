@@ -12,7 +12,7 @@ Invariants
   so a write that races anyway (an operator tool, a stale holder) is never lost.
 - ``batch_seq`` of a row is the sequence number of the last batch that claimed it; the maximum over the table
   only ever grows. The next batch's number also takes the target's recorded txn version into account
-  (``loading.next_batch_seq``) so a tracker that was reset can never make Delta skip later writes.
+  (``loading.next_batch_sequence``) so a tracker that was reset can never make Delta skip later writes.
 
 Crash windows: each transition is one commit, so a crash leaves the tracker at the previous state. A crash
 between the claim and the completion leaves rows in ``processing``; recovery resolves them from the target's
@@ -31,7 +31,7 @@ from datetime import UTC, datetime
 import dagster as dg
 import pyarrow as pa
 import pyarrow.compute as pc
-from deltalake import CommitProperties, DeltaTable, write_deltalake
+from deltalake import CommitProperties, DeltaTable
 from deltalake.exceptions import CommitFailedError
 
 from loader_assets.core.discovery import TIMESTAMP, fingerprint
@@ -104,9 +104,6 @@ class FileTracker:
         self.table_name = table_name
 
     # ----------------------------------------------------------------------------------------------- reads
-    def exists(self) -> bool:
-        return DeltaTable.is_deltatable(self.path)
-
     def _open(self) -> DeltaTable | None:
         return open_state_table(
             self.path,
@@ -168,10 +165,11 @@ class FileTracker:
         On a commit conflict the current state is re-read and ``make_rows`` runs again, so no update is lost.
         Returns the number of rows written.
         """
-        if self._open() is None:  # raises TrackerError for a damaged tracker rather than recreating it
+        table = self._open()  # raises TrackerError for a damaged tracker rather than recreating it
+        if table is None:
             self._create()
         for attempt in range(MAX_CONFLICT_RETRIES):
-            table = self._open()
+            table = table if attempt == 0 and table is not None else self._open()
             assert table is not None
             current = table.to_pyarrow_table()
             rows = make_rows(current)
@@ -358,5 +356,3 @@ class DeltaTrackerResource(dg.ConfigurableResource):
         parts = [self.for_table(name).read() for name in table_names]
         return pa.concat_tables(parts) if parts else TRACKER_SCHEMA.empty_table()
 
-
-__all__ = ["TRACKER_SCHEMA", "DeltaTrackerResource", "FileTracker", "write_deltalake"]
