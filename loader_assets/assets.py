@@ -86,6 +86,7 @@ def prepare_batch(
         batch.replace_existing = previously_claimed or sequence.tracker_behind
         files = expected_files(plan.batch)
         claimed = [f.path for f in files]
+        batch.file_times = {f.path: f.modified_micros for f in files}
         tracker.claim(claimed, batch.batch_id, batch.batch_seq, context.run.run_id)
         faults.crash_point(faults.AFTER_CLAIM)
         context.log.info(f"table {name}: batch {batch.batch_id} claimed {len(files)} files")
@@ -99,7 +100,7 @@ def prepare_batch(
                 prechecked.append(expected)
         if prechecked:
             session = spark.session
-            read = read_batch(session, table, prechecked, data_schema_of_target(session, target_path))
+            read = read_batch(session, table, prechecked, data_schema_of_target(session, target_path, table))
             batch.failed.update(read.errors)
             batch.dataframe, batch.loaded_paths = read.dataframe, read.loaded_paths
         if batch.failed:

@@ -13,6 +13,7 @@ import dagster as dg
 from loader_assets.assets import TABLE_TAG, build_table_asset
 from loader_assets.checks import build_table_checks
 from loader_assets.io_managers.append import DeltaAppendIOManager
+from loader_assets.io_managers.scd2 import DeltaScd2IOManager
 from loader_assets.resources.lock import DeltaLockResource
 from loader_assets.resources.spark import SparkSessionResource
 from loader_assets.resources.tracker import DeltaTrackerResource
@@ -43,6 +44,7 @@ def build_resources(settings: LoaderSettings) -> dict[str, object]:
         ),
         "spark": spark,
         "append_io_manager": DeltaAppendIOManager(target_root=settings.target_root, spark=spark),
+        "scd2_io_manager": DeltaScd2IOManager(target_root=settings.target_root, spark=spark),
     }
 
 

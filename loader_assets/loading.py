@@ -253,6 +253,7 @@ class LoadBatch:
     loaded_paths: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
     replace_existing: bool = False
+    file_times: dict[str, int] = field(default_factory=dict)  # path -> modification time (us) at discovery
     deferred: int = 0
     recovered: RecoveryReport = field(default_factory=RecoveryReport)
 
@@ -285,14 +286,14 @@ def replace_predicate(paths: list[str]) -> str:
     return f"{SOURCE_FILE_COLUMN} IN ({', '.join(literal(p) for p in paths)})"
 
 
-def data_schema_of_target(spark: SparkSession, target_path: str) -> Any:  # noqa: ANN401 - StructType
-    """The target's columns without the audit columns, or None if the table does not exist yet."""
+def data_schema_of_target(spark: SparkSession, target_path: str, table: TableSettings) -> Any:  # noqa: ANN401
+    """The target's source columns (a StructType: no audit or SCD2 columns), or None if it does not exist yet."""
     from pyspark.sql.types import StructType
 
     if open_target(target_path) is None:
         return None
     schema = spark.read.format("delta").load(target_path).schema
-    return StructType([f for f in schema.fields if f.name not in AUDIT_COLUMNS])
+    return StructType([f for f in schema.fields if f.name not in table.loader_columns()])
 
 
 def audited(frame: DataFrame, batch_id: str) -> DataFrame:

@@ -21,7 +21,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from loader_assets.core.discovery import SourceLocation
-from loader_assets.settings import FileFormat, TableSettings
+from loader_assets.settings import AUDIT_COLUMNS, FileFormat, TableSettings
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -29,10 +29,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-SOURCE_FILE_COLUMN = "_source_file"
-LOAD_TIMESTAMP_COLUMN = "_load_timestamp"
-BATCH_ID_COLUMN = "_batch_id"
-AUDIT_COLUMNS = (SOURCE_FILE_COLUMN, LOAD_TIMESTAMP_COLUMN, BATCH_ID_COLUMN)
+SOURCE_FILE_COLUMN, LOAD_TIMESTAMP_COLUMN, BATCH_ID_COLUMN = AUDIT_COLUMNS
 
 _GLOB_CHARS = set("[]{}*?\\")
 
@@ -135,9 +132,12 @@ def read_batch(
 ) -> BatchRead:
     """Read ``files`` (already prechecked) into one DataFrame with ``_source_file``; bad files get an error.
 
-    ``reference_schema`` is the target table's data schema (without audit columns) when the table exists; for
-    a new table the first readable file sets it.
+    ``reference_schema`` is the target table's data schema (without audit and SCD2 columns) when the table
+    exists; for a new table the first readable file sets it. A file that lacks one of the table's configured
+    columns (SCD2 keys, tracking and sequence columns), or has a column the loader writes itself, fails.
     """
+    required = table.required_columns()
+    reserved = table.loader_columns()
     from pyspark.errors import PySparkException
     from pyspark.sql import functions as F
     from py4j.protocol import Py4JJavaError
@@ -156,8 +156,14 @@ def read_batch(
         except (PySparkException, Py4JJavaError) as error:
             result.errors[expected.path] = f"Spark cannot read the file: {_short(error)}"
             continue
-        if SOURCE_FILE_COLUMN in schema.fieldNames():
-            result.errors[expected.path] = f"the file has a column named {SOURCE_FILE_COLUMN}, which is reserved"
+        names = schema.fieldNames()
+        missing = [c for c in required if c not in names]
+        if missing:
+            result.errors[expected.path] = f"missing configured columns {missing}"
+            continue
+        clashing = sorted(reserved & set(names))
+        if clashing:
+            result.errors[expected.path] = f"the file has columns {clashing}, which the loader writes itself"
             continue
         if reference is None:
             reference = schema

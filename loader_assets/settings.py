@@ -22,6 +22,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from loader_assets.core.errors import ConfigError
 
+AUDIT_COLUMNS = ("_source_file", "_load_timestamp", "_batch_id")
+
 _TABLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
@@ -115,14 +117,72 @@ class TableSettings(_Frozen):
 
     _stringify = field_validator("read_options", mode="before")(lambda value: _string_mapping(value))
 
+    # SCD2 (seed guide field names). Required for loading_strategy scd2, not allowed otherwise.
+    primary_keys: list[str] = Field(default_factory=list, description="Columns that identify a row (scd2).")
+    tracking_columns: list[str] = Field(
+        default_factory=list, description="Columns whose change makes a new version (scd2); others are carried."
+    )
+    scd2_effective_date_column: str = Field(default="effective_date", description="Start of a version (scd2).")
+    scd2_end_date_column: str = Field(default="end_date", description="End of a version; NULL while current.")
+    scd2_current_flag_column: str = Field(default="is_current", description="True on the current version.")
+    scd2_sequence_column: str | None = Field(
+        default=None,
+        description="Source column holding the change time (scd2); without it, the file's modification time.",
+    )
+
+    @property
+    def is_scd2(self) -> bool:
+        return self.loading_strategy is LoadingStrategy.SCD2
+
+    @property
+    def scd2_output_columns(self) -> tuple[str, str, str]:
+        return (self.scd2_effective_date_column, self.scd2_end_date_column, self.scd2_current_flag_column)
+
+    def loader_columns(self) -> set[str]:
+        """Columns the loader writes itself: the audit columns, and the SCD2 columns of an scd2 table."""
+        return {*AUDIT_COLUMNS, *(self.scd2_output_columns if self.is_scd2 else ())}
+
     @model_validator(mode="after")
-    def _strategy_supported(self) -> TableSettings:
-        if self.loading_strategy is LoadingStrategy.SCD2:
+    def _strategy_fields(self) -> TableSettings:
+        name = self.table_name
+        if self.loading_strategy is not LoadingStrategy.SCD2:
+            given = [f for f in ("primary_keys", "tracking_columns", "scd2_sequence_column") if getattr(self, f)]
+            if given:
+                raise ValueError(f"table {name!r}: {', '.join(given)} only apply to loading_strategy scd2")
+            return self
+        if not self.primary_keys:
+            raise ValueError(f"table {name!r}: loading_strategy scd2 requires primary_keys")
+        if not self.tracking_columns:
+            raise ValueError(f"table {name!r}: loading_strategy scd2 requires tracking_columns")
+        for field_name in ("primary_keys", "tracking_columns"):
+            values = getattr(self, field_name)
+            if len(set(values)) != len(values):
+                raise ValueError(f"table {name!r}: {field_name} lists a column twice: {values}")
+        overlap = sorted(set(self.primary_keys) & set(self.tracking_columns))
+        if overlap:
+            raise ValueError(f"table {name!r}: tracking_columns must not include primary keys: {overlap}")
+        outputs = list(self.scd2_output_columns)
+        if len(set(outputs)) != 3:
+            raise ValueError(f"table {name!r}: the scd2 effective, end and current columns must differ: {outputs}")
+        sources = set(self.primary_keys) | set(self.tracking_columns)
+        if self.scd2_sequence_column:
+            sources.add(self.scd2_sequence_column)
+        clash = sorted(sources & set(outputs))
+        if clash:
             raise ValueError(
-                f"table {self.table_name!r}: loading_strategy 'scd2' is not available in this version; "
-                "supported values: append"
+                f"table {name!r}: {clash} named both as a source column and as an scd2 output column "
+                "(scd2_effective_date_column, scd2_end_date_column, scd2_current_flag_column)"
             )
+        if self.scd2_sequence_column in self.primary_keys:
+            raise ValueError(f"table {name!r}: scd2_sequence_column must not be a primary key")
         return self
+
+    def required_columns(self) -> list[str]:
+        """Source columns every file must have: keys, tracking columns and the sequence column (scd2)."""
+        columns = [*self.primary_keys, *self.tracking_columns]
+        if self.scd2_sequence_column and self.scd2_sequence_column not in columns:
+            columns.append(self.scd2_sequence_column)
+        return columns
 
 
 class LoaderSettings(_Frozen):

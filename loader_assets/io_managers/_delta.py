@@ -2,13 +2,14 @@
 
 ``DeltaBatchIOManager.handle_output`` is the second half of the protocol in ``loading.py``:
 
-    ensure the lease is still ours -> one Delta commit (txnAppId/txnVersion, userMetadata naming the batch)
+    ensure the lease is still ours -> strategy checks that need Spark (files failing them fail alone)
+    -> one Delta commit (txnAppId/txnVersion, userMetadata naming the batch), or none if nothing changed
     -> read back the commit version and per-file row counts -> complete the files in the tracker
     -> release the lock (always, in ``finally``)
 
 If the commit raises, the target's recorded txn version decides what happened: at or above the batch's
 ``batch_seq`` the commit landed (the error came after it), so the files complete; below it, they fail for retry.
-Subclasses implement only ``write_batch``: how a batch becomes that one commit.
+Subclasses implement ``write_batch`` (how a batch becomes that one commit) and may add ``validate_batch``.
 """
 
 
@@ -37,8 +38,14 @@ class DeltaBatchIOManager(dg.ConfigurableIOManager):
     target_root: str
     spark: dg.ResourceDependency[SparkSessionResource]
 
-    def write_batch(self, batch: LoadBatch, frame: "DataFrame") -> None:
-        """Write the batch's rows (audit columns added) as exactly one Delta commit. Subclasses implement."""
+    def validate_batch(self, batch: LoadBatch, frame: "DataFrame") -> tuple["DataFrame", dict[str, str]]:
+        """Strategy-specific checks that need Spark: returns the rows to write and an error per file to fail.
+        The default accepts everything."""
+        return frame, {}
+
+    def write_batch(self, batch: LoadBatch, frame: "DataFrame") -> bool:
+        """Write the batch as exactly one Delta commit carrying the batch's txn; False if there was nothing to
+        write (no commit made). Subclasses implement."""
         raise NotImplementedError
 
     def handle_output(self, context: dg.OutputContext, obj: LoadBatch) -> None:
@@ -49,62 +56,77 @@ class DeltaBatchIOManager(dg.ConfigurableIOManager):
             batch.release()
         context.add_output_metadata(metadata)
 
+    def _fail_files(self, context: dg.OutputContext, batch: LoadBatch, errors: dict[str, str]) -> None:
+        batch.tracker.fail(errors)
+        batch.failed.update(errors)
+        batch.loaded_paths = [p for p in batch.loaded_paths if p not in errors]
+        for path, error in errors.items():
+            context.log.error(f"table {batch.table.table_name}: file {path!r} failed: {error}")
+
     def _commit(self, context: dg.OutputContext, batch: LoadBatch) -> dict[str, Any]:
-        name = batch.table.table_name
         metadata: dict[str, Any] = {
             "table_uri": batch.target_path,
             "files_discovered": batch.discovered,
-            "files_loaded": 0,
-            "files_failed": len(batch.failed),
             "files_deferred": batch.deferred,
-            "num_rows": 0,
         }
+        if batch.dataframe is not None and batch.batch_id is not None and batch.batch_seq is not None:
+            metadata.update(self._write_and_complete(context, batch))
+        metadata.update({"files_loaded": len(batch.loaded_paths), "files_failed": len(batch.failed)})
+        metadata.setdefault("num_rows", 0)
         if batch.failed:
             metadata["failed_files"] = dg.MetadataValue.json(
                 [{"file": path, "error": error} for path, error in list(batch.failed.items())[:50]]
             )
-        if batch.dataframe is None or batch.batch_id is None or batch.batch_seq is None:
-            return metadata
-        assert batch.lease is not None
+        return metadata
+
+    def _write_and_complete(self, context: dg.OutputContext, batch: LoadBatch) -> dict[str, Any]:
+        name = batch.table.table_name
+        assert batch.lease is not None and batch.dataframe is not None
+        assert batch.batch_id is not None and batch.batch_seq is not None
         batch.lease.ensure_held()
-        frame = batch.dataframe
+        spark = batch.dataframe.sparkSession
+        committed = False
         try:
+            frame, errors = self.validate_batch(batch, batch.dataframe)
+            if errors:
+                self._fail_files(context, batch, errors)
+            if not batch.loaded_paths:
+                return {}
             faults.crash_point(faults.BEFORE_TARGET_COMMIT)
-            self.write_batch(batch, frame)
+            committed = self.write_batch(batch, frame)
         except Exception as error:
             if target_txn_version(batch.target_path, name) < batch.batch_seq:
                 message = f"the target commit of batch {batch.batch_id} failed: {_first_line(error)}"
                 batch.tracker.fail({p: message for p in batch.loaded_paths})
                 raise BatchWriteError(name, batch.batch_id, _first_line(error)) from error
+            committed = True
             context.log.warning(f"table {name}: the write raised after its commit landed: {_first_line(error)}")
         faults.crash_point(faults.AFTER_TARGET_COMMIT)
-        version = find_batch_commit(batch.target_path, batch.batch_id)
-        if version is None:
+        version = find_batch_commit(batch.target_path, batch.batch_id) if committed else None
+        if committed and version is None:
             message = (
                 f"no target commit carries batch {batch.batch_id}: Delta skipped the write because txn version "
                 f"{batch.batch_seq} was already recorded for {batch.app_id}"
             )
             batch.tracker.fail({p: message for p in batch.loaded_paths})
             raise BatchWriteError(name, batch.batch_id, message)
-        counts = batch_row_counts(frame.sparkSession, batch.target_path, batch.batch_id)
+        counts = batch_row_counts(spark, batch.target_path, batch.batch_id) if committed else {}
         batch.tracker.complete({p: counts.get(p, 0) for p in batch.loaded_paths}, batch.batch_id, version)
         faults.crash_point(faults.AFTER_COMPLETE)
         rows = sum(counts.values())
-        context.log.info(
-            f"table {name}: batch {batch.batch_id} committed as version {version}: "
-            f"{len(batch.loaded_paths)} files, {rows} rows"
-        )
-        metadata.update(
-            {
-                "batch_id": batch.batch_id,
-                "batch_seq": batch.batch_seq,
-                "delta_version": version if version is not None else -1,
-                "files_loaded": len(batch.loaded_paths),
-                "num_rows": rows,
-                "replaced_existing_rows": batch.replace_existing,
-            }
-        )
-        return metadata
+        if committed:
+            context.log.info(f"table {name}: batch {batch.batch_id} committed as version {version}: "
+                             f"{len(batch.loaded_paths)} files, {rows} rows")
+        else:
+            context.log.info(f"table {name}: batch {batch.batch_id}: {len(batch.loaded_paths)} files "
+                             "changed nothing; no commit")
+        return {
+            "batch_id": batch.batch_id,
+            "batch_seq": batch.batch_seq,
+            "delta_version": version if version is not None else -1,
+            "num_rows": rows,
+            "replaced_existing_rows": batch.replace_existing,
+        }
 
     def load_input(self, context: dg.InputContext) -> "DataFrame":
         """The whole target table as a Spark DataFrame (downstream assets filter it themselves)."""

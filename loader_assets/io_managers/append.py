@@ -23,7 +23,7 @@ class DeltaAppendIOManager(DeltaBatchIOManager):
         DeltaAppendIOManager(target_root="/data/lake", spark=SparkSessionResource(master="local[*]"))
     """
 
-    def write_batch(self, batch: LoadBatch, frame: "DataFrame") -> None:
+    def write_batch(self, batch: LoadBatch, frame: "DataFrame") -> bool:
         assert batch.batch_id is not None and batch.batch_seq is not None
         writer = (
             audited(frame, batch.batch_id)
@@ -37,3 +37,4 @@ class DeltaAppendIOManager(DeltaBatchIOManager):
         else:
             writer = writer.mode("append")
         writer.save(batch.target_path)
+        return True

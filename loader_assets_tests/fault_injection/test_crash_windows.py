@@ -82,3 +82,26 @@ def test_two_concurrent_runs_on_one_table_load_each_file_once(spark, lake):
     assert sorted(processed)[1] >= 1 and sum(processed) == 6
     assert target_rows(spark, settings, "events") == expected_rows(paths)
     assert set(tracker_statuses(settings).values()) == {("completed", 7)}
+
+
+def test_scd2_sigkill_after_the_merge_commit_then_rerun_leaves_history_exact(spark, lake):
+    from loader_assets_tests.integration.test_scd2_load import customers_table, drop, ordered, t, table_state, version
+    from loader_assets.scd2 import scd2_violations
+
+    settings = lake.config(tables=[customers_table()])
+    drop(lake, "01.parquet", [(1, "ann", "a@x", "gold", t(1)), (2, "bob", "b@x", "free", t(1))], days_ago=3)
+    code, _, err = cli(lake, "run")
+    assert code == 0, err[-2000:]
+    drop(lake, "02.parquet", [(1, "anne", "a@x", "gold", t(2)), (3, "cy", "c@x", "free", t(2))], days_ago=2)
+    code, _, err = cli(lake, "run", kill_at=faults.AFTER_TARGET_COMMIT)
+    assert code == -signal.SIGKILL, err[-2000:]
+    code, out, err = cli(lake, "run", "--json")
+    assert code == 0, err[-3000:]
+    assert json.loads(out)["total_files_processed"] == 0  # recovered as committed, not merged again
+    assert table_state(spark, settings) == ordered([
+        version(1, "ann", "a@x", "gold", t(1), t(2)), version(1, "anne", "a@x", "gold", t(2), None),
+        version(2, "bob", "b@x", "free", t(1), None), version(3, "cy", "c@x", "free", t(2), None)])
+    assert scd2_violations(spark, settings.table_path("customers"), settings.tables[0]).ok
+    tracker = DeltaTrackerResource(checkpoint_path=settings.checkpoint_path).for_table("customers")
+    assert {(os.path.basename(r["file_path"]), r["status"], r["row_count"]) for r in tracker.read().to_pylist()} == {
+        ("01.parquet", "completed", 2), ("02.parquet", "completed", 2)}

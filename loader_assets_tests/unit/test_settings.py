@@ -43,7 +43,8 @@ def test_object_store_uris_are_not_resolved(tmp_path):
     ("table_yaml", "expected"),
     [
         ("file_format: xml", "tables.0.file_format: Input should be 'parquet', 'csv' or 'json'"),
-        ("file_format: csv\n    loading_strategy: scd2", "loading_strategy 'scd2' is not available"),
+        ("file_format: csv\n    loading_strategy: scd2", "loading_strategy scd2 requires primary_keys"),
+        ("file_format: csv\n    primary_keys: [id]", "primary_keys only apply to loading_strategy scd2"),
         ("file_format: csv\n    colour: blue", "tables.0.colour: Extra inputs are not permitted"),
         ("file_format: csv\n    partitioning: {granularity: week}", "tables.0.partitioning.granularity"),
         ("file_format: csv\n    partitioning: {start: yesterday}", "start must look like 2024-01-01"),

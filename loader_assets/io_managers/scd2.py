@@ -1,0 +1,98 @@
+"""SCD2 strategy: a batch becomes one Delta MERGE that closes current versions and inserts new ones.
+
+The version logic lives in ``loader_assets.scd2``; this module wires it to the protocol. The MERGE carries the
+batch's txn through the session confs ``spark.databricks.delta.write.txnAppId`` / ``txnVersion`` (with
+``txnVersion.autoReset.enabled``) and its userMetadata through ``spark.databricks.delta.commitInfo.userMetadata``;
+all are set right before the one MERGE and unset in ``finally``, because a left-over pair would silently skip
+the session's next write of any kind (DESIGN.md section 4). The first batch of a new table has nothing to
+close, so it is written as an append carrying the same txn options.
+"""
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
+
+from loader_assets.io_managers._delta import DeltaBatchIOManager
+from loader_assets.loading import LoadBatch, open_target
+from loader_assets.reading import BATCH_ID_COLUMN, LOAD_TIMESTAMP_COLUMN
+from loader_assets.scd2 import compute_changes, merge_into, merge_source, validate_batch, with_sequence
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
+
+TXN_APP_ID_CONF = "spark.databricks.delta.write.txnAppId"
+TXN_VERSION_CONF = "spark.databricks.delta.write.txnVersion"
+TXN_AUTO_RESET_CONF = "spark.databricks.delta.write.txnVersion.autoReset.enabled"
+USER_METADATA_CONF = "spark.databricks.delta.commitInfo.userMetadata"
+
+
+@contextmanager
+def delta_txn(spark: "SparkSession", app_id: str, version: int, user_metadata: str) -> Iterator[None]:
+    """Make the session's next Delta write carry (app_id, version) and the metadata; clear them afterwards."""
+    spark.conf.set(TXN_AUTO_RESET_CONF, "true")
+    spark.conf.set(TXN_APP_ID_CONF, app_id)
+    spark.conf.set(TXN_VERSION_CONF, str(version))
+    spark.conf.set(USER_METADATA_CONF, user_metadata)
+    try:
+        yield
+    finally:
+        for key in (TXN_APP_ID_CONF, TXN_VERSION_CONF, USER_METADATA_CONF):
+            spark.conf.unset(key)
+
+
+class DeltaScd2IOManager(DeltaBatchIOManager):
+    """Keeps full history per key: new keys insert a current version; a change in a tracking column closes the
+    current version and inserts the new one; unchanged rows write nothing.
+
+    Example::
+
+        DeltaScd2IOManager(target_root="/data/lake", spark=SparkSessionResource(master="local[*]"))
+    """
+
+    def _target(self, batch: LoadBatch, spark: "SparkSession") -> "DataFrame | None":
+        if open_target(batch.target_path) is None:
+            return None
+        return spark.read.format("delta").load(batch.target_path)
+
+    def validate_batch(self, batch: LoadBatch, frame: "DataFrame") -> tuple["DataFrame", dict[str, str]]:
+        spark = frame.sparkSession
+        rows = with_sequence(spark, frame, batch.table, batch.file_times)
+        result = validate_batch(rows, batch.table, self._target(batch, spark))
+        assert result.rows is not None
+        return result.rows, result.errors
+
+    def write_batch(self, batch: LoadBatch, frame: "DataFrame") -> bool:
+        from pyspark.sql import functions as F
+
+        assert batch.batch_id is not None and batch.batch_seq is not None
+        spark = frame.sparkSession
+        target = self._target(batch, spark)
+        changes = compute_changes(frame, batch.table, target)
+        audit = {LOAD_TIMESTAMP_COLUMN: F.current_timestamp(), BATCH_ID_COLUMN: F.lit(batch.batch_id)}
+        if target is None:
+            inserts = changes.inserts
+            for name, value in audit.items():
+                inserts = inserts.withColumn(name, value)
+            inserts = inserts.cache()
+            try:
+                if inserts.isEmpty():
+                    return False
+                (
+                    inserts.write.format("delta").mode("append")
+                    .option("txnAppId", batch.app_id)
+                    .option("txnVersion", str(batch.batch_seq))
+                    .option("userMetadata", batch.user_metadata())
+                    .save(batch.target_path)
+                )
+            finally:
+                inserts.unpersist()
+            return True
+        source = merge_source(changes, batch.table, audit).cache()
+        try:
+            if source.isEmpty():
+                return False
+            with delta_txn(spark, batch.app_id, batch.batch_seq, batch.user_metadata()):
+                merge_into(spark, batch.target_path, source, batch.table, target.columns)
+        finally:
+            source.unpersist()
+        return True

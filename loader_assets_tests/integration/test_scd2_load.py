@@ -1,0 +1,206 @@
+"""SCD2 as a sequence of loads (dlt's style), each followed by the exact expected table and the invariants."""
+
+import os
+import shutil
+from datetime import UTC, datetime
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from pyspark.sql import functions as F
+
+from loader_assets.api import run_pipeline
+from loader_assets.checks import compare_target_with_tracker
+from loader_assets.io_managers.scd2 import TXN_APP_ID_CONF, TXN_VERSION_CONF, delta_txn
+from loader_assets.loading import target_txn_version
+from loader_assets.resources.tracker import DeltaTrackerResource
+from loader_assets.scd2 import scd2_violations
+
+pytestmark = pytest.mark.spark
+
+SCHEMA = pa.schema([("customer_id", pa.int64()), ("name", pa.string()), ("email", pa.string()),
+                    ("tier", pa.string()), ("updated_at", pa.timestamp("us", tz="UTC"))])
+
+
+def t(day, hour=0):
+    return datetime(2025, 1, day, hour, tzinfo=UTC)
+
+
+def stamp(value):
+    return value.strftime("%Y-%m-%dT%H:%M") if value else None
+
+
+def customers_table(**overrides):
+    table = {"table_name": "customers", "source_path": "landing/customers", "file_format": "parquet",
+             "loading_strategy": "scd2", "primary_keys": ["customer_id"], "tracking_columns": ["name", "email"],
+             "scd2_sequence_column": "updated_at"}
+    table.update(overrides)
+    return table
+
+
+def drop(lake, name, rows, days_ago=1.0):
+    """rows: (id, name, email, tier, updated_at)."""
+    path = lake.landing / "customers" / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(
+        [dict(zip(SCHEMA.names, r, strict=True)) for r in rows], schema=SCHEMA), path)
+    moment = datetime.now(UTC).timestamp() - days_ago * 86400
+    os.utime(path, (moment, moment))
+    return path
+
+
+def table_state(spark, settings):
+    frame = spark.read.format("delta").load(settings.table_path("customers"))
+    rows = frame.select(
+        "customer_id", "name", "email", "tier",
+        F.date_format("effective_date", "yyyy-MM-dd'T'HH:mm").alias("start"),
+        F.date_format("end_date", "yyyy-MM-dd'T'HH:mm").alias("end"), "is_current",
+    ).collect()
+    return ordered(tuple(r) for r in rows)
+
+
+def ordered(rows):
+    return sorted(rows, key=lambda r: tuple("" if v is None else str(v) for v in r))
+
+
+def version(cid, name, email, tier, start, end):
+    return (cid, name, email, tier, stamp(start), stamp(end), end is None)
+
+
+def load_and_check(spark, settings, instance):
+    summary = run_pipeline(settings, instance=instance)
+    violations = scd2_violations(spark, settings.table_path("customers"), settings.tables[0])
+    assert violations.ok, violations
+    tracker = DeltaTrackerResource(checkpoint_path=settings.checkpoint_path).for_table("customers")
+    consistency = compare_target_with_tracker(spark, tracker, settings.table_path("customers"))
+    assert consistency.consistent, consistency
+    return summary
+
+
+def tracker_rows(settings):
+    tracker = DeltaTrackerResource(checkpoint_path=settings.checkpoint_path).for_table("customers")
+    return {os.path.basename(r["file_path"]): r for r in tracker.read().to_pylist()}
+
+
+def test_scd2_history_over_a_sequence_of_loads(spark, lake, instance):
+    settings = lake.config(tables=[customers_table()])
+    # load 1: initial
+    drop(lake, "01.parquet", [(1, "ann", "a@x", "gold", t(1)), (2, "bob", "b@x", "free", t(1)),
+                              (3, "cy", "c@x", "free", t(1))], days_ago=10)
+    load_and_check(spark, settings, instance)
+    expected = [version(1, "ann", "a@x", "gold", t(1), None), version(2, "bob", "b@x", "free", t(1), None),
+                version(3, "cy", "c@x", "free", t(1), None)]
+    assert table_state(spark, settings) == ordered(expected)
+
+    # load 2: one tracking column changes
+    drop(lake, "02.parquet", [(1, "anne", "a@x", "gold", t(2))], days_ago=9)
+    load_and_check(spark, settings, instance)
+    expected[0] = version(1, "ann", "a@x", "gold", t(1), t(2))
+    expected.append(version(1, "anne", "a@x", "gold", t(2), None))
+    assert table_state(spark, settings) == ordered(expected)
+
+    # load 3: only a non-tracking column changes -> no new version, the file completes with 0 rows
+    drop(lake, "03.parquet", [(2, "bob", "b@x", "platinum", t(3))], days_ago=8)
+    load_and_check(spark, settings, instance)
+    assert table_state(spark, settings) == ordered(expected)
+    assert tracker_rows(settings)["03.parquet"]["status"] == "completed"
+    assert tracker_rows(settings)["03.parquet"]["row_count"] == 0
+
+    # load 4: new keys; and a key changing twice in one file; and across two files of one batch
+    drop(lake, "04a.parquet", [(4, "dee", "d@x", "free", t(4)), (3, "cy", "c2@x", "free", t(5)),
+                               (3, "cy", "c3@x", "free", t(6)), (3, "cy", "c3@x", "free", t(6))], days_ago=7)
+    drop(lake, "04b.parquet", [(2, "rob", "b@x", "free", t(6))], days_ago=6.5)
+    drop(lake, "04c.parquet", [(2, "bobby", "b@x", "free", t(7))], days_ago=6.4)
+    summary = load_and_check(spark, settings, instance)
+    assert summary.total_files_processed == 3 and len(summary.tables["customers"].run_ids) == 1
+    expected[2] = version(3, "cy", "c@x", "free", t(1), t(5))
+    expected[1] = version(2, "bob", "b@x", "free", t(1), t(6))
+    expected += [version(4, "dee", "d@x", "free", t(4), None), version(3, "cy", "c2@x", "free", t(5), t(6)),
+                 version(3, "cy", "c3@x", "free", t(6), None), version(2, "rob", "b@x", "free", t(6), t(7)),
+                 version(2, "bobby", "b@x", "free", t(7), None)]
+    assert table_state(spark, settings) == ordered(expected)
+
+    # load 5: a key changes back to an earlier value; null transitions of a tracking column
+    drop(lake, "05.parquet", [(1, "ann", "a@x", "gold", t(8)), (4, "dee", None, "free", t(8)),
+                              (4, "dee", "d2@x", "free", t(9))], days_ago=5)
+    load_and_check(spark, settings, instance)
+    expected[3] = version(1, "anne", "a@x", "gold", t(2), t(8))
+    expected[4] = version(4, "dee", "d@x", "free", t(4), t(8))
+    expected += [version(1, "ann", "a@x", "gold", t(8), None), version(4, "dee", None, "free", t(8), t(9)),
+                 version(4, "dee", "d2@x", "free", t(9), None)]
+    assert table_state(spark, settings) == ordered(expected)
+
+    # load 6: rerun with nothing new; then the same content under a new name -> no new version
+    assert load_and_check(spark, settings, instance).total_files_processed == 0
+    shutil.copy(lake.landing / "customers" / "02.parquet", lake.landing / "customers" / "02-again.parquet")
+    shutil.copy(lake.landing / "customers" / "05.parquet", lake.landing / "customers" / "05-again.parquet")
+    summary = load_and_check(spark, settings, instance)
+    assert summary.total_files_processed == 2 and summary.total_files_failed == 0
+    assert table_state(spark, settings) == ordered(expected)
+    assert tracker_rows(settings)["05-again.parquet"]["row_count"] == 0
+
+
+def test_scd2_bad_files_fail_alone_naming_file_and_key(spark, lake, instance):
+    settings = lake.config(tables=[customers_table()])
+    drop(lake, "01.parquet", [(1, "ann", "a@x", "gold", t(5)), (2, "bob", "b@x", "free", t(5))], days_ago=10)
+    load_and_check(spark, settings, instance)
+    before = table_state(spark, settings)
+
+    drop(lake, "late.parquet", [(1, "old ann", "a@x", "gold", t(2))], days_ago=5)
+    drop(lake, "ambiguous.parquet", [(7, "x", "x@x", "free", t(6)), (7, "y", "x@x", "free", t(6))], days_ago=5)
+    drop(lake, "nullkey.parquet", [(None, "nobody", "n@x", "free", t(6))], days_ago=5)
+    drop(lake, "clash.parquet", [(2, "robert", "b@x", "free", t(5))], days_ago=5)
+    no_email = lake.landing / "customers" / "noemail.parquet"
+    pq.write_table(pa.table({"customer_id": [8], "name": ["z"], "updated_at": pa.array([t(6)], SCHEMA[4].type)}),
+                   no_email)
+    drop(lake, "good.parquet", [(3, "cy", "c@x", "free", t(6))], days_ago=4)
+    summary = load_and_check(spark, settings, instance)
+    errors = {os.path.basename(k): v for k, v in summary.tables["customers"].failed_files.items()}
+    assert set(errors) == {"late.parquet", "ambiguous.parquet", "nullkey.parquet", "clash.parquet", "noemail.parquet"}
+    assert errors["late.parquet"].startswith("late-arriving change: 1 rows are older than their key's current")
+    assert '{"customer_id":1} at 2025-01-02' in errors["late.parquet"]
+    assert "same sequence value but different values" in errors["ambiguous.parquet"]
+    assert '{"customer_id":7}' in errors["ambiguous.parquet"]
+    assert errors["nullkey.parquet"] == "1 rows with a null primary key (customer_id)"
+    assert "same sequence value as an existing version" in errors["clash.parquet"]
+    assert errors["noemail.parquet"] == "missing configured columns ['email']"
+    assert table_state(spark, settings) == ordered(before + [version(3, "cy", "c@x", "free", t(6), None)])
+    rows = tracker_rows(settings)
+    assert rows["late.parquet"]["status"] == "failed" and rows["good.parquet"]["status"] == "completed"
+
+
+def test_scd2_without_sequence_column_uses_file_modification_time(spark, lake, instance):
+    settings = lake.config(tables=[customers_table(scd2_sequence_column=None)])
+    first = drop(lake, "a.parquet", [(1, "ann", "a@x", "gold", t(1))], days_ago=3)
+    second = drop(lake, "b.parquet", [(1, "anne", "a@x", "gold", t(1))], days_ago=2)
+    load_and_check(spark, settings, instance)
+    m1 = datetime.fromtimestamp(first.stat().st_mtime, UTC)
+    m2 = datetime.fromtimestamp(second.stat().st_mtime, UTC)
+    assert table_state(spark, settings) == ordered([version(1, "ann", "a@x", "gold", m1, m2),
+                                                    version(1, "anne", "a@x", "gold", m2, None)])
+
+
+def test_merge_txn_confs_skip_a_replayed_batch_and_are_cleared(spark, tmp_path):
+    path = str(tmp_path / "t")
+    spark.range(3).write.format("delta").save(path)
+    from delta.tables import DeltaTable
+
+    def merge_once(size=5):
+        source = spark.range(size).withColumnRenamed("id", "k")
+        (DeltaTable.forPath(spark, path).alias("t").merge(source.alias("s"), "t.id = s.k")
+         .whenNotMatchedInsert(values={"id": "s.k"}).execute())
+
+    with delta_txn(spark, "loader_assets/t", 7, '{"batch_id": "b7"}'):
+        merge_once()
+    assert target_txn_version(path, "t") == 7 and spark.read.format("delta").load(path).count() == 5
+    assert spark.conf.get(TXN_APP_ID_CONF, None) is None and spark.conf.get(TXN_VERSION_CONF, None) is None
+    spark.range(5, 6).write.format("delta").mode("append").save(path)  # not skipped: the confs are gone
+    assert spark.read.format("delta").load(path).count() == 6
+    versions_before = DeltaTable.forPath(spark, path).history().count()
+    with delta_txn(spark, "loader_assets/t", 7, '{"batch_id": "b7-replay"}'):
+        merge_once(size=10)  # a replayed MERGE of txn 7: Delta must skip it
+    assert spark.read.format("delta").load(path).count() == 6
+    with delta_txn(spark, "loader_assets/t", 8, '{"batch_id": "b8"}'):
+        merge_once(size=10)  # the next batch applies
+    assert spark.read.format("delta").load(path).count() == 10 and target_txn_version(path, "t") == 8
+    assert DeltaTable.forPath(spark, path).history().count() == versions_before + 1
