@@ -7,6 +7,8 @@ would load every partition). They run after each materialisation of the table an
 - ``<table>_no_failed_files``: files that failed. WARN while retries remain, ERROR once any file exhausted them.
 - ``<table>_target_matches_tracker``: every completed file's row count equals its rows in the target, no rows
   come from a file that is not completed, and no file's rows carry two batch ids (a duplicate load).
+- ``<table>_scd2_invariants`` (scd2 tables): one current row per key, flag agrees with end date, intervals of a
+  key neither overlap nor leave gaps.
 """
 
 
@@ -22,6 +24,7 @@ from loader_assets.loading import open_target
 from loader_assets.reading import BATCH_ID_COLUMN, SOURCE_FILE_COLUMN
 from loader_assets.resources.spark import SparkSessionResource
 from loader_assets.resources.tracker import DeltaTrackerResource, FileTracker
+from loader_assets.scd2 import scd2_violations
 from loader_assets.settings import LoaderSettings, TableSettings
 
 SAMPLE = 20
@@ -154,4 +157,32 @@ def build_table_checks(table: TableSettings, settings: LoaderSettings) -> list[d
             return dg.AssetCheckResult(passed=True, description="nothing loaded yet", metadata={"completed_files": 0})
         return target_consistency_result(compare_target_with_tracker(spark.session, table_tracker, target_path))
 
-    return [_no_failed_files, _target_matches_tracker]
+    checks = [_no_failed_files, _target_matches_tracker]
+    if table.is_scd2:
+
+        @dg.asset_check(
+            asset=name,
+            name=f"{name}_scd2_invariants",
+            description=(
+                "One current row per key; the current flag is set exactly when the end date is NULL; each key's "
+                "versions follow one another without gaps or overlaps."
+            ),
+        )
+        def _scd2_invariants(spark: SparkSessionResource) -> dg.AssetCheckResult:
+            if open_target(target_path) is None:
+                return dg.AssetCheckResult(passed=True, description="nothing loaded yet")
+            violations = scd2_violations(spark.session, target_path, table)
+            return dg.AssetCheckResult(
+                passed=violations.ok,
+                severity=dg.AssetCheckSeverity.ERROR,
+                description="history is consistent" if violations.ok else "SCD2 invariants violated",
+                metadata={
+                    "keys_without_one_current": violations.keys_without_one_current,
+                    "flag_end_disagreements": violations.flag_end_disagreements,
+                    "interval_breaks": violations.interval_breaks,
+                    "sample_keys": dg.MetadataValue.json(violations.samples),
+                },
+            )
+
+        checks.append(_scd2_invariants)
+    return checks

@@ -1,7 +1,10 @@
 """Realistic sample landing files for the configured tables (``python -m loader_assets.sample_data``).
 
 Writes, for each table of a config whose name it knows, a few days of files with modification times spread over
-the last days, so the day partitions fill: ``transactions`` as parquet, ``page_views`` as csv with a header.
+the last days, so the day partitions fill: an append table as ``transactions`` rows (parquet) or ``page_views``
+rows (csv with a header), an scd2 table as ``customers`` (csv): a first snapshot, then files in which about 10% of
+the customers change name or email (a new version each), some change only their tier (no new version), and new
+customers arrive, so the table's history builds up run after run.
 Deterministic for a given seed. Existing files are left alone unless ``--force``.
 """
 
@@ -55,6 +58,54 @@ def _write_page_views(path: Path, rng: random.Random, day: datetime, rows: int) 
             ])
 
 
+FIRST_NAMES = ["Ana", "Ben", "Chloe", "Dev", "Eva", "Femi", "Gus", "Hana", "Ivan", "Jo", "Kai", "Lena"]
+TIERS = ["free", "pro", "enterprise"]
+
+
+class _Customers:
+    """The evolving customer base behind the scd2 sample files."""
+
+    def __init__(self, rng: random.Random) -> None:
+        self.rng = rng
+        self.rows: dict[int, dict[str, object]] = {}
+
+    def _new(self, customer_id: int) -> dict[str, object]:
+        name = f"{self.rng.choice(FIRST_NAMES)} {customer_id}"
+        return {"customer_id": customer_id, "name": name,
+                "email": f"{name.split()[0].lower()}.{customer_id}@example.com", "tier": self.rng.choice(TIERS)}
+
+    def next_file(self, size: int, first: bool) -> list[dict[str, object]]:
+        if first:
+            for customer_id in range(1, size + 1):
+                self.rows[customer_id] = self._new(customer_id)
+            return list(self.rows.values())
+        changed = []
+        for customer_id in self.rng.sample(sorted(self.rows), max(1, len(self.rows) // 10)):
+            row = dict(self.rows[customer_id])
+            roll = self.rng.random()
+            if roll < 0.4:
+                row["email"] = f"{row['name'].split()[0].lower()}.{self.rng.randint(100, 999)}@example.org"
+            elif roll < 0.7:
+                row["name"] = f"{self.rng.choice(FIRST_NAMES)} {customer_id}"
+            else:
+                row["tier"] = self.rng.choice(TIERS)  # not a tracking column: no new version
+            self.rows[customer_id] = row
+            changed.append(row)
+        start = max(self.rows) + 1
+        for customer_id in range(start, start + max(1, size // 50)):
+            self.rows[customer_id] = self._new(customer_id)
+            changed.append(self.rows[customer_id])
+        return changed
+
+
+def _write_customers(path: Path, rows: list[dict[str, object]], updated_at: datetime) -> None:
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["customer_id", "name", "email", "tier", "updated_at"])
+        for row in rows:
+            writer.writerow([row["customer_id"], row["name"], row["email"], row["tier"], updated_at.isoformat()])
+
+
 def generate(table: TableSettings, days: int, files_per_day: int, rows_per_file: int, seed: int,
              force: bool = False) -> list[Path]:
     """Write the sample files of one table; returns the paths written."""
@@ -63,9 +114,19 @@ def generate(table: TableSettings, days: int, files_per_day: int, rows_per_file:
     root.mkdir(parents=True, exist_ok=True)
     today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
     written = []
+    customers = _Customers(rng) if table.is_scd2 else None
     for back in range(days, 0, -1):
         day = today - timedelta(days=back)
         for file_no in range(files_per_day):
+            landed = day + timedelta(hours=1 + file_no)
+            if customers is not None:  # the content depends on every earlier file: generate even if it exists
+                path = root / f"{table.table_name}_{day:%Y%m%d}_{file_no:02d}.csv"
+                rows = customers.next_file(rows_per_file // 5, first=(back == days and file_no == 0))
+                if not path.exists() or force:
+                    _write_customers(path, rows, landed)
+                    os.utime(path, (landed.timestamp(), landed.timestamp()))
+                    written.append(path)
+                continue
             if table.file_format is FileFormat.PARQUET:
                 path = root / f"{day:%Y-%m-%d}" / f"{table.table_name}_{day:%Y%m%d}_{file_no:02d}.parquet"
             else:
@@ -79,8 +140,7 @@ def generate(table: TableSettings, days: int, files_per_day: int, rows_per_file:
                 _write_page_views(path, rng, day, rows_per_file)
             else:
                 continue
-            landed = (day + timedelta(hours=1 + file_no)).timestamp()
-            os.utime(path, (landed, landed))
+            os.utime(path, (landed.timestamp(), landed.timestamp()))
             written.append(path)
     return written
 

@@ -17,12 +17,18 @@ def test_project_definitions_load_with_every_asset_check_job_and_sensor(monkeypa
     monkeypatch.setenv(CONFIG_ENV, str(PROJECT / "configs" / "local.yaml"))
     definitions = defs()
     repo = definitions.get_repository_def()
-    assert sorted(k.to_user_string() for k in repo.asset_graph.get_all_asset_keys()) == ["page_views", "transactions"]
+    assert sorted(k.to_user_string() for k in repo.asset_graph.get_all_asset_keys()) == [
+        "customers", "page_views", "transactions"]
     check_names = sorted(k.name for k in repo.asset_graph.asset_check_keys)
-    assert check_names == ["page_views_no_failed_files", "page_views_target_matches_tracker",
+    assert check_names == ["customers_no_failed_files", "customers_scd2_invariants",
+                           "customers_target_matches_tracker",
+                           "page_views_no_failed_files", "page_views_target_matches_tracker",
                            "transactions_no_failed_files", "transactions_target_matches_tracker"]
-    assert sorted(s.name for s in definitions.sensors) == ["page_views_files_sensor", "transactions_files_sensor"]
-    for table in ["transactions", "page_views"]:
+    assert sorted(s.name for s in definitions.sensors) == [
+        "customers_files_sensor", "page_views_files_sensor", "transactions_files_sensor"]
+    assert definitions.resolve_assets_def("customers").get_io_manager_key_for_asset_key(
+        dg.AssetKey("customers")) == "scd2_io_manager"
+    for table in ["transactions", "page_views", "customers"]:
         assert definitions.resolve_job_def(f"{table}_load_job")
         assert definitions.resolve_job_def(f"{table}_checks_job")
     asset = definitions.resolve_assets_def("transactions")

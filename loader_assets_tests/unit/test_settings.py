@@ -95,4 +95,44 @@ def test_unreadable_and_unparsable_files(tmp_path):
 def test_unknown_table_lookup_lists_known_names():
     settings = load_settings(PROJECT / "configs" / "local.yaml")
     message = str(pytest.raises(ConfigError, settings.table, "nope").value)
-    assert "unknown table 'nope'" in message and "transactions, page_views" in message
+    assert "unknown table 'nope'" in message and "transactions, page_views, customers" in message
+
+
+SCD2_BASE = """
+target_root: lake
+checkpoint_path: ckpt
+tables:
+  - table_name: customers
+    source_path: in
+    file_format: csv
+    loading_strategy: scd2
+"""
+
+
+def test_seed_guide_scd2_configuration_loads():
+    customers = load_settings(PROJECT / "configs" / "local.yaml").table("customers")
+    assert customers.is_scd2 and customers.primary_keys == ["customer_id"]
+    assert customers.tracking_columns == ["name", "email"] and customers.scd2_sequence_column == "updated_at"
+    assert customers.scd2_output_columns == ("effective_date", "end_date", "is_current")
+    assert customers.required_columns() == ["customer_id", "name", "email", "updated_at"]
+
+
+@pytest.mark.parametrize(
+    ("fields", "expected"),
+    [
+        ("    tracking_columns: [name]", "requires primary_keys"),
+        ("    primary_keys: [id]", "requires tracking_columns"),
+        ("    primary_keys: [id, id]\n    tracking_columns: [name]", "primary_keys lists a column twice"),
+        ("    primary_keys: [id]\n    tracking_columns: [name, id]", "must not include primary keys: ['id']"),
+        ("    primary_keys: [id]\n    tracking_columns: [name]\n    scd2_end_date_column: effective_date",
+         "effective, end and current columns must differ"),
+        ("    primary_keys: [id]\n    tracking_columns: [is_current]",
+         "['is_current'] named both as a source column and as an scd2 output column"),
+        ("    primary_keys: [id]\n    tracking_columns: [name]\n    scd2_sequence_column: id",
+         "scd2_sequence_column must not be a primary key"),
+    ],
+)
+def test_scd2_configuration_is_validated_when_loading(tmp_path, fields, expected):
+    path = write(tmp_path, SCD2_BASE + fields + "\n")
+    message = str(pytest.raises(ConfigError, load_settings, path).value)
+    assert expected in message and "table 'customers'" in message
