@@ -69,6 +69,11 @@ def with_sequence(
     )
 
 
+def versions_of_keys(target: DataFrame, rows: DataFrame, table: TableSettings) -> DataFrame:
+    """The target's versions of the keys that occur in the batch (all that validation and changes need)."""
+    return target.join(rows.select(*table.primary_keys).distinct(), table.primary_keys, "left_semi")
+
+
 @dataclass
 class Scd2Validation:
     """Files to fail with their error, and the rows left to apply."""
@@ -84,7 +89,8 @@ def _add_error(errors: dict[str, str], path: str, message: str) -> None:
 def validate_batch(
     rows: DataFrame, table: TableSettings, target: DataFrame | None
 ) -> Scd2Validation:
-    """Find the files with bad rows (see the module docstring); return the good files' rows still to apply."""
+    """Find the files with bad rows (see the module docstring); return the good files' rows still to apply.
+    ``target`` is the target's versions (all, or those of the batch's keys), None for a new table."""
     from pyspark.sql import functions as F
 
     keys = table.primary_keys
@@ -182,7 +188,8 @@ class Scd2Changes:
 
 
 def compute_changes(rows: DataFrame, table: TableSettings, target: DataFrame | None) -> Scd2Changes:
-    """The versions a validated batch adds, and where the keys' current versions end."""
+    """The versions a validated batch adds, and where the keys' current versions end. ``target`` as in
+    ``validate_batch``."""
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 

@@ -13,6 +13,7 @@ Subclasses implement ``write_batch`` (how a batch becomes that one commit) and m
 """
 
 
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import dagster as dg
@@ -27,6 +28,27 @@ if TYPE_CHECKING:
     from pyspark.sql import DataFrame
 
 
+@dataclass
+class PreparedRows:
+    """The rows a strategy will write, plus what it computed on the way (``extras``) and cached (``cached``,
+    unpersisted by ``release`` once the batch is written or abandoned)."""
+
+    rows: "DataFrame"
+    extras: dict[str, Any] = field(default_factory=dict)
+    cached: list["DataFrame"] = field(default_factory=list)
+
+    def keep(self, frame: "DataFrame") -> "DataFrame":
+        """Persist ``frame`` for the rest of this batch."""
+        frame = frame.persist()
+        self.cached.append(frame)
+        return frame
+
+    def release(self) -> None:
+        for frame in self.cached:
+            frame.unpersist()
+        self.cached.clear()
+
+
 def _first_line(error: BaseException) -> str:
     text = str(error).strip()
     return (text.splitlines()[0] if text else type(error).__name__)[:500]
@@ -38,12 +60,12 @@ class DeltaBatchIOManager(dg.ConfigurableIOManager):
     target_root: str
     spark: dg.ResourceDependency[SparkSessionResource]
 
-    def validate_batch(self, batch: LoadBatch, frame: "DataFrame") -> tuple["DataFrame", dict[str, str]]:
+    def validate_batch(self, batch: LoadBatch, frame: "DataFrame") -> tuple[PreparedRows, dict[str, str]]:
         """Strategy-specific checks that need Spark: returns the rows to write and an error per file to fail.
         The default accepts everything."""
-        return frame, {}
+        return PreparedRows(frame), {}
 
-    def write_batch(self, batch: LoadBatch, frame: "DataFrame") -> bool:
+    def write_batch(self, batch: LoadBatch, prepared: PreparedRows) -> bool:
         """Write the batch as exactly one Delta commit carrying the batch's txn; False if there was nothing to
         write (no commit made). Subclasses implement."""
         raise NotImplementedError
@@ -87,13 +109,16 @@ class DeltaBatchIOManager(dg.ConfigurableIOManager):
         spark = batch.dataframe.sparkSession
         committed = False
         try:
-            frame, errors = self.validate_batch(batch, batch.dataframe)
-            if errors:
-                self._fail_files(context, batch, errors)
-            if not batch.loaded_paths:
-                return {}
-            faults.crash_point(faults.BEFORE_TARGET_COMMIT)
-            committed = self.write_batch(batch, frame)
+            prepared, errors = self.validate_batch(batch, batch.dataframe)
+            try:
+                if errors:
+                    self._fail_files(context, batch, errors)
+                if not batch.loaded_paths:
+                    return {}
+                faults.crash_point(faults.BEFORE_TARGET_COMMIT)
+                committed = self.write_batch(batch, prepared)
+            finally:
+                prepared.release()
         except Exception as error:
             if target_txn_version(batch.target_path, name) < batch.batch_seq:
                 message = f"the target commit of batch {batch.batch_id} failed: {_first_line(error)}"

@@ -8,7 +8,7 @@ exactly those files' rows, so the result is the same however many times the file
 
 from typing import TYPE_CHECKING
 
-from loader_assets.io_managers._delta import DeltaBatchIOManager
+from loader_assets.io_managers._delta import DeltaBatchIOManager, PreparedRows
 from loader_assets.loading import LoadBatch, audited, replace_predicate
 
 if TYPE_CHECKING:
@@ -23,10 +23,10 @@ class DeltaAppendIOManager(DeltaBatchIOManager):
         DeltaAppendIOManager(target_root="/data/lake", spark=SparkSessionResource(master="local[*]"))
     """
 
-    def write_batch(self, batch: LoadBatch, frame: "DataFrame") -> bool:
+    def write_batch(self, batch: LoadBatch, prepared: PreparedRows) -> bool:
         assert batch.batch_id is not None and batch.batch_seq is not None
         writer = (
-            audited(frame, batch.batch_id)
+            audited(prepared.rows, batch.batch_id)
             .write.format("delta")
             .option("txnAppId", batch.app_id)
             .option("txnVersion", str(batch.batch_seq))

@@ -12,10 +12,17 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
-from loader_assets.io_managers._delta import DeltaBatchIOManager
+from loader_assets.io_managers._delta import DeltaBatchIOManager, PreparedRows
 from loader_assets.loading import LoadBatch, open_target
 from loader_assets.reading import BATCH_ID_COLUMN, LOAD_TIMESTAMP_COLUMN
-from loader_assets.scd2 import compute_changes, merge_into, merge_source, validate_batch, with_sequence
+from loader_assets.scd2 import (
+    compute_changes,
+    merge_into,
+    merge_source,
+    validate_batch,
+    versions_of_keys,
+    with_sequence,
+)
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -49,25 +56,29 @@ class DeltaScd2IOManager(DeltaBatchIOManager):
         DeltaScd2IOManager(target_root="/data/lake", spark=SparkSessionResource(master="local[*]"))
     """
 
-    def _target(self, batch: LoadBatch, spark: "SparkSession") -> "DataFrame | None":
-        if open_target(batch.target_path) is None:
-            return None
-        return spark.read.format("delta").load(batch.target_path)
-
-    def validate_batch(self, batch: LoadBatch, frame: "DataFrame") -> tuple["DataFrame", dict[str, str]]:
+    def validate_batch(self, batch: LoadBatch, frame: "DataFrame") -> tuple[PreparedRows, dict[str, str]]:
         spark = frame.sparkSession
-        rows = with_sequence(spark, frame, batch.table, batch.file_times)
-        result = validate_batch(rows, batch.table, self._target(batch, spark))
+        prepared = PreparedRows(frame)
+        # The batch's rows and the target versions of the batch's keys are each used by several steps:
+        # computed once and kept for the batch, instead of re-reading the files and the whole table each time.
+        rows = prepared.keep(with_sequence(spark, frame, batch.table, batch.file_times))
+        relevant = None
+        if open_target(batch.target_path) is not None:
+            target = spark.read.format("delta").load(batch.target_path)
+            relevant = prepared.keep(versions_of_keys(target, rows, batch.table))
+        result = validate_batch(rows, batch.table, relevant)
         assert result.rows is not None
-        return result.rows, result.errors
+        prepared.rows, prepared.extras["target_versions"] = result.rows, relevant
+        prepared.extras["target_columns"] = target.columns if relevant is not None else None
+        return prepared, result.errors
 
-    def write_batch(self, batch: LoadBatch, frame: "DataFrame") -> bool:
+    def write_batch(self, batch: LoadBatch, prepared: PreparedRows) -> bool:
         from pyspark.sql import functions as F
 
         assert batch.batch_id is not None and batch.batch_seq is not None
-        spark = frame.sparkSession
-        target = self._target(batch, spark)
-        changes = compute_changes(frame, batch.table, target)
+        spark = prepared.rows.sparkSession
+        target = prepared.extras["target_versions"]
+        changes = compute_changes(prepared.rows, batch.table, target)
         audit = {LOAD_TIMESTAMP_COLUMN: F.current_timestamp(), BATCH_ID_COLUMN: F.lit(batch.batch_id)}
         if target is None:
             inserts = changes.inserts
@@ -92,7 +103,7 @@ class DeltaScd2IOManager(DeltaBatchIOManager):
             if source.isEmpty():
                 return False
             with delta_txn(spark, batch.app_id, batch.batch_seq, batch.user_metadata()):
-                merge_into(spark, batch.target_path, source, batch.table, target.columns)
+                merge_into(spark, batch.target_path, source, batch.table, prepared.extras["target_columns"])
         finally:
             source.unpersist()
         return True
