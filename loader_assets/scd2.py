@@ -20,7 +20,7 @@ version starts; the key's current version, if it has a new one, is closed at the
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -70,13 +70,28 @@ def with_sequence(
 
 
 def versions_of_keys(target: DataFrame, rows: DataFrame, table: TableSettings) -> DataFrame:
-    """The target's versions of the keys that occur in the batch (all that validation and changes need)."""
-    return target.join(rows.select(*table.primary_keys).distinct(), table.primary_keys, "left_semi")
+    """Per key of the batch, what the target knows: its versions as a map start -> tracked JSON, the current
+    version's start (``__t_current_start``) and tracked JSON (``__cur``). One row per key; keys new to the table
+    are absent."""
+    from pyspark.sql import functions as F
+
+    keys = table.primary_keys
+    start, _, current = table.scd2_output_columns
+    tracked = _json(table.tracking_columns)
+    return (
+        target.join(rows.select(*keys).distinct(), keys, "left_semi")
+        .groupBy(*keys)
+        .agg(
+            F.map_from_entries(F.collect_list(F.struct(F.col(start), tracked))).alias("__t_versions"),
+            F.max(F.when(F.col(current), F.col(start))).alias("__t_current_start"),
+            F.max(F.when(F.col(current), tracked)).alias("__cur"),
+        )
+    )
 
 
 @dataclass
 class Scd2Validation:
-    """Files to fail with their error, and the rows left to apply."""
+    """Files to fail with their error, and the rows left to apply (with the target's view of their key)."""
 
     errors: dict[str, str] = field(default_factory=dict)
     rows: DataFrame | None = None
@@ -86,11 +101,42 @@ def _add_error(errors: dict[str, str], path: str, message: str) -> None:
     errors[path] = f"{errors[path]}; {message}" if path in errors else message
 
 
+def annotate(rows: DataFrame, table: TableSettings, key_versions: DataFrame | None) -> DataFrame:
+    """Join each row with its key's versions (one join) and flag it: ``__applied`` (a version starts at its
+    sequence with the same tracked values), ``__clash`` (... with other tracked values), ``__late`` (older than
+    the current version and not applied)."""
+    from pyspark.sql import functions as F
+
+    if key_versions is None:
+        return rows.select(
+            "*",
+            F.lit(None).cast("string").alias("__cur"),
+            F.lit(None).cast(rows.schema[SEQ].dataType).alias("__t_current_start"),
+            F.lit(False).alias("__applied"),
+            F.lit(False).alias("__clash"),
+            F.lit(False).alias("__late"),
+        )
+    joined = rows.join(key_versions, table.primary_keys, "left")
+    at_seq = F.try_element_at(F.col("__t_versions"), F.col(SEQ))
+    applied = F.coalesce(at_seq == F.col(TRACKED), F.lit(False))
+    return (
+        joined.withColumn("__applied", applied)
+        .withColumn("__clash", F.coalesce(at_seq != F.col(TRACKED), F.lit(False)))
+        .withColumn("__late", F.coalesce(F.col(SEQ) < F.col("__t_current_start"), F.lit(False)) & ~applied)
+        .drop("__t_versions")
+    )
+
+
 def validate_batch(
-    rows: DataFrame, table: TableSettings, target: DataFrame | None
+    rows: DataFrame,
+    table: TableSettings,
+    key_versions: DataFrame | None,
+    keep: Callable[[DataFrame], DataFrame] = lambda frame: frame,
 ) -> Scd2Validation:
-    """Find the files with bad rows (see the module docstring); return the good files' rows still to apply.
-    ``target`` is the target's versions (all, or those of the batch's keys), None for a new table."""
+    """Find the files with bad rows (see the module docstring); return the good files' rows still to apply,
+    annotated with their key's current version (``annotate``). ``key_versions`` comes from
+    ``versions_of_keys``, None for a new table. ``keep`` may persist the annotated rows, which the problem
+    search and the change computation both read."""
     from pyspark.sql import functions as F
 
     keys = table.primary_keys
@@ -114,12 +160,13 @@ def validate_batch(
         if row["null_seq"]:
             _add_error(errors, row[SOURCE_FILE_COLUMN],
                        f"{row['null_seq']} rows with a null {table.scd2_sequence_column}")
-    rows = rows.where(~key_null & F.col(SEQ).isNotNull())
+    if nulls:
+        rows = rows.where(~key_null & F.col(SEQ).isNotNull())
 
     ambiguous = (
         rows.groupBy(*keys, SEQ)
-        .agg(F.countDistinct(VALUES).alias("variants"), F.collect_set(SOURCE_FILE_COLUMN).alias("files"))
-        .where("variants > 1")
+        .agg(F.min(VALUES).alias("lo"), F.max(VALUES).alias("hi"), F.collect_set(SOURCE_FILE_COLUMN).alias("files"))
+        .where("lo != hi")
         .select(F.explode("files").alias("file"), _json(keys).alias("key"), F.col(SEQ).cast("string").alias("seq"))
         .groupBy("file")
         .agg(F.count(F.lit(1)).alias("n"), F.slice(F.collect_list(F.concat_ws(" at ", "key", "seq")), 1, SAMPLE)
@@ -131,34 +178,17 @@ def validate_batch(
                    f"ambiguous: {row['n']} keys have rows with the same sequence value but different values, "
                    f"e.g. {', '.join(row['sample'])}")
 
-    if target is not None:
-        versions = target.select(
-            *keys,
-            F.col(table.scd2_effective_date_column).alias("__t_start"),
-            _json(table.tracking_columns).alias("__t_tracked"),
-            F.col(table.scd2_current_flag_column).alias("__t_current"),
-        )
-        same_start = F.col("__t_start") == F.col(SEQ)
-        flags = (
-            rows.select(SOURCE_FILE_COLUMN, SEQ, TRACKED, *keys)
-            .join(versions, keys, "left")
-            .groupBy(SOURCE_FILE_COLUMN, SEQ, TRACKED, *keys)
-            .agg(
-                F.max(F.when(same_start & (F.col("__t_tracked") == F.col(TRACKED)), 1).otherwise(0)).alias("applied"),
-                F.max(F.when(same_start & (F.col("__t_tracked") != F.col(TRACKED)), 1).otherwise(0)).alias("clash"),
-                F.max(F.when(F.col("__t_current") & (F.col(SEQ) < F.col("__t_start")), 1).otherwise(0)).alias("late"),
-                F.max(F.when(F.col("__t_current"), F.col("__t_start"))).alias("current_start"),
-            )
-        )
+    annotated = keep(annotate(rows, table, key_versions))
+    if key_versions is not None:
         problems = (
-            flags.where("clash = 1 OR (late = 1 AND applied = 0)")
+            annotated.where("__clash OR __late")
             .select(
                 SOURCE_FILE_COLUMN,
-                F.when(F.col("clash") == 1, F.lit("clash")).otherwise(F.lit("late")).alias("kind"),
+                F.when(F.col("__clash"), F.lit("clash")).otherwise(F.lit("late")).alias("kind"),
                 F.concat(_json(keys), F.lit(" at "), F.col(SEQ).cast("string"),
-                         F.when(F.col("clash") == 1, F.lit(""))
+                         F.when(F.col("__clash"), F.lit(""))
                          .otherwise(F.concat(F.lit(" (current version from "),
-                                             F.col("current_start").cast("string"), F.lit(")")))).alias("what"),
+                                             F.col("__t_current_start").cast("string"), F.lit(")")))).alias("what"),
             )
             .groupBy(SOURCE_FILE_COLUMN, "kind")
             .agg(F.count(F.lit(1)).alias("n"), F.slice(F.collect_list("what"), 1, SAMPLE).alias("sample"))
@@ -172,11 +202,10 @@ def validate_batch(
                 message = (f"late-arriving change: {row['n']} rows are older than their key's current version "
                            f"and are refused, e.g. {', '.join(row['sample'])}")
             _add_error(errors, row[SOURCE_FILE_COLUMN], message)
-        applied = versions.select(*keys, F.col("__t_start").alias(SEQ), F.col("__t_tracked").alias(TRACKED))
-        rows = rows.join(applied, [*keys, SEQ, TRACKED], "left_anti")
+    remaining = annotated.where(~F.col("__applied"))
     if errors:
-        rows = rows.where(~F.col(SOURCE_FILE_COLUMN).isin(list(errors)))
-    return Scd2Validation(errors=errors, rows=rows)
+        remaining = remaining.where(~F.col(SOURCE_FILE_COLUMN).isin(list(errors)))
+    return Scd2Validation(errors=errors, rows=remaining.drop("__applied", "__clash", "__late"))
 
 
 @dataclass(frozen=True)
@@ -187,31 +216,28 @@ class Scd2Changes:
     closes: DataFrame
 
 
-def compute_changes(rows: DataFrame, table: TableSettings, target: DataFrame | None) -> Scd2Changes:
-    """The versions a validated batch adds, and where the keys' current versions end. ``target`` as in
-    ``validate_batch``."""
+def compute_changes(rows: DataFrame, table: TableSettings) -> Scd2Changes:
+    """The versions a validated batch adds, and where the keys' current versions end.
+
+    ``rows`` come from ``validate_batch`` and carry ``__cur``, the tracked JSON of their key's current version
+    (NULL for a new key). One window over each key in load order: a row starts a version when its tracked
+    values differ from the previous row's, or for the key's first row, from ``__cur``. An identical duplicate
+    of the previous row therefore never starts a version: duplicates collapse onto the first in load order.
+    """
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
     keys = table.primary_keys
     start, end, current = table.scd2_output_columns
     in_order = Window.partitionBy(*keys).orderBy(SEQ, FILE_TIME, SOURCE_FILE_COLUMN)
-    # identical rows of one key and sequence (from several files) collapse to the first in load order
-    first_per_seq = Window.partitionBy(*keys, SEQ).orderBy(FILE_TIME, SOURCE_FILE_COLUMN)
-    rows = rows.withColumn("__n", F.row_number().over(first_per_seq)).where("__n = 1").drop("__n")
-    if target is not None:
-        currents = target.where(F.col(current)).select(*keys, _json(table.tracking_columns).alias("__cur"),
-                                                       F.lit(True).alias("__has_current"))
-        rows = rows.join(currents, keys, "left")
-    else:
-        rows = rows.withColumn("__cur", F.lit(None).cast("string")).withColumn("__has_current", F.lit(None))
     previous = F.coalesce(F.lag(TRACKED).over(in_order), F.col("__cur"))
-    changed = rows.withColumn("__changed", previous.isNull() | (previous != F.col(TRACKED))).where("__changed")
-    in_version_order = Window.partitionBy(*keys).orderBy(SEQ, FILE_TIME, SOURCE_FILE_COLUMN)
-    versions = changed.withColumn("__next", F.lead(SEQ).over(in_version_order)).withColumn(
-        "__first", F.row_number().over(in_version_order) == 1
+    versions = (
+        rows.withColumn("__changed", previous.isNull() | (previous != F.col(TRACKED)))
+        .where("__changed")
+        .withColumn("__next", F.lead(SEQ).over(in_order))
+        .withColumn("__first", F.row_number().over(in_order) == 1)
     )
-    columns = data_columns(rows.drop("__cur", "__has_current"))
+    columns = data_columns(rows.drop("__cur", "__t_current_start"))
     inserts = versions.select(
         *columns,
         F.col(SEQ).alias(start),
@@ -219,7 +245,7 @@ def compute_changes(rows: DataFrame, table: TableSettings, target: DataFrame | N
         F.col("__next").isNull().alias(current),
         SOURCE_FILE_COLUMN,
     )
-    closes = versions.where(F.col("__first") & F.col("__has_current")).select(
+    closes = versions.where(F.col("__first") & F.col("__cur").isNotNull()).select(
         *[F.col(k).alias(MERGE_KEY_PREFIX + k) for k in keys], F.col(SEQ).alias(CLOSE_AT)
     )
     return Scd2Changes(inserts=inserts, closes=closes)

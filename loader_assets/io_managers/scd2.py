@@ -59,17 +59,17 @@ class DeltaScd2IOManager(DeltaBatchIOManager):
     def validate_batch(self, batch: LoadBatch, frame: "DataFrame") -> tuple[PreparedRows, dict[str, str]]:
         spark = frame.sparkSession
         prepared = PreparedRows(frame)
-        # The batch's rows and the target versions of the batch's keys are each used by several steps:
+        # The batch's rows and what the target knows of the batch's keys are each read by several steps:
         # computed once and kept for the batch, instead of re-reading the files and the whole table each time.
         rows = prepared.keep(with_sequence(spark, frame, batch.table, batch.file_times))
-        relevant = None
+        key_versions = None
         if open_target(batch.target_path) is not None:
             target = spark.read.format("delta").load(batch.target_path)
-            relevant = prepared.keep(versions_of_keys(target, rows, batch.table))
-        result = validate_batch(rows, batch.table, relevant)
+            prepared.extras["target_columns"] = target.columns
+            key_versions = prepared.keep(versions_of_keys(target, rows, batch.table))
+        result = validate_batch(rows, batch.table, key_versions, keep=prepared.keep)
         assert result.rows is not None
-        prepared.rows, prepared.extras["target_versions"] = result.rows, relevant
-        prepared.extras["target_columns"] = target.columns if relevant is not None else None
+        prepared.rows = result.rows
         return prepared, result.errors
 
     def write_batch(self, batch: LoadBatch, prepared: PreparedRows) -> bool:
@@ -77,10 +77,10 @@ class DeltaScd2IOManager(DeltaBatchIOManager):
 
         assert batch.batch_id is not None and batch.batch_seq is not None
         spark = prepared.rows.sparkSession
-        target = prepared.extras["target_versions"]
-        changes = compute_changes(prepared.rows, batch.table, target)
+        target_columns = prepared.extras.get("target_columns")
+        changes = compute_changes(prepared.rows, batch.table)
         audit = {LOAD_TIMESTAMP_COLUMN: F.current_timestamp(), BATCH_ID_COLUMN: F.lit(batch.batch_id)}
-        if target is None:
+        if target_columns is None:  # a new table: nothing to close, the versions are one append
             inserts = changes.inserts
             for name, value in audit.items():
                 inserts = inserts.withColumn(name, value)
@@ -103,7 +103,7 @@ class DeltaScd2IOManager(DeltaBatchIOManager):
             if source.isEmpty():
                 return False
             with delta_txn(spark, batch.app_id, batch.batch_seq, batch.user_metadata()):
-                merge_into(spark, batch.target_path, source, batch.table, prepared.extras["target_columns"])
+                merge_into(spark, batch.target_path, source, batch.table, target_columns)
         finally:
             source.unpersist()
         return True
