@@ -1,8 +1,8 @@
 """SCD2 in Spark: validate a batch, work out its versions, and express them as one Delta MERGE (DESIGN.md s. 6).
 
 Terms: keys = ``primary_keys``; the *sequence* of a row is its ``scd2_sequence_column`` value, or, without one,
-its file's modification time; a row's *tracked values* are its ``tracking_columns`` (compared null-safely, as
-JSON of the struct, where a null field and a value differ).
+its file's modification time; a row's *tracked values* are its ``tracking_columns``, compared null-safely as one
+struct (Spark's struct equality: a null field equals a null field and differs from a value).
 
 Validation (each problem fails the files involved, naming file and key; nothing is written for them):
 - a null key or a null sequence value;
@@ -41,9 +41,17 @@ SAMPLE = 5
 
 
 def _json(columns: Sequence[str]) -> Column:
+    """Key text for error messages, e.g. ``{"customer_id":7}``."""
     from pyspark.sql import functions as F
 
     return F.to_json(F.struct(*[F.col(c) for c in columns]))
+
+
+def _struct(columns: Sequence[str]) -> Column:
+    """Values compared as one struct: struct equality in Spark is null-safe per field (null = null, null != x)."""
+    from pyspark.sql import functions as F
+
+    return F.struct(*[F.col(c) for c in columns])
 
 
 def data_columns(frame: DataFrame) -> list[str]:
@@ -53,7 +61,7 @@ def data_columns(frame: DataFrame) -> list[str]:
 def with_sequence(
     spark: SparkSession, frame: DataFrame, table: TableSettings, file_times: Mapping[str, int]
 ) -> DataFrame:
-    """Add the sequence, the file time and the JSON of all data and of the tracked values to every row."""
+    """Add the sequence, the file time, and the struct of all data and of the tracked values to every row."""
     from pyspark.sql import functions as F
 
     times = spark.createDataFrame(
@@ -64,20 +72,20 @@ def with_sequence(
     sequence = F.col(table.scd2_sequence_column) if table.scd2_sequence_column else F.col(FILE_TIME)
     return (
         rows.withColumn(SEQ, sequence)
-        .withColumn(VALUES, _json(columns))
-        .withColumn(TRACKED, _json(table.tracking_columns))
+        .withColumn(VALUES, _struct(columns))
+        .withColumn(TRACKED, _struct(table.tracking_columns))
     )
 
 
 def versions_of_keys(target: DataFrame, rows: DataFrame, table: TableSettings) -> DataFrame:
-    """Per key of the batch, what the target knows: its versions as a map start -> tracked JSON, the current
-    version's start (``__t_current_start``) and tracked JSON (``__cur``). One row per key; keys new to the table
+    """Per key of the batch, what the target knows: its versions as a map start -> tracked values, the current
+    version's start (``__t_current_start``) and tracked values (``__cur``). One row per key; keys new to the table
     are absent."""
     from pyspark.sql import functions as F
 
     keys = table.primary_keys
     start, _, current = table.scd2_output_columns
-    tracked = _json(table.tracking_columns)
+    tracked = _struct(table.tracking_columns)
     return (
         target.join(rows.select(*keys).distinct(), keys, "left_semi")
         .groupBy(*keys)
@@ -102,29 +110,88 @@ def _add_error(errors: dict[str, str], path: str, message: str) -> None:
 
 
 def annotate(rows: DataFrame, table: TableSettings, key_versions: DataFrame | None) -> DataFrame:
-    """Join each row with its key's versions (one join) and flag it: ``__applied`` (a version starts at its
-    sequence with the same tracked values), ``__clash`` (... with other tracked values), ``__late`` (older than
-    the current version and not applied)."""
+    """Join each row with its key's versions (one join) and, over each key in load order (one window), flag it:
+
+    - ``__applied``: a version of the key starts at the row's sequence with the same tracked values;
+    - ``__clash``: ... with other tracked values;
+    - ``__late``: older than the key's current version, and not applied;
+    - ``__ambiguous``: the previous row of the key has the same sequence but other values
+      (``__prev_file`` names that row's file);
+    - ``__changed``: not applied, and its tracked values differ from the previous not-applied row's, or, for the
+      first, from the current version's (NULL for a new key). An identical duplicate of the previous row is not
+      a change, so duplicates collapse onto the first in load order.
+    """
+    from pyspark.sql import Window
     from pyspark.sql import functions as F
 
+    keys = table.primary_keys
     if key_versions is None:
-        return rows.select(
+        joined = rows.select(
             "*",
-            F.lit(None).cast("string").alias("__cur"),
+            F.lit(None).cast(rows.schema[TRACKED].dataType).alias("__cur"),
             F.lit(None).cast(rows.schema[SEQ].dataType).alias("__t_current_start"),
             F.lit(False).alias("__applied"),
             F.lit(False).alias("__clash"),
-            F.lit(False).alias("__late"),
         )
-    joined = rows.join(key_versions, table.primary_keys, "left")
-    at_seq = F.try_element_at(F.col("__t_versions"), F.col(SEQ))
-    applied = F.coalesce(at_seq == F.col(TRACKED), F.lit(False))
-    return (
-        joined.withColumn("__applied", applied)
-        .withColumn("__clash", F.coalesce(at_seq != F.col(TRACKED), F.lit(False)))
-        .withColumn("__late", F.coalesce(F.col(SEQ) < F.col("__t_current_start"), F.lit(False)) & ~applied)
-        .drop("__t_versions")
+    else:
+        at_seq = F.try_element_at(F.col("__t_versions"), F.col(SEQ))
+        joined = (
+            rows.join(key_versions, keys, "left")
+            .withColumn("__applied", F.coalesce(at_seq == F.col(TRACKED), F.lit(False)))
+            .withColumn("__clash", F.coalesce(at_seq != F.col(TRACKED), F.lit(False)))
+            .drop("__t_versions")
+        )
+    in_order = Window.partitionBy(*keys).orderBy(SEQ, FILE_TIME, SOURCE_FILE_COLUMN)
+    before = in_order.rowsBetween(Window.unboundedPreceding, -1)
+    previous_state = F.coalesce(
+        F.last(F.when(~F.col("__applied"), F.col(TRACKED)), ignorenulls=True).over(before), F.col("__cur")
     )
+    return (
+        joined.withColumn("__late", F.coalesce(F.col(SEQ) < F.col("__t_current_start"), F.lit(False))
+                          & ~F.col("__applied"))
+        .withColumn("__ambiguous", F.coalesce((F.lag(SEQ).over(in_order) == F.col(SEQ))
+                                              & (F.lag(VALUES).over(in_order) != F.col(VALUES)), F.lit(False)))
+        .withColumn("__prev_file", F.lag(SOURCE_FILE_COLUMN).over(in_order))
+        .withColumn("__changed", ~F.col("__applied")
+                    & (previous_state.isNull() | (previous_state != F.col(TRACKED))))
+    )
+
+
+def _problems(annotated: DataFrame, table: TableSettings) -> dict[str, str]:
+    """One aggregation over the flagged rows: an error per file, with a few keys of each kind."""
+    from pyspark.sql import functions as F
+
+    keys = table.primary_keys
+    flagged = annotated.where("__ambiguous OR __clash OR __late")
+    at = F.concat(_json(keys), F.lit(" at "), F.col(SEQ).cast("string"))
+    kind = (F.when(F.col("__ambiguous"), F.lit("ambiguous"))
+            .when(F.col("__clash"), F.lit("clash")).otherwise(F.lit("late")))
+    what = F.when(F.col("__late") & ~F.col("__ambiguous") & ~F.col("__clash"),
+                  F.concat(at, F.lit(" (current version from "), F.col("__t_current_start").cast("string"),
+                           F.lit(")"))).otherwise(at)
+    # an ambiguity involves the row's file and the previous row's file
+    files = F.when(F.col("__ambiguous"), F.array(SOURCE_FILE_COLUMN, "__prev_file")).otherwise(
+        F.array(SOURCE_FILE_COLUMN))
+    summary = (
+        flagged.select(F.explode(F.array_distinct(files)).alias("file"), kind.alias("kind"), what.alias("what"))
+        .groupBy("file", "kind")
+        .agg(F.count(F.lit(1)).alias("n"), F.slice(F.collect_list("what"), 1, SAMPLE).alias("sample"))
+        .collect()
+    )
+    errors: dict[str, str] = {}
+    for row in sorted(summary, key=lambda r: (r["file"], r["kind"])):
+        sample = ", ".join(row["sample"])
+        if row["kind"] == "ambiguous":
+            message = (f"ambiguous: {row['n']} rows have the same key and the same sequence value but different "
+                       f"values as another row of the batch, e.g. {sample}")
+        elif row["kind"] == "clash":
+            message = (f"ambiguous: {row['n']} rows start at the same sequence value as an existing version "
+                       f"of their key but with different tracked values, e.g. {sample}")
+        else:
+            message = (f"late-arriving change: {row['n']} rows are older than their key's current version "
+                       f"and are refused, e.g. {sample}")
+        _add_error(errors, row["file"], message)
+    return errors
 
 
 def validate_batch(
@@ -133,10 +200,13 @@ def validate_batch(
     key_versions: DataFrame | None,
     keep: Callable[[DataFrame], DataFrame] = lambda frame: frame,
 ) -> Scd2Validation:
-    """Find the files with bad rows (see the module docstring); return the good files' rows still to apply,
-    annotated with their key's current version (``annotate``). ``key_versions`` comes from
-    ``versions_of_keys``, None for a new table. ``keep`` may persist the annotated rows, which the problem
-    search and the change computation both read."""
+    """Find the files with bad rows (see the module docstring); return the good files' rows, annotated
+    (``annotate``), ready for ``compute_changes``. ``key_versions`` comes from ``versions_of_keys``, None for a
+    new table. ``keep`` may persist the annotated rows, which the problem search and the changes both read.
+
+    Happy path: one join and one window. When some files fail, the annotation is computed again without them,
+    because a failed file's rows must not take part in the other files' change detection.
+    """
     from pyspark.sql import functions as F
 
     keys = table.primary_keys
@@ -160,52 +230,14 @@ def validate_batch(
         if row["null_seq"]:
             _add_error(errors, row[SOURCE_FILE_COLUMN],
                        f"{row['null_seq']} rows with a null {table.scd2_sequence_column}")
-    if nulls:
-        rows = rows.where(~key_null & F.col(SEQ).isNotNull())
-
-    ambiguous = (
-        rows.groupBy(*keys, SEQ)
-        .agg(F.min(VALUES).alias("lo"), F.max(VALUES).alias("hi"), F.collect_set(SOURCE_FILE_COLUMN).alias("files"))
-        .where("lo != hi")
-        .select(F.explode("files").alias("file"), _json(keys).alias("key"), F.col(SEQ).cast("string").alias("seq"))
-        .groupBy("file")
-        .agg(F.count(F.lit(1)).alias("n"), F.slice(F.collect_list(F.concat_ws(" at ", "key", "seq")), 1, SAMPLE)
-             .alias("sample"))
-        .collect()
-    )
-    for row in ambiguous:
-        _add_error(errors, row["file"],
-                   f"ambiguous: {row['n']} keys have rows with the same sequence value but different values, "
-                   f"e.g. {', '.join(row['sample'])}")
-
-    annotated = keep(annotate(rows, table, key_versions))
-    if key_versions is not None:
-        problems = (
-            annotated.where("__clash OR __late")
-            .select(
-                SOURCE_FILE_COLUMN,
-                F.when(F.col("__clash"), F.lit("clash")).otherwise(F.lit("late")).alias("kind"),
-                F.concat(_json(keys), F.lit(" at "), F.col(SEQ).cast("string"),
-                         F.when(F.col("__clash"), F.lit(""))
-                         .otherwise(F.concat(F.lit(" (current version from "),
-                                             F.col("__t_current_start").cast("string"), F.lit(")")))).alias("what"),
-            )
-            .groupBy(SOURCE_FILE_COLUMN, "kind")
-            .agg(F.count(F.lit(1)).alias("n"), F.slice(F.collect_list("what"), 1, SAMPLE).alias("sample"))
-            .collect()
-        )
-        for row in problems:
-            if row["kind"] == "clash":
-                message = (f"ambiguous: {row['n']} rows start at the same sequence value as an existing version "
-                           f"of their key but with different tracked values, e.g. {', '.join(row['sample'])}")
-            else:
-                message = (f"late-arriving change: {row['n']} rows are older than their key's current version "
-                           f"and are refused, e.g. {', '.join(row['sample'])}")
-            _add_error(errors, row[SOURCE_FILE_COLUMN], message)
-    remaining = annotated.where(~F.col("__applied"))
-    if errors:
-        remaining = remaining.where(~F.col(SOURCE_FILE_COLUMN).isin(list(errors)))
-    return Scd2Validation(errors=errors, rows=remaining.drop("__applied", "__clash", "__late"))
+    good = rows.where(~F.col(SOURCE_FILE_COLUMN).isin(list(errors))) if errors else rows
+    annotated = keep(annotate(good, table, key_versions))
+    problems = _problems(annotated, table)
+    if problems:
+        for path, message in problems.items():
+            _add_error(errors, path, message)
+        annotated = annotate(rows.where(~F.col(SOURCE_FILE_COLUMN).isin(list(errors))), table, key_versions)
+    return Scd2Validation(errors=errors, rows=annotated)
 
 
 @dataclass(frozen=True)
@@ -217,27 +249,21 @@ class Scd2Changes:
 
 
 def compute_changes(rows: DataFrame, table: TableSettings) -> Scd2Changes:
-    """The versions a validated batch adds, and where the keys' current versions end.
-
-    ``rows`` come from ``validate_batch`` and carry ``__cur``, the tracked JSON of their key's current version
-    (NULL for a new key). One window over each key in load order: a row starts a version when its tracked
-    values differ from the previous row's, or for the key's first row, from ``__cur``. An identical duplicate
-    of the previous row therefore never starts a version: duplicates collapse onto the first in load order.
-    """
+    """The versions a validated, annotated batch adds, and where the keys' current versions end: each changed
+    row starts a version that ends where the key's next one starts; a key's current version is closed at its
+    first new version's start."""
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
     keys = table.primary_keys
     start, end, current = table.scd2_output_columns
     in_order = Window.partitionBy(*keys).orderBy(SEQ, FILE_TIME, SOURCE_FILE_COLUMN)
-    previous = F.coalesce(F.lag(TRACKED).over(in_order), F.col("__cur"))
     versions = (
-        rows.withColumn("__changed", previous.isNull() | (previous != F.col(TRACKED)))
-        .where("__changed")
+        rows.where("__changed")
         .withColumn("__next", F.lead(SEQ).over(in_order))
         .withColumn("__first", F.row_number().over(in_order) == 1)
     )
-    columns = data_columns(rows.drop("__cur", "__t_current_start"))
+    columns = data_columns(rows)
     inserts = versions.select(
         *columns,
         F.col(SEQ).alias(start),
