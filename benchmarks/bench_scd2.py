@@ -97,6 +97,20 @@ def canonical_scd2_merge(spark: Any, path: str, updates_path: Path) -> None:  # 
     )
 
 
+def jvm_peak_rss_mb(spark: Any) -> int | None:  # noqa: ANN401
+    """Peak resident memory of the Spark driver JVM (local mode: the whole engine), from /proc (Linux)."""
+    process = getattr(spark.sparkContext._gateway, "proc", None)
+    if process is None:
+        return None
+    try:
+        for line in Path(f"/proc/{process.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024)
+    except OSError:
+        return None
+    return None
+
+
 def run(keys: int, files: int, changed: float, seed: int, workdir: Path | None = None) -> dict[str, Any]:
     root = Path(workdir or tempfile.mkdtemp(prefix="bench-scd2-"))
     paths = make_data(root, keys, files, changed, seed)
@@ -151,7 +165,8 @@ def run(keys: int, files: int, changed: float, seed: int, workdir: Path | None =
         "tables_identical": identical,
         "final_rows": rows,
         "loader_rows_per_second": round(keys * changed * files / loader_seconds),
-        "driver_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+        "python_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+        "jvm_driver_peak_rss_mb": jvm_peak_rss_mb(spark),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
     }
     if workdir is None:
