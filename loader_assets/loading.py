@@ -36,7 +36,7 @@ from deltalake.exceptions import TableNotFoundError
 from loader_assets.core.discovery import is_within, list_source_files
 from loader_assets.core.partitions import partition_keys_for
 from loader_assets.core.states import FileStatus
-from loader_assets.reading import AUDIT_COLUMNS, BATCH_ID_COLUMN, SOURCE_FILE_COLUMN, ExpectedFile
+from loader_assets.reading import BATCH_ID_COLUMN, SOURCE_FILE_COLUMN, ExpectedFile
 from loader_assets.resources.lock import Lease
 from loader_assets.resources.tracker import FileTracker
 from loader_assets.settings import TableSettings

@@ -6,14 +6,8 @@ exactly those files' rows, so the result is the same however many times the file
 """
 
 
-from typing import TYPE_CHECKING
-
 from loader_assets.io_managers._delta import DeltaBatchIOManager, PreparedRows
 from loader_assets.loading import LoadBatch, audited, replace_predicate
-
-if TYPE_CHECKING:
-    from pyspark.sql import DataFrame
-
 
 class DeltaAppendIOManager(DeltaBatchIOManager):
     """Appends each batch with Spark + delta-spark, carrying ``txnAppId``/``txnVersion`` for idempotency.
