@@ -169,3 +169,24 @@ def test_csv_with_header_only_loads_zero_rows_and_mismatched_columns_fail(spark,
     assert "new columns ['url']" in rows[str(other)]["error_message"]
     assert summary.total_files_failed == 1
     assert_consistent(spark, settings, "views")
+
+
+def test_consistency_check_detects_duplicates_untracked_rows_and_count_mismatches(spark, lake, instance):
+    from pyspark.sql import functions as F
+
+    a = lake.write_parquet("events", "a.parquet", [1, 2], days_ago=1)
+    settings = lake.config()
+    run_pipeline(settings, instance=instance)
+    assert_consistent(spark, settings)
+    path = settings.table_path("events")
+    frame = spark.read.format("delta").load(path)
+    # a second load of a.parquet under another batch id, and rows of a file the tracker never completed
+    frame.withColumn("_batch_id", F.lit("rogue")).write.format("delta").mode("append").save(path)
+    frame.limit(1).withColumn("_source_file", F.lit("/elsewhere/x.parquet")).write.format("delta") \
+        .mode("append").save(path)
+    tracker = DeltaTrackerResource(checkpoint_path=settings.checkpoint_path).for_table("events")
+    result = compare_target_with_tracker(spark, tracker, path)
+    assert not result.consistent
+    assert [d["file_path"] for d in result.duplicate_loads] == [str(a)]
+    assert result.untracked_files == ["/elsewhere/x.parquet"]
+    assert result.count_mismatches == [{"file": str(a), "tracker_rows": 2, "target_rows": 4}]

@@ -204,3 +204,21 @@ def test_merge_txn_confs_skip_a_replayed_batch_and_are_cleared(spark, tmp_path):
         merge_once(size=10)  # the next batch applies
     assert spark.read.format("delta").load(path).count() == 10 and target_txn_version(path, "t") == 8
     assert DeltaTable.forPath(spark, path).history().count() == versions_before + 1
+
+
+def test_invariant_check_detects_two_currents_flag_mismatch_and_gaps(spark, lake):
+    settings = lake.config(tables=[customers_table()])
+    rows = [  # key 1: two current rows; key 2: a gap (end t2, next starts t3); key 3: flag true with an end
+        (1, t(1), None, True), (1, t(2), None, True),
+        (2, t(1), t(2), False), (2, t(3), None, True),
+        (3, t(1), t(2), True),
+        (4, t(1), t(2), False), (4, t(2), None, True),  # a correct key
+    ]
+    spark.createDataFrame(rows, "customer_id long, effective_date timestamp, end_date timestamp, is_current boolean") \
+        .write.format("delta").save(settings.table_path("customers"))
+    violations = scd2_violations(spark, settings.table_path("customers"), settings.tables[0])
+    assert not violations.ok
+    assert violations.keys_without_one_current == 1  # key 1 has two current rows
+    assert violations.flag_end_disagreements == 1  # key 3
+    assert violations.interval_breaks == 3  # key 1 overlap, key 2 gap, key 3 ends without being superseded
+    assert violations.samples["keys_without_one_current"] == ['{"customer_id":1}']
