@@ -72,6 +72,13 @@ def _outcome(tracker: FileTracker, run_ids: list[str]) -> tuple[int, int, int, d
     return completed.num_rows, failed.num_rows, rows_loaded, failures
 
 
+def _root_cause(error: Any) -> str:  # noqa: ANN401 - dagster SerializableErrorInfo
+    """The innermost error of a step failure: the loader's own message rather than Dagster's wrapper."""
+    while getattr(error, "cause", None) is not None:
+        error = error.cause
+    return error.message.strip()
+
+
 def run_pipeline(
     settings: LoaderSettings,
     tables: list[str] | None = None,
@@ -116,7 +123,7 @@ def run_pipeline(
                     if not outcome.success:
                         for event in outcome.all_events:
                             if event.is_step_failure and event.step_failure_data:
-                                result.errors.append(event.step_failure_data.error.message.strip())
+                                result.errors.append(_root_cause(event.step_failure_data.error))
                 if result.errors:
                     break
             processed, failed, rows_loaded, failures = _outcome(tracker_resource.for_table(name), result.run_ids)

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 import dagster as dg
 
 from loader_assets.core import faults
+from loader_assets.core.errors import TrackerError
 from loader_assets.core.partitions import parse_start
 from loader_assets.loading import (
     LoadBatch,
@@ -21,7 +22,9 @@ from loader_assets.loading import (
     new_batch_id,
     next_batch_sequence,
     plan_batch,
+    missing_tracker_message,
     recover_interrupted,
+    target_txn_version,
 )
 from loader_assets.reading import precheck_file, read_batch
 from loader_assets.resources.lock import DeltaLockResource
@@ -62,6 +65,8 @@ def prepare_batch(
     claimed: list[str] = []
     try:
         faults.crash_point(faults.AFTER_LOCK)
+        if not tracker.exists() and target_txn_version(target_path, name) > 0:
+            raise TrackerError(missing_tracker_message(name, tracker.path))
         batch.recovered = recover_interrupted(tracker, target_path, name, lambda: spark.session)
         if not batch.recovered.empty:
             context.log.warning(

@@ -12,6 +12,7 @@ would load every partition). They run after each materialisation of the table an
 """
 
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,6 +23,7 @@ import pyarrow.compute as pc
 from loader_assets.core.states import FileStatus
 from loader_assets.loading import open_target
 from loader_assets.reading import BATCH_ID_COLUMN, SOURCE_FILE_COLUMN
+from loader_assets.resources.lock import DeltaLockResource, lock_stale_reason
 from loader_assets.resources.spark import SparkSessionResource
 from loader_assets.resources.tracker import DeltaTrackerResource, FileTracker
 from loader_assets.scd2 import scd2_violations
@@ -136,6 +138,16 @@ def target_consistency_result(consistency: TargetConsistency) -> dg.AssetCheckRe
     )
 
 
+def run_ended_checker(instance: dg.DagsterInstance) -> Callable[[str], bool]:
+    """True for a Dagster run id whose run has finished (a lock it still holds is stale)."""
+
+    def ended(run_id: str) -> bool:
+        run = instance.get_run_by_id(run_id)
+        return run is not None and run.is_finished
+
+    return ended
+
+
 def build_table_checks(table: TableSettings, settings: LoaderSettings) -> list[dg.AssetChecksDefinition]:
     name = table.table_name
     target_path = settings.table_path(name)
@@ -162,7 +174,49 @@ def build_table_checks(table: TableSettings, settings: LoaderSettings) -> list[d
             return dg.AssetCheckResult(passed=True, description="nothing loaded yet", metadata={"completed_files": 0})
         return target_consistency_result(compare_target_with_tracker(spark.session, table_tracker, target_path))
 
-    checks = [_no_failed_files, _target_matches_tracker]
+    @dg.asset_check(
+        asset=name,
+        name=f"{name}_no_orphaned_processing",
+        description="Files left 'processing' by a run that is gone (resolved by the next run or fix-inconsistencies).",
+    )
+    def _no_orphaned_processing(
+        context: dg.AssetCheckExecutionContext, tracker: DeltaTrackerResource, lock: DeltaLockResource
+    ) -> dg.AssetCheckResult:
+        state = lock.for_table(name).read()
+        reason = lock_stale_reason(state, run_ended_checker(context.instance))
+        live = state is not None and state.held and reason is None
+        processing = tracker.for_table(name).read(columns=["file_path", "batch_id"],
+                                                  statuses=[FileStatus.PROCESSING])
+        orphans = processing if not live else processing.slice(0, 0)
+        return dg.AssetCheckResult(
+            passed=orphans.num_rows == 0,
+            severity=dg.AssetCheckSeverity.WARN,
+            description=(f"{orphans.num_rows} orphaned processing records; run `loader-assets fix-inconsistencies`"
+                         if orphans.num_rows else
+                         ("no orphaned processing records" if not live else
+                          f"{processing.num_rows} files are being loaded by a live run")),
+            metadata={"orphaned": orphans.num_rows,
+                      "sample": dg.MetadataValue.json(orphans.slice(0, SAMPLE).to_pylist())},
+        )
+
+    @dg.asset_check(
+        asset=name,
+        name=f"{name}_lock_not_stale",
+        description="The table's lock is free or held by a live holder (not expired, process alive, run not ended).",
+    )
+    def _lock_not_stale(context: dg.AssetCheckExecutionContext, lock: DeltaLockResource) -> dg.AssetCheckResult:
+        state = lock.for_table(name).read()
+        reason = lock_stale_reason(state, run_ended_checker(context.instance))
+        held = state is not None and state.held
+        return dg.AssetCheckResult(
+            passed=reason is None,
+            severity=dg.AssetCheckSeverity.WARN,
+            description=(f"stale lock: {reason}; the next run takes it over, or `loader-assets force-unlock`"
+                         if reason else ("lock held by a live holder" if held else "lock free")),
+            metadata={"lock": dg.MetadataValue.json(state.to_json() if held and state else {})},
+        )
+
+    checks = [_no_failed_files, _target_matches_tracker, _no_orphaned_processing, _lock_not_stale]
     if table.is_scd2:
 
         @dg.asset_check(

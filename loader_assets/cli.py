@@ -1,6 +1,8 @@
-"""``loader-assets`` command line, in the seed guide's style (``run``, ``status``).
+"""``loader-assets`` command line, in the seed guide's style: ``run``, ``status``, ``validate-consistency
+[--fix]``, ``fix-inconsistencies``, ``force-unlock``, ``reset-state``.
 
-Exit codes: 0 success, 1 when any file failed (or a run failed), 2 on usage or configuration errors.
+Exit codes: 0 success, 1 when any file failed (or a run failed), when the pipeline is inconsistent, when a fix
+needs an operator, or when a confirmation was declined; 2 on usage or configuration errors.
 Runs go through Dagster and are recorded in ``$DAGSTER_HOME`` (default ``./.dagster_home``, created with the
 project's ``dagster.yaml``), so they show in the UI of ``dagster dev`` started with the same home.
 """
@@ -21,9 +23,13 @@ from loader_assets.core.errors import ConfigError, LoaderError
 from loader_assets.settings import LoaderSettings, load_settings
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     import dagster as dg
+    from pyspark.sql import SparkSession
 
     from loader_assets.api import RunSummary
+    from loader_assets.operations import FixReport, PipelineConsistency
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -47,7 +53,170 @@ def _parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="lock holders and file counts by status, per table")
     status.add_argument("--config", required=True, help="YAML or JSON config file")
     status.add_argument("--json", action="store_true", help="print as JSON")
+
+    validate = sub.add_parser("validate-consistency", help="check tracker, locks and tables; exit 1 if inconsistent")
+    validate.add_argument("--config", required=True, help="YAML or JSON config file")
+    validate.add_argument("--table", action="append", dest="tables", metavar="NAME", help="only this table")
+    validate.add_argument("--fix", action="store_true", help="apply fix-inconsistencies, then validate again")
+    validate.add_argument("--json", action="store_true", help="print as JSON")
+
+    fix = sub.add_parser("fix-inconsistencies", help="resolve orphaned processing records and stale locks")
+    fix.add_argument("--config", required=True, help="YAML or JSON config file")
+    fix.add_argument("--table", action="append", dest="tables", metavar="NAME", help="only this table")
+    fix.add_argument("--json", action="store_true", help="print as JSON")
+
+    unlock = sub.add_parser("force-unlock", help="release a table's lock whoever holds it (emergencies)")
+    unlock.add_argument("--config", required=True, help="YAML or JSON config file")
+    unlock.add_argument("--table", action="append", dest="tables", metavar="NAME",
+                        help="only this table (default: every table whose lock is held)")
+    unlock.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+
+    reset = sub.add_parser("reset-state", help="forget which files were loaded so they load again (tables kept)")
+    reset.add_argument("--config", required=True, help="YAML or JSON config file")
+    reset.add_argument("--table", action="append", dest="tables", metavar="NAME", help="only this table")
+    reset.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     return parser
+
+
+def _confirm(question: str, assume_yes: bool) -> bool:
+    if assume_yes:
+        return True
+    try:
+        answer = input(f"{question} [y/N]: ")
+    except EOFError:
+        print("")
+        return False
+    return answer.strip().lower() in ("y", "yes")
+
+
+def _spark_provider(settings: LoaderSettings) -> "Callable[[], SparkSession]":
+    from loader_assets.resources.spark import get_or_create_spark
+
+    return lambda: get_or_create_spark(settings.spark.master, settings.spark.app_name, dict(settings.spark.conf))
+
+
+def _print_consistency(report: "PipelineConsistency") -> None:
+    data = report.to_json()
+    tracker_issues = [issue for table in report.tables for issue in table.tracker_issues()]
+    print("=== PIPELINE CONSISTENCY VALIDATION ===")
+    print(f"Overall Status: {data['overall_status']}")
+    print("")
+    print(f"File Tracker Status: {'inconsistent' if tracker_issues else 'consistent'}")
+    print(f"Total Files Checked: {data['total_files_checked']}")
+    print(f"Inconsistencies Found: {data['inconsistencies_found']}")
+    for issue in tracker_issues:
+        print(f"  - {issue}")
+    print("")
+    print("Table Consistency:")
+    for table in report.tables:
+        issues = table.table_issues()
+        print(f"  {'✗' if issues else '✓'} {table.table_name}")
+        for issue in issues:
+            print(f"    - {issue}")
+
+
+def _print_fix(report: "FixReport") -> None:
+    print("=== FIXING PIPELINE INCONSISTENCIES ===")
+    print(f"Fixes Applied: {len(report.applied)}")
+    print(f"Fixes Failed: {len(report.failed)}")
+    print("")
+    print("Actions taken:")
+    for action in report.applied or ["  (nothing to fix)"]:
+        print(f"  - {action}" if report.applied else action)
+    for failure in report.failed:
+        print(f"  ✗ {failure}")
+    if report.needs_operator:
+        print("")
+        print("Needs an operator:")
+        for item in report.needs_operator:
+            print(f"  - {item}")
+
+
+def _cmd_validate(args: argparse.Namespace, settings: LoaderSettings) -> int:
+    from loader_assets.checks import run_ended_checker
+    from loader_assets.operations import fix_inconsistencies, validate_consistency
+
+    instance = open_instance()
+    try:
+        spark, ended = _spark_provider(settings), run_ended_checker(instance)
+        fixed = None
+        if args.fix:
+            fixed = fix_inconsistencies(settings, spark, args.tables, ended)
+        report = validate_consistency(settings, spark, args.tables, ended)
+    finally:
+        instance.dispose()
+    if args.json:
+        payload = report.to_json()
+        if fixed is not None:
+            payload["fix"] = fixed.to_json()
+        print(json.dumps(payload, indent=2, sort_keys=True, default=str))
+    else:
+        if fixed is not None:
+            _print_fix(fixed)
+            print("")
+        _print_consistency(report)
+    return EXIT_OK if report.consistent else EXIT_FAILED
+
+
+def _cmd_fix(args: argparse.Namespace, settings: LoaderSettings) -> int:
+    from loader_assets.checks import run_ended_checker
+    from loader_assets.operations import fix_inconsistencies
+
+    instance = open_instance()
+    try:
+        report = fix_inconsistencies(settings, _spark_provider(settings), args.tables, run_ended_checker(instance))
+    finally:
+        instance.dispose()
+    if args.json:
+        print(json.dumps(report.to_json(), indent=2, sort_keys=True))
+    else:
+        _print_fix(report)
+    return EXIT_OK if not (report.failed or report.needs_operator) else EXIT_FAILED
+
+
+def _cmd_force_unlock(args: argparse.Namespace, settings: LoaderSettings) -> int:
+    from loader_assets.api import pipeline_status
+    from loader_assets.operations import force_unlock
+
+    names = args.tables or [s.table_name for s in pipeline_status(settings) if s.lock is not None]
+    if not names:
+        print("No pipeline lock is held.")
+        return EXIT_OK
+    code = EXIT_OK
+    for name in names:
+        settings.table(name)
+        state = next(s for s in pipeline_status(settings) if s.table_name == name)
+        if state.lock is None:
+            print(f"{name}: no lock is held")
+            continue
+        print(f"{name}: current lock held by PID {state.lock['pid']} on {state.lock['hostname']} "
+              f"since {state.lock['acquired_at']}"
+              + (f" (stale: {state.lock_stale_reason})" if state.lock_stale_reason else " (the holder looks alive)"))
+        if not _confirm("Are you sure you want to force release the lock?", args.yes):
+            print("Aborted; the lock is unchanged.")
+            code = EXIT_FAILED
+            continue
+        force_unlock(settings, name)
+        print("✓ Pipeline lock force released")
+    return code
+
+
+def _cmd_reset(args: argparse.Namespace, settings: LoaderSettings) -> int:
+    from loader_assets.operations import reset_state
+
+    names = args.tables or [t.table_name for t in settings.tables]
+    for name in names:
+        settings.table(name)
+    print(f"This forgets which files of {', '.join(names)} were loaded, so every file in the landing directories "
+          "loads again. The Delta tables are kept: a reloaded file replaces its own rows (append) or is recognised "
+          "as already in the history (scd2), so nothing is duplicated.")
+    if not _confirm("Reset the pipeline state?", args.yes):
+        print("Aborted; nothing was changed.")
+        return EXIT_FAILED
+    for name in names:
+        forgotten, kept = reset_state(settings, name)
+        print(f"✓ {name}: forgot {forgotten} files; table {'kept' if kept else 'not created yet'}")
+    return EXIT_OK
 
 
 def ensure_dagster_home() -> Path:
@@ -165,9 +334,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=os.environ.get("LOADER_ASSETS_LOG_LEVEL", "WARNING"))
     try:
         settings = load_settings(args.config)
-        if args.command == "run":
-            return _cmd_run(args, settings)
-        return _cmd_status(args, settings)
+        commands = {
+            "run": _cmd_run,
+            "status": _cmd_status,
+            "validate-consistency": _cmd_validate,
+            "fix-inconsistencies": _cmd_fix,
+            "force-unlock": _cmd_force_unlock,
+            "reset-state": _cmd_reset,
+        }
+        return commands[args.command](args, settings)
     except ConfigError as error:
         print(f"loader-assets: {error}", file=sys.stderr)
         return EXIT_USAGE

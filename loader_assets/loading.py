@@ -69,6 +69,14 @@ def target_txn_version(target_path: str, table_name: str) -> int:
     return table.transaction_version(app_id(table_name)) or 0
 
 
+def missing_tracker_message(table_name: str, tracker_path: str) -> str:
+    return (
+        f"the tracker of table {table_name!r} is missing at {tracker_path} but the table holds loaded batches: "
+        f"restore it from a backup, or run `loader-assets reset-state --table {table_name}` to track from scratch "
+        "(files then load again and replace their own rows)"
+    )
+
+
 def find_batch_commit(target_path: str, batch_id: str, search_depth: int = 200) -> int | None:
     """The target version whose commit carries ``batch_id`` in its userMetadata."""
     table = open_target(target_path)

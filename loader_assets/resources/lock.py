@@ -28,6 +28,7 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -347,6 +348,20 @@ class TableLock:
             if self._conditional_write(table, self._free_state(), "force_release"):
                 return current
         raise TrackerError(f"lock of table {self.table_name!r}: force release kept conflicting")
+
+
+RunEnded = Callable[[str], bool]
+
+
+def lock_stale_reason(state: "LockState | None", run_ended: RunEnded | None) -> str | None:
+    """Why a held lock no longer counts (see ``LockState.stale_reason``), including an ended Dagster run."""
+    if state is None or not state.held:
+        return None
+    reason = state.stale_reason()
+    if reason is None and run_ended is not None and state.run_id and run_ended(state.run_id):
+        reason = f"its Dagster run {state.run_id} has ended"
+    return reason
+
 
 
 class DeltaLockResource(dg.ConfigurableResource):

@@ -34,7 +34,9 @@ import pyarrow.compute as pc
 from deltalake import CommitProperties, DeltaTable
 from deltalake.exceptions import CommitFailedError
 
-from loader_assets.core.discovery import TIMESTAMP, fingerprint
+import pyarrow.fs as pafs
+
+from loader_assets.core.discovery import TIMESTAMP, SourceLocation, fingerprint
 from loader_assets.core.errors import TrackerError
 from loader_assets.core.states import ALL_STATUSES, FileStatus
 from loader_assets.resources._state_tables import open_state_table
@@ -104,6 +106,12 @@ class FileTracker:
         self.table_name = table_name
 
     # ----------------------------------------------------------------------------------------------- reads
+    def exists(self) -> bool:
+        """Whether anything is stored at the tracker's path (a damaged tracker exists too)."""
+        location = SourceLocation.parse(self.path)
+        info = location.filesystem.get_file_info(self.path[len(location.uri_prefix):])
+        return info.type != pafs.FileType.NotFound
+
     def _open(self) -> DeltaTable | None:
         return open_state_table(
             self.path,
@@ -145,6 +153,10 @@ class FileTracker:
         return table.filter(pc.is_in(table["file_path"], pa.array(list(paths), pa.string())))
 
     # ---------------------------------------------------------------------------------------------- writes
+    def create_empty(self) -> None:
+        """Create the tracker with no rows (used by reset-state; runs create it on first write)."""
+        self._create()
+
     def _create(self) -> None:
         try:
             DeltaTable.create(
