@@ -60,7 +60,9 @@ def build_definitions(settings: LoaderSettings) -> dg.Definitions:
             dg.define_asset_job(
                 load_job_name(table.table_name),
                 selection=dg.AssetSelection.assets(asset.key),
-                tags={TABLE_TAG: table.table_name},
+                # one run per table at a time (dagster.yaml's tag limit); a failed run is retried by the daemon
+                # retry_attempts times (run_retries must be enabled in dagster.yaml, as it is here)
+                tags={TABLE_TAG: table.table_name, "dagster/max_retries": str(settings.retry_attempts)},
                 description=f"Load new files of {table.table_name} and run its checks.",
             )
         )

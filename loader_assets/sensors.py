@@ -56,7 +56,7 @@ def build_table_sensor(table: TableSettings, settings: LoaderSettings, job_name:
             return dg.SkipReason(f"no new or retryable files among {work.discovered} in {table.source_path}")
         requests = []
         for start, end in work.ranges:
-            tags = {TABLE_TAG: name, **range_tags(start, end)}
+            tags = {TABLE_TAG: name, "dagster/max_retries": str(settings.retry_attempts), **range_tags(start, end)}
             requests.append(dg.RunRequest(run_key=f"{name}:{start}...{end}:{work.digest}", tags=tags))
         cursor = json.dumps(
             {"discovered": work.discovered, "new": work.new_files, "retryable": work.retryable_files,
