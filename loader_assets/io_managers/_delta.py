@@ -116,6 +116,7 @@ class DeltaBatchIOManager(dg.ConfigurableIOManager):
                 if not batch.loaded_paths:
                     return {}
                 faults.crash_point(faults.BEFORE_TARGET_COMMIT)
+                faults.crash_during(faults.DURING_TARGET_WRITE)
                 committed = self.write_batch(batch, prepared)
             finally:
                 prepared.release()
@@ -136,6 +137,7 @@ class DeltaBatchIOManager(dg.ConfigurableIOManager):
             batch.tracker.fail({p: message for p in batch.loaded_paths})
             raise BatchWriteError(name, batch.batch_id, message)
         counts = batch_row_counts(spark, batch.target_path, batch.batch_id) if committed else {}
+        faults.crash_during(faults.DURING_TRACKER_COMMIT)
         batch.tracker.complete({p: counts.get(p, 0) for p in batch.loaded_paths}, batch.batch_id, version)
         faults.crash_point(faults.AFTER_COMPLETE)
         rows = sum(counts.values())

@@ -46,28 +46,68 @@ def tracker_statuses(settings):
     return {r["file_path"]: (r["status"], r["row_count"]) for r in tracker.read().to_pylist()}
 
 
-@pytest.mark.parametrize("point", [faults.AFTER_CLAIM, faults.AFTER_TARGET_COMMIT])
-def test_sigkill_at_a_protocol_point_then_rerun_leaves_the_table_exact(spark, lake, point):
-    paths = seed_files(lake)
-    settings = lake.config()
-    code, _, err = cli(lake, "run", kill_at=point)
-    assert code == -signal.SIGKILL, err[-2000:]
-    statuses = tracker_statuses(settings)
-    assert {s for s, _ in statuses.values()} == {"processing"}  # the tracker was left mid-batch
-    assert DeltaLockResource(checkpoint_path=settings.checkpoint_path).for_table("events").read().held
+POINTS = [faults.AFTER_LOCK, faults.AFTER_CLAIM, faults.DURING_TARGET_WRITE, faults.AFTER_TARGET_COMMIT,
+          faults.DURING_TRACKER_COMMIT, faults.AFTER_COMPLETE]
+COMMITTED_BEFORE_KILL = {faults.AFTER_TARGET_COMMIT, faults.AFTER_COMPLETE}
 
+
+def assert_lock_free(settings, table):
+    assert not DeltaLockResource(checkpoint_path=settings.checkpoint_path).for_table(table).read().held
+
+
+def rerun(lake):
     code, out, err = cli(lake, "run", "--json")
     assert code == 0, err[-3000:]
     summary = json.loads(out)
     assert summary["total_files_failed"] == 0
+    return summary
+
+
+@pytest.mark.parametrize("point", POINTS)
+def test_append_sigkill_at_each_protocol_point_then_rerun_leaves_everything_exact(spark, lake, point):
+    paths = seed_files(lake)
+    settings = lake.config()
+    code, _, err = cli(lake, "run", kill_at=point)
+    assert code == -signal.SIGKILL, err[-2000:]
+    summary = rerun(lake)
+    if point in COMMITTED_BEFORE_KILL:
+        assert summary["total_files_processed"] == 0  # recovered as committed, never loaded again
+    elif point in (faults.AFTER_LOCK, faults.AFTER_CLAIM):
+        assert summary["total_files_processed"] == 4
     assert target_rows(spark, settings, "events") == expected_rows(paths)
     assert set(tracker_statuses(settings).values()) == {("completed", 7)}
-    assert not DeltaLockResource(checkpoint_path=settings.checkpoint_path).for_table("events").read().held
-    # after the commit the batch must be recovered as completed, never reloaded
-    expected_loaded_by_rerun = 0 if point == faults.AFTER_TARGET_COMMIT else 4
-    assert summary["total_files_processed"] == expected_loaded_by_rerun
+    assert_lock_free(settings, "events")
     history = spark.sql(f"DESCRIBE HISTORY delta.`{settings.table_path('events')}`").collect()
-    assert len(history) == 1
+    assert len(history) == 1  # one batch, one commit, whatever the kill interrupted
+    code, out, _ = cli(lake, "validate-consistency")
+    assert code == 0, out
+
+
+@pytest.mark.parametrize("point", POINTS)
+def test_scd2_sigkill_at_each_protocol_point_then_rerun_leaves_history_exact(spark, lake, point):
+    from loader_assets.scd2 import scd2_violations
+    from loader_assets_tests.integration.test_scd2_load import customers_table, drop, ordered, t, table_state, version
+
+    settings = lake.config(tables=[customers_table()])
+    drop(lake, "01.parquet", [(1, "ann", "a@x", "gold", t(1)), (2, "bob", "b@x", "free", t(1))], days_ago=3)
+    code, _, err = cli(lake, "run")
+    assert code == 0, err[-2000:]
+    drop(lake, "02.parquet", [(1, "anne", "a@x", "gold", t(2)), (3, "cy", "c@x", "free", t(2))], days_ago=2)
+    code, _, err = cli(lake, "run", kill_at=point)
+    assert code == -signal.SIGKILL, err[-2000:]
+    summary = rerun(lake)
+    if point in COMMITTED_BEFORE_KILL:
+        assert summary["total_files_processed"] == 0  # recovered as committed, not merged again
+    assert table_state(spark, settings) == ordered([
+        version(1, "ann", "a@x", "gold", t(1), t(2)), version(1, "anne", "a@x", "gold", t(2), None),
+        version(2, "bob", "b@x", "free", t(1), None), version(3, "cy", "c@x", "free", t(2), None)])
+    assert scd2_violations(spark, settings.table_path("customers"), settings.tables[0]).ok
+    tracker = DeltaTrackerResource(checkpoint_path=settings.checkpoint_path).for_table("customers")
+    assert {(os.path.basename(r["file_path"]), r["status"], r["row_count"]) for r in tracker.read().to_pylist()} == {
+        ("01.parquet", "completed", 2), ("02.parquet", "completed", 2)}
+    assert_lock_free(settings, "customers")
+    code, out, _ = cli(lake, "validate-consistency")
+    assert code == 0, out
 
 
 def test_two_concurrent_runs_on_one_table_load_each_file_once(spark, lake):
@@ -84,24 +124,18 @@ def test_two_concurrent_runs_on_one_table_load_each_file_once(spark, lake):
     assert set(tracker_statuses(settings).values()) == {("completed", 7)}
 
 
-def test_scd2_sigkill_after_the_merge_commit_then_rerun_leaves_history_exact(spark, lake):
-    from loader_assets_tests.integration.test_scd2_load import customers_table, drop, ordered, t, table_state, version
-    from loader_assets.scd2 import scd2_violations
-
-    settings = lake.config(tables=[customers_table()])
-    drop(lake, "01.parquet", [(1, "ann", "a@x", "gold", t(1)), (2, "bob", "b@x", "free", t(1))], days_ago=3)
-    code, _, err = cli(lake, "run")
-    assert code == 0, err[-2000:]
-    drop(lake, "02.parquet", [(1, "anne", "a@x", "gold", t(2)), (3, "cy", "c@x", "free", t(2))], days_ago=2)
-    code, _, err = cli(lake, "run", kill_at=faults.AFTER_TARGET_COMMIT)
-    assert code == -signal.SIGKILL, err[-2000:]
-    code, out, err = cli(lake, "run", "--json")
-    assert code == 0, err[-3000:]
-    assert json.loads(out)["total_files_processed"] == 0  # recovered as committed, not merged again
-    assert table_state(spark, settings) == ordered([
-        version(1, "ann", "a@x", "gold", t(1), t(2)), version(1, "anne", "a@x", "gold", t(2), None),
-        version(2, "bob", "b@x", "free", t(1), None), version(3, "cy", "c@x", "free", t(2), None)])
-    assert scd2_violations(spark, settings.table_path("customers"), settings.tables[0]).ok
-    tracker = DeltaTrackerResource(checkpoint_path=settings.checkpoint_path).for_table("customers")
-    assert {(os.path.basename(r["file_path"]), r["status"], r["row_count"]) for r in tracker.read().to_pylist()} == {
-        ("01.parquet", "completed", 2), ("02.parquet", "completed", 2)}
+@pytest.mark.parametrize("round_no", [1, 2])
+def test_four_processes_racing_on_one_table_one_writer_at_a_time(spark, lake, round_no):
+    paths = seed_files(lake, n=8)
+    settings = lake.config(max_files_per_run=3)  # several batches, so the racers interleave
+    racers = [cli(lake, "run", "--json", wait=False) for _ in range(4)]
+    results = [(p.wait(timeout=900), *p.communicate()) for p in racers]
+    for code, _, err in results:
+        assert code == 0, err[-3000:]
+    assert sum(json.loads(out)["total_files_processed"] for _, out, _ in results) == 8
+    assert target_rows(spark, settings, "events") == expected_rows(paths)
+    assert set(tracker_statuses(settings).values()) == {("completed", 7)}
+    # every commit is one batch, and batch numbers grow with commit versions: one writer at a time
+    history = spark.sql(f"DESCRIBE HISTORY delta.`{settings.table_path('events')}`").orderBy("version").collect()
+    seqs = [json.loads(h["userMetadata"])["batch_seq"] for h in history]
+    assert len(history) == 3 and seqs == sorted(seqs) and len(set(seqs)) == 3

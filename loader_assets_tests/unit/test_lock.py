@@ -18,6 +18,7 @@ while time.time() < start:
     pass
 outcome = lock.try_acquire("run-%d" % os.getpid())
 print(json.dumps({"won": isinstance(outcome, Lease)}), flush=True)
+sys.stdin.read()  # stay alive (a live holder) until every racer has decided: a dead winner would be stale
 os._exit(0)
 """
 
@@ -85,10 +86,12 @@ def test_four_racing_processes_exactly_one_wins(tmp_path):
         start = time.time() + 3.0
         racers = [
             subprocess.Popen([sys.executable, "-c", RACER, str(path / "locks" / "t"), str(start)],
-                             stdout=subprocess.PIPE, text=True)
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
             for _ in range(4)
         ]
-        results = [json.loads(r.communicate(timeout=60)[0].strip().splitlines()[-1]) for r in racers]
+        results = [json.loads(r.stdout.readline()) for r in racers]
+        for racer in racers:
+            racer.communicate(timeout=60)
         assert sum(r["won"] for r in results) == 1, results
 
 
