@@ -18,7 +18,8 @@ import pyarrow.compute as pc
 from loader_assets.core.states import FileStatus
 from loader_assets.definitions import build_definitions, load_job_name
 from loader_assets.resources import spark as spark_resource
-from loader_assets.resources.lock import DeltaLockResource
+from loader_assets.core.errors import LockHeldError
+from loader_assets.resources.lock import DeltaLockResource, TableLock
 from loader_assets.resources.tracker import DeltaTrackerResource, FileTracker
 from loader_assets.scheduling import find_pending_work
 from loader_assets.sensors import range_tags
@@ -72,6 +73,19 @@ def _outcome(tracker: FileTracker, run_ids: list[str]) -> tuple[int, int, int, d
     return completed.num_rows, failed.num_rows, rows_loaded, failures
 
 
+def _release_stale_lock(lock: TableLock) -> None:
+    """A holder that died after completing its batch leaves a stale lock and no work behind, so no run would
+    ever take it over; take it over (conditional commit) and free it, so the pipeline reads as consistent."""
+    state = lock.read()
+    if state is None or not state.held or state.stale_reason() is None:
+        return
+    try:
+        lock.acquire(None, wait_seconds=0, heartbeat=False).release()
+        logger.warning("table %s: released a stale lock (%s)", lock.table_name, state.describe())
+    except LockHeldError:
+        pass  # somebody else took it over first: it is theirs now
+
+
 def _root_cause(error: Any) -> str:  # noqa: ANN401 - dagster SerializableErrorInfo
     """The innermost error of a step failure: the loader's own message rather than Dagster's wrapper."""
     while getattr(error, "cause", None) is not None:
@@ -99,6 +113,7 @@ def run_pipeline(
             name = table.table_name
             result = TableRunSummary(table_name=name)
             job = definitions.resolve_job_def(load_job_name(name))
+            _release_stale_lock(locks.for_table(name))
             last_digest = None
             for round_number in range(MAX_ROUNDS_PER_TABLE):
                 work = find_pending_work(table, tracker_resource.for_table(name), settings.retry_attempts, locks.for_table(name))
