@@ -75,7 +75,7 @@ def find_pending_work(
         | set(orphaned["partition_key"].to_pylist())
     )
     entries = [
-        "\x00".join((path, fp, "0"))
+        "\x00".join((path, fp, "0", ""))
         for path, fp in zip(
             new["file_path"].to_pylist(),
             fingerprint(new["file_size"], new["file_modified_time"]).to_pylist(),
@@ -83,10 +83,10 @@ def find_pending_work(
         )
     ]
     entries += [
-        "\x00".join((path, fp, str(retries or 0)))
-        for path, fp, retries in zip(
+        "\x00".join((path, fp, str(retries or 0), batch_id or ""))
+        for path, fp, retries, batch_id in zip(
             eligible["file_path"].to_pylist(), eligible["fingerprint"].to_pylist(),
-            eligible["retry_count"].to_pylist(), strict=True,
+            eligible["retry_count"].to_pylist(), eligible["batch_id"].to_pylist(), strict=True,
         )
     ]
     entries += [
