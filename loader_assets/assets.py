@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 import dagster as dg
 
+from loader_assets.checks import run_ended_checker
 from loader_assets.core import faults
 from loader_assets.core.errors import TrackerError
 from loader_assets.core.partitions import parse_start
@@ -59,7 +60,9 @@ def prepare_batch(
     name = table.table_name
     target_path = settings.table_path(name)
     tracker = tracker_resource.for_table(name)
-    lease = lock_resource.for_table(name).acquire(context.run.run_id, wait_seconds=lock_resource.wait_seconds)
+    lease = lock_resource.for_table(name).acquire(
+        context.run.run_id, wait_seconds=lock_resource.wait_seconds, run_ended=run_ended_checker(context.instance)
+    )
     batch = LoadBatch(table=table, target_path=target_path, run_id=context.run.run_id, tracker=tracker, lease=lease,
                       discovered=0)
     claimed: list[str] = []

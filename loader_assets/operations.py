@@ -27,7 +27,7 @@ from loader_assets.core.discovery import SourceLocation
 from loader_assets.core.errors import LockHeldError, TrackerError
 from loader_assets.core.states import FileStatus
 from loader_assets.loading import missing_tracker_message, open_target, recover_interrupted, target_txn_version
-from loader_assets.resources.lock import DeltaLockResource, LockState, RunEnded, TableLock, lock_stale_reason
+from loader_assets.resources.lock import DeltaLockResource, LockState, RunEnded, lock_stale_reason
 from loader_assets.resources.tracker import DeltaTrackerResource
 from loader_assets.scd2 import Scd2Violations, scd2_violations
 from loader_assets.settings import LoaderSettings, TableSettings
@@ -185,16 +185,6 @@ class FixReport:
                 "actions": self.applied, "failures": self.failed, "needs_operator": self.needs_operator}
 
 
-def _take_lock(lock: TableLock, run_ended: RunEnded | None) -> tuple[Any, str | None]:
-    """Acquire the table's lock now, taking over a holder that is stale (incl. an ended Dagster run)."""
-    state = lock.read()
-    reason = lock_stale_reason(state, run_ended)
-    if reason and state is not None and state.stale_reason() is None:
-        # stale only by Dagster's account: free it by conditional commit, then acquire normally
-        lock.force_release()
-    return lock.acquire(None, wait_seconds=0, heartbeat=False), reason
-
-
 def fix_inconsistencies(
     settings: LoaderSettings,
     spark_provider: Callable[[], SparkSession],
@@ -207,7 +197,8 @@ def fix_inconsistencies(
         name = table.table_name
         lock = _locks(settings).for_table(name)
         try:
-            lease, stale_reason = _take_lock(lock, run_ended)
+            stale_reason = lock_stale_reason(lock.read(), run_ended)
+            lease = lock.acquire(None, wait_seconds=0, heartbeat=False, run_ended=run_ended)
         except LockHeldError as error:
             report.failed.append(f"{name}: not fixed, a live run holds the lock ({error.holder})")
             continue

@@ -264,11 +264,11 @@ class TableLock:
             logger.debug("lock %s: %s lost a race (%s)", self.table_name, operation, error)
             return False
 
-    def try_acquire(self, run_id: str | None) -> "Lease | LockState":
+    def try_acquire(self, run_id: str | None, run_ended: "RunEnded | None" = None) -> "Lease | LockState":
         """One attempt. Returns the Lease, or the state of the live holder that keeps us out."""
         table = self._open_or_create()
         current = self._state_of(table) or self._free_state()
-        reason = current.stale_reason()
+        reason = lock_stale_reason(current, run_ended)
         if current.held and reason is None:
             return current
         if current.held:
@@ -290,12 +290,15 @@ class TableLock:
             return Lease(self, mine)
         return self.read() or self._free_state()
 
-    def acquire(self, run_id: str | None, wait_seconds: float, heartbeat: bool = True) -> Lease:
-        """Acquire, waiting up to ``wait_seconds`` for a live holder. Raises LockHeldError after that."""
+    def acquire(
+        self, run_id: str | None, wait_seconds: float, heartbeat: bool = True, run_ended: "RunEnded | None" = None
+    ) -> Lease:
+        """Acquire, waiting up to ``wait_seconds`` for a live holder. Raises LockHeldError after that.
+        ``run_ended`` (a Dagster run id -> finished?) makes a holder whose Dagster run has ended stale too."""
         started = time.monotonic()
         delay = 0.05
         while True:
-            outcome = self.try_acquire(run_id)
+            outcome = self.try_acquire(run_id, run_ended)
             if isinstance(outcome, Lease):
                 if heartbeat:
                     outcome.start_heartbeat(max(1.0, min(60.0, self.lease_seconds / 4)))

@@ -20,10 +20,11 @@ def test_project_definitions_load_with_every_asset_check_job_and_sensor(monkeypa
     assert sorted(k.to_user_string() for k in repo.asset_graph.get_all_asset_keys()) == [
         "customers", "page_views", "transactions"]
     check_names = sorted(k.name for k in repo.asset_graph.asset_check_keys)
-    assert check_names == ["customers_no_failed_files", "customers_scd2_invariants",
-                           "customers_target_matches_tracker",
-                           "page_views_no_failed_files", "page_views_target_matches_tracker",
-                           "transactions_no_failed_files", "transactions_target_matches_tracker"]
+    per_table = ["no_failed_files", "target_matches_tracker", "no_orphaned_processing", "lock_not_stale"]
+    assert check_names == sorted(
+        [f"{table}_{check}" for table in ["customers", "page_views", "transactions"] for check in per_table]
+        + ["customers_scd2_invariants"]
+    )
     assert sorted(s.name for s in definitions.sensors) == [
         "customers_files_sensor", "page_views_files_sensor", "transactions_files_sensor"]
     assert definitions.resolve_assets_def("customers").get_io_manager_key_for_asset_key(

@@ -99,3 +99,21 @@ def test_free_state_describes_itself():
     state = LockState("loader_assets/t", None, None, None, None, None, None, None, None)
     assert state.describe() == "free" and state.stale_reason() is None
     assert isinstance(Lease, type)
+
+
+def test_a_holder_whose_dagster_run_ended_is_stale_and_a_damaged_lock_is_reported(tmp_path):
+    from loader_assets.core.errors import TrackerError
+
+    lock = locks(tmp_path).for_table("t")
+    first = lock.acquire("run-ended", wait_seconds=0, heartbeat=False)  # alive pid, unexpired lease
+    with pytest.raises(LockHeldError):
+        lock.acquire("run-2", wait_seconds=0, heartbeat=False)
+    second = lock.acquire("run-2", wait_seconds=0, heartbeat=False, run_ended=lambda run_id: run_id == "run-ended")
+    assert lock.read().owner_id == second.owner_id
+    first.release()
+    second.release()
+    damaged = tmp_path / "locks" / "u"
+    damaged.mkdir(parents=True)
+    (damaged / "junk.json").write_text("{}")
+    with pytest.raises(TrackerError, match="the lock of table 'u' is damaged"):
+        locks(tmp_path).for_table("u").acquire("r", wait_seconds=0, heartbeat=False)
