@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import dagster as dg
+import pyarrow as pa
 import pyarrow.compute as pc
 
 from loader_assets.core.states import FileStatus
@@ -73,6 +74,13 @@ def _outcome(tracker: FileTracker, run_ids: list[str]) -> tuple[int, int, int, d
     return completed.num_rows, failed.num_rows, rows_loaded, failures
 
 
+def _untried_pending(tracker: FileTracker, run_ids: list[str]) -> int:
+    """Pending files that none of this invocation's runs has claimed yet."""
+    rows = tracker.read(columns=["status", "run_id"], statuses=[FileStatus.PENDING])
+    tried = pc.is_in(rows["run_id"], pc.cast(run_ids, "string")) if run_ids else pa.nulls(rows.num_rows, pa.bool_())
+    return int(rows.num_rows - pc.sum(pc.fill_null(tried, False)).as_py() or 0) if rows.num_rows else 0
+
+
 def _release_stale_lock(lock: TableLock) -> None:
     """A holder that died after completing its batch leaves a stale lock and no work behind, so no run would
     ever take it over; take it over (conditional commit) and free it, so the pipeline reads as consistent."""
@@ -120,8 +128,12 @@ def run_pipeline(
                 if round_number == 0:
                     result.files_discovered = work.discovered
                 # Later rounds only drain files left pending by max_files_per_run; a file that failed in this
-                # invocation is retried by the next invocation (or sensor tick), not in a tight loop here.
-                fresh = work.new_files + work.pending_files
+                # invocation, or went back to pending because it was still being written, waits for the next
+                # invocation (or sensor tick) instead of a tight loop here.
+                fresh = work.new_files + (
+                    _untried_pending(tracker_resource.for_table(name), result.run_ids) if round_number
+                    else work.pending_files + work.changed_files
+                )
                 if not work.has_work or work.digest == last_digest or (round_number and not fresh):
                     break
                 last_digest = work.digest

@@ -52,7 +52,12 @@ def compare_target_with_tracker(spark: Any, tracker: FileTracker, target_path: s
     from pyspark.sql import functions as F
 
     result = TargetConsistency()
-    completed = tracker.read(columns=["file_path", "row_count"], statuses=[FileStatus.COMPLETED])
+    rows = tracker.read(columns=["file_path", "row_count", "status", "target_version"])
+    # Files whose rows the target should hold: completed ones, and those loaded before and now waiting for a
+    # reload (changed in the source, reprocess, skip of a new version): until it commits, the old rows stay.
+    completed = rows.filter(pc.or_(
+        pc.equal(rows["status"], FileStatus.COMPLETED.value), pc.is_valid(rows["target_version"])
+    )).select(["file_path", "row_count"])
     result.completed_files = completed.num_rows
     if open_target(target_path) is None:
         result.count_mismatches = [
@@ -93,9 +98,18 @@ def compare_target_with_tracker(spark: Any, tracker: FileTracker, target_path: s
     return result
 
 
+def exhausted_failures(failed: pa.Table, retry_attempts: int) -> pa.Table:
+    """Failed rows no run will retry: retries used up, or marked not retryable (they need an operator)."""
+    return failed.filter(pc.or_(
+        pc.greater_equal(pc.fill_null(failed["retry_count"], 0), retry_attempts),
+        pc.invert(pc.fill_null(failed["retryable"], True)),
+    ))
+
+
 def failed_files_result(tracker: FileTracker, retry_attempts: int) -> dg.AssetCheckResult:
-    failed = tracker.read(columns=["file_path", "error_message", "retry_count"], statuses=[FileStatus.FAILED])
-    exhausted = failed.filter(pc.greater_equal(pc.fill_null(failed["retry_count"], 0), retry_attempts))
+    failed = tracker.read(columns=["file_path", "error_message", "retry_count", "retryable"],
+                          statuses=[FileStatus.FAILED])
+    exhausted = exhausted_failures(failed, retry_attempts)
     sample = [
         {"file": r["file_path"], "error": r["error_message"], "retry_count": r["retry_count"]}
         for r in failed.slice(0, SAMPLE).to_pylist()
@@ -106,7 +120,8 @@ def failed_files_result(tracker: FileTracker, retry_attempts: int) -> dg.AssetCh
         severity=severity,
         description=(
             "no failed files" if failed.num_rows == 0
-            else f"{failed.num_rows} failed files, {exhausted.num_rows} with no retries left"
+            else f"{failed.num_rows} failed files, {exhausted.num_rows} waiting for an operator (no retries left "
+            "or not retryable: `loader-assets retry`, `reprocess` or `skip`)"
         ),
         metadata={
             "failed_files": failed.num_rows,

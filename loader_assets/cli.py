@@ -1,5 +1,6 @@
 """``loader-assets`` command line, in the seed guide's style: ``run``, ``status``, ``validate-consistency
-[--fix]``, ``fix-inconsistencies``, ``force-unlock``, ``reset-state``.
+[--fix]``, ``fix-inconsistencies``, ``force-unlock``, ``reset-state``; and per file ``retry``, ``reprocess``,
+``skip`` (each recorded in the table's event log) and ``history``.
 
 Exit codes: 0 success, 1 when any file failed (or a run failed), when the pipeline is inconsistent, when a fix
 needs an operator, or when a confirmation was declined; 2 on usage or configuration errors.
@@ -70,6 +71,35 @@ def _parser() -> argparse.ArgumentParser:
     unlock.add_argument("--table", action="append", dest="tables", metavar="NAME",
                         help="only this table (default: every table whose lock is held)")
     unlock.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+
+    retry = sub.add_parser("retry", help="failed files -> pending with a fresh retry budget (all failed, or --file)")
+    retry.add_argument("--config", required=True, help="YAML or JSON config file")
+    retry.add_argument("--table", required=True, help="the table")
+    retry.add_argument("--file", action="append", dest="files", metavar="PATH", help="only this file (repeatable)")
+    retry.add_argument("--reason", help="why, recorded in the event log")
+    retry.add_argument("--json", action="store_true", help="print as JSON")
+
+    reprocess = sub.add_parser("reprocess", help="load completed files again; the reload replaces their rows")
+    reprocess.add_argument("--config", required=True, help="YAML or JSON config file")
+    reprocess.add_argument("--table", required=True, help="the table")
+    reprocess.add_argument("--file", action="append", dest="files", metavar="PATH", required=True,
+                           help="a file to load again (repeatable)")
+    reprocess.add_argument("--reason", help="why, recorded in the event log")
+    reprocess.add_argument("--json", action="store_true", help="print as JSON")
+
+    skip = sub.add_parser("skip", help="mark pending or failed files skipped (not loaded) with a reason")
+    skip.add_argument("--config", required=True, help="YAML or JSON config file")
+    skip.add_argument("--table", required=True, help="the table")
+    skip.add_argument("--file", action="append", dest="files", metavar="PATH", required=True,
+                      help="a file to skip (repeatable)")
+    skip.add_argument("--reason", required=True, help="why, recorded in the tracker and the event log")
+    skip.add_argument("--json", action="store_true", help="print as JSON")
+
+    history = sub.add_parser("history", help="a table's file events: source changes and operator actions")
+    history.add_argument("--config", required=True, help="YAML or JSON config file")
+    history.add_argument("--table", required=True, help="the table")
+    history.add_argument("--file", action="append", dest="files", metavar="PATH", help="only this file")
+    history.add_argument("--json", action="store_true", help="print as JSON")
 
     reset = sub.add_parser("reset-state", help="forget which files were loaded so they load again (tables kept)")
     reset.add_argument("--config", required=True, help="YAML or JSON config file")
@@ -219,6 +249,45 @@ def _cmd_reset(args: argparse.Namespace, settings: LoaderSettings) -> int:
     return EXIT_OK
 
 
+def _cmd_file_action(args: argparse.Namespace, settings: LoaderSettings) -> int:
+    from loader_assets.operations import reprocess_files, retry_files, skip_files
+
+    if args.command == "retry":
+        result = retry_files(settings, args.table, args.files, args.reason)
+    elif args.command == "reprocess":
+        result = reprocess_files(settings, args.table, args.files, args.reason)
+    else:
+        result = skip_files(settings, args.table, args.files, args.reason)
+    if args.json:
+        print(json.dumps(result.to_json(), indent=2))
+    else:
+        verb = {"retry": "queued for retry", "reprocess": "queued for reprocessing", "skip": "skipped"}[args.command]
+        print(f"{args.table}: {len(result.changed)} file(s) {verb}")
+        for path in result.changed:
+            print(f"  ✓ {path}")
+        for path, why in result.refused.items():
+            print(f"  ✗ {path}: {why}")
+        if result.changed and args.command != "skip":
+            print(f"They load with the next run of {args.table} (`loader-assets run --table {args.table}`, the "
+                  "sensor, or a materialisation in the UI).")
+    return EXIT_OK if not result.refused else EXIT_FAILED
+
+
+def _cmd_history(args: argparse.Namespace, settings: LoaderSettings) -> int:
+    from loader_assets.operations import file_history
+
+    events = file_history(settings, args.table, args.files)
+    if args.json:
+        print(json.dumps(events, indent=2, default=str))
+        return EXIT_OK
+    if not events:
+        print(f"{args.table}: no file events recorded")
+    for event in events:
+        print(f"{event['event_time']:%Y-%m-%d %H:%M:%S}  {event['event']:<26} {event['file_path']}")
+        print(f"    {event['detail']}  [{event['actor']}]")
+    return EXIT_OK
+
+
 def ensure_dagster_home() -> Path:
     """Use $DAGSTER_HOME, or ./.dagster_home seeded with ./dagster.yaml, so CLI runs persist and show in the UI."""
     home = os.environ.get("DAGSTER_HOME")
@@ -341,6 +410,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             "fix-inconsistencies": _cmd_fix,
             "force-unlock": _cmd_force_unlock,
             "reset-state": _cmd_reset,
+            "retry": _cmd_file_action,
+            "reprocess": _cmd_file_action,
+            "skip": _cmd_file_action,
+            "history": _cmd_history,
         }
         return commands[args.command](args, settings)
     except ConfigError as error:

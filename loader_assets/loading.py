@@ -27,7 +27,7 @@ import logging
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
@@ -35,12 +35,12 @@ import pyarrow.compute as pc
 from deltalake import DeltaTable
 from deltalake.exceptions import TableNotFoundError
 
-from loader_assets.core.discovery import is_within, list_source_files
+from loader_assets.core.discovery import TIMESTAMP, is_within, list_source_files
 from loader_assets.core.partitions import partition_keys_for
 from loader_assets.core.states import FileStatus
 from loader_assets.reading import BATCH_ID_COLUMN, SOURCE_FILE_COLUMN, ExpectedFile
 from loader_assets.resources.lock import Lease
-from loader_assets.resources.tracker import FileTracker
+from loader_assets.resources.tracker import FileChange, FileTracker
 from loader_assets.settings import TableSettings
 
 if TYPE_CHECKING:
@@ -187,17 +187,34 @@ class Plan:
     registered: int
     batch: pa.Table  # tracker rows of the files chosen for this batch, in load order
     deferred: int  # eligible files left for a later run by max_files_per_run
+    changes: list[FileChange] = field(default_factory=list)  # known files whose fingerprint changed
 
 
-def eligible_files(rows: pa.Table, retry_attempts: int) -> pa.Table:
-    """Rows that a run may load: pending, or failed with retries left."""
+def eligible_files(
+    rows: pa.Table, retry_attempts: int, now: datetime | None = None, min_file_age_seconds: float = 0
+) -> pa.Table:
+    """Rows that a run may load now: pending, or failed with retries left whose backoff is over and that an
+    operator need not look at first (``retryable`` false); and, with ``min_file_age_seconds``, not modified
+    within that many seconds (a file still being written waits)."""
+    now = now or datetime.now(UTC)
     status = rows["status"]
     pending = pc.equal(status, FileStatus.PENDING.value)
     retryable = pc.and_(
-        pc.equal(status, FileStatus.FAILED.value),
-        pc.less(pc.fill_null(rows["retry_count"], 0), retry_attempts),
+        pc.and_(
+            pc.equal(status, FileStatus.FAILED.value),
+            pc.less(pc.fill_null(rows["retry_count"], 0), retry_attempts),
+        ),
+        pc.and_(
+            pc.fill_null(rows["retryable"], True),
+            pc.less_equal(pc.fill_null(rows["next_attempt_at"], pa.scalar(now, TIMESTAMP)),
+                          pa.scalar(now, TIMESTAMP)),
+        ),
     )
-    return rows.filter(pc.or_(pending, retryable))
+    chosen = pc.or_(pending, retryable)
+    if min_file_age_seconds > 0:
+        settled = pa.scalar(now - timedelta(seconds=min_file_age_seconds), TIMESTAMP)
+        chosen = pc.and_(chosen, pc.less_equal(rows["file_modified_time"], settled))
+    return rows.filter(chosen)
 
 
 def plan_batch(
@@ -216,9 +233,10 @@ def plan_batch(
     keys = partition_keys_for(
         listing["file_modified_time"], table.partitioning.granularity.value, table.partitioning.start, now
     )
-    registered = tracker.register(listing, keys)
+    registered = tracker.register(listing, keys, table.on_file_change)
+    record_changes(tracker, registered.changes, table.on_file_change.value)
     rows = tracker.read()
-    rows = eligible_files(rows, retry_attempts)
+    rows = eligible_files(rows, retry_attempts, now, table.min_file_age_seconds)
     if partition_keys is not None:
         rows = rows.filter(pc.is_in(rows["partition_key"], pa.array(partition_keys, pa.string())))
     inside = [is_within(table.source_path, p) for p in rows["file_path"].to_pylist()]
@@ -227,10 +245,25 @@ def plan_batch(
     batch = rows.slice(0, max_files)
     return Plan(
         discovered=listing.num_rows,
-        registered=registered,
+        registered=registered.new_files,
         batch=batch,
         deferred=max(0, rows.num_rows - batch.num_rows),
+        changes=registered.changes,
     )
+
+
+def record_changes(tracker: FileTracker, changes: list[FileChange], policy: str) -> None:
+    """Append each detected file change to the table's event log (after the tracker commit that applied it)."""
+    tracker.events.record([
+        {
+            "file_path": c.file_path, "event": f"changed:{c.action}",
+            "detail": f"fingerprint {c.old_fingerprint} -> {c.new_fingerprint}; on_file_change={policy}",
+            "actor": "loader", "file_version": c.file_version, "old_fingerprint": c.old_fingerprint,
+            "new_fingerprint": c.new_fingerprint, "previous_status": c.previous_status,
+            "previous_batch_id": c.previous_batch_id, "previous_row_count": c.previous_row_count,
+        }
+        for c in changes
+    ])
 
 
 def new_batch_id(batch_seq: int) -> str:
@@ -268,6 +301,15 @@ class LoadBatch:
     file_times: dict[str, int] = field(default_factory=dict)  # path -> modification time (us) at discovery
     deferred: int = 0
     recovered: RecoveryReport = field(default_factory=RecoveryReport)
+    backoff: Callable[[int], float] | None = None  # retry_count -> seconds before the next attempt
+    completed_empty: list[str] = field(default_factory=list)  # valid empty files, completed with 0 rows
+    skipped: dict[str, str] = field(default_factory=dict)  # duplicates skipped by content hash
+    content_hashes: dict[str, str] = field(default_factory=dict)  # sha256 per file (duplicate_content=skip)
+    waiting: list[str] = field(default_factory=list)  # still being written: back to pending
+    quarantine: DataFrame | None = None  # malformed rows (_source_file, raw_record), bad_records=quarantine
+    quarantined: dict[str, int] = field(default_factory=dict)
+    cached: list[DataFrame] = field(default_factory=list)
+    evolve_schema: bool = False
 
     @property
     def app_id(self) -> str:
@@ -284,6 +326,13 @@ class LoadBatch:
         return json.dumps(payload, sort_keys=True)
 
     def release(self) -> None:
+        """Unpersist what the read cached and release the table's lock (idempotent)."""
+        for frame in self.cached:
+            try:
+                frame.unpersist()
+            except Exception:  # the session may be gone; the cache goes with it
+                logger.debug("could not unpersist a cached frame", exc_info=True)
+        self.cached.clear()
         if self.lease is not None:
             lease, self.lease = self.lease, None
             lease.release()

@@ -8,6 +8,14 @@
 - tracker vs target (per-file row counts, rows of files not completed, files loaded twice) and, for scd2
   tables, the history invariants. These read the table with Spark, which starts only if a table exists.
 
+File actions (``retry_files``, ``reprocess_files``, ``skip_files``) hold the table's lock while they write, so no
+run is loading the table meanwhile; each is one tracker commit and one event per file in the table's event log
+(who, when, why). They never read outside the table's ``source_path``: a path must be a tracked file of the table.
+- retry: failed -> pending with a fresh retry budget (all failed files of the table when no path is given);
+- reprocess: completed (or skipped, failed) -> pending; the next batch replaces the rows the file has (append)
+  or applies it again, where rows already in the history are recognised and dropped (scd2);
+- skip: pending or failed -> skipped, with the reason; a completed file cannot be skipped (its rows are loaded).
+
 ``fix_inconsistencies`` takes each table's lock (taking over a stale one by conditional commit), resolves the
 orphans from the target's txn version exactly as a run does before planning (committed -> completed, else ->
 failed for retry), and releases. What needs a person (files failed beyond retries, a damaged tracker, a target
@@ -22,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow.compute as pc
 
-from loader_assets.checks import TargetConsistency, compare_target_with_tracker
+from loader_assets.checks import TargetConsistency, compare_target_with_tracker, exhausted_failures
 from loader_assets.core.discovery import SourceLocation
 from loader_assets.core.errors import LockHeldError, TrackerError
 from loader_assets.core.states import FileStatus
@@ -68,7 +76,7 @@ class TableConsistency:
     def table_issues(self) -> list[str]:
         issues = []
         if self.failed_beyond_retry:
-            issues.append(f"{len(self.failed_beyond_retry)} files failed beyond retry_attempts "
+            issues.append(f"{len(self.failed_beyond_retry)} files failed and wait for an operator "
                           f"(e.g. {self.failed_beyond_retry[0]}); retry, reprocess or skip them")
         if self.target is not None:
             for item in self.target.count_mismatches:
@@ -140,7 +148,7 @@ def check_table(
     result.lock_stale_reason = lock_stale_reason(lock_state, run_ended)
     live_holder = lock_state is not None and lock_state.held and result.lock_stale_reason is None
     try:
-        rows = tracker.read(columns=["file_path", "status", "retry_count"])
+        rows = tracker.read(columns=["file_path", "status", "retry_count", "retryable"])
     except TrackerError as error:
         result.state_error = str(error)
         return result
@@ -153,8 +161,8 @@ def check_table(
     if not live_holder:
         processing = rows.filter(pc.equal(rows["status"], FileStatus.PROCESSING.value))
         result.orphaned = sorted(processing["file_path"].to_pylist())
-    failed = rows.filter(pc.and_(pc.equal(rows["status"], FileStatus.FAILED.value),
-                                 pc.greater_equal(pc.fill_null(rows["retry_count"], 0), settings.retry_attempts)))
+    failed = exhausted_failures(rows.filter(pc.equal(rows["status"], FileStatus.FAILED.value)),
+                                settings.retry_attempts)
     result.failed_beyond_retry = sorted(failed["file_path"].to_pylist())
     if open_target(target_path) is not None:
         spark = spark_provider()
@@ -224,6 +232,110 @@ def fix_inconsistencies(
         for issue in remaining.table_issues() + ([remaining.state_error] if remaining.state_error else []):
             report.needs_operator.append(f"{name}: {issue}")
     return report
+
+
+@dataclass
+class FileAction:
+    """The outcome of an operator's retry / reprocess / skip on one table."""
+
+    table_name: str
+    action: str
+    changed: list[str] = field(default_factory=list)
+    refused: dict[str, str] = field(default_factory=dict)  # path -> why not
+
+    def to_json(self) -> dict[str, Any]:
+        return {"table": self.table_name, "action": self.action, "changed": self.changed,
+                "refused": [{"file": p, "reason": r} for p, r in self.refused.items()]}
+
+
+_ACTION_SOURCES = {
+    "retry": (FileStatus.FAILED,),
+    "reprocess": (FileStatus.COMPLETED, FileStatus.SKIPPED, FileStatus.FAILED),
+    "skip": (FileStatus.PENDING, FileStatus.FAILED),
+}
+
+
+def _file_action(
+    settings: LoaderSettings,
+    table_name: str,
+    action: str,
+    paths: list[str] | None,
+    reason: str | None,
+    actor: str,
+    lock_wait_seconds: float,
+) -> FileAction:
+    from loader_assets.core.discovery import is_within
+
+    table = settings.table(table_name)
+    result = FileAction(table_name, action)
+    allowed = _ACTION_SOURCES[action]
+    lease = _locks(settings).for_table(table_name).acquire(None, wait_seconds=lock_wait_seconds, heartbeat=False)
+    try:
+        tracker = _trackers(settings).for_table(table_name)
+        rows = tracker.read(columns=["file_path", "status", "error_message"])
+        status_of = dict(zip(rows["file_path"].to_pylist(), rows["status"].to_pylist(), strict=True))
+        if paths is None:  # retry without --file: every failed file of the table
+            paths = [p for p, st in status_of.items() if st in [s.value for s in allowed]]
+        for path in dict.fromkeys(paths):
+            if not is_within(table.source_path, path):
+                result.refused[path] = f"not below the table's source_path {table.source_path}"
+            elif path not in status_of:
+                result.refused[path] = "not a tracked file of this table (see `loader-assets status`)"
+            elif status_of[path] not in [s.value for s in allowed]:
+                hint = " (its rows are loaded; use reprocess to load it again)" if action == "skip" else ""
+                result.refused[path] = (f"status is {status_of[path]}; {action} applies to "
+                                        f"{' or '.join(s.value for s in allowed)} files{hint}")
+            else:
+                result.changed.append(path)
+        if result.changed:
+            errors = dict(zip(rows["file_path"].to_pylist(), rows["error_message"].to_pylist(), strict=True))
+            if action == "skip":
+                message = f"skipped by {actor}: {reason}"
+                tracker.skip({p: message for p in result.changed})
+            else:
+                message = (f"{action} requested by {actor}" + (f": {reason}" if reason else "")
+                           + ("; the reload replaces the rows the file has" if action == "reprocess" else ""))
+                tracker.requeue(result.changed, allowed, message)
+            tracker.events.record([
+                {"file_path": p, "event": action, "detail": message + (f" (last error: {errors[p]})"
+                                                                       if errors.get(p) else ""),
+                 "actor": actor, "previous_status": status_of[p]}
+                for p in result.changed
+            ])
+    finally:
+        lease.release()
+    return result
+
+
+def retry_files(settings: LoaderSettings, table_name: str, paths: list[str] | None = None,
+                reason: str | None = None, actor: str | None = None, lock_wait_seconds: float = 60) -> FileAction:
+    """Failed files (all of the table's, or ``paths``) -> pending with a fresh retry budget."""
+    from loader_assets.resources.events import current_actor
+
+    return _file_action(settings, table_name, "retry", paths, reason, actor or current_actor(), lock_wait_seconds)
+
+
+def reprocess_files(settings: LoaderSettings, table_name: str, paths: list[str], reason: str | None = None,
+                    actor: str | None = None, lock_wait_seconds: float = 60) -> FileAction:
+    """Completed (or skipped, failed) files -> pending; their next load replaces the rows they have."""
+    from loader_assets.resources.events import current_actor
+
+    return _file_action(settings, table_name, "reprocess", paths, reason, actor or current_actor(),
+                        lock_wait_seconds)
+
+
+def skip_files(settings: LoaderSettings, table_name: str, paths: list[str], reason: str,
+               actor: str | None = None, lock_wait_seconds: float = 60) -> FileAction:
+    """Pending or failed files -> skipped with ``reason``; they are not loaded unless reprocessed."""
+    from loader_assets.resources.events import current_actor
+
+    return _file_action(settings, table_name, "skip", paths, reason, actor or current_actor(), lock_wait_seconds)
+
+
+def file_history(settings: LoaderSettings, table_name: str, paths: list[str] | None = None) -> list[dict[str, Any]]:
+    """The event log of a table (or of some files): changes seen in the source and operator actions."""
+    settings.table(table_name)
+    return _trackers(settings).for_table(table_name).events.read(paths).to_pylist()
 
 
 def force_unlock(settings: LoaderSettings, table_name: str) -> LockState | None:

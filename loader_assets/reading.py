@@ -1,9 +1,18 @@
 """Reading a batch of source files into one Spark DataFrame, failing bad files one by one.
 
-Each file is checked before Spark sees it (exists, unchanged since discovery, not empty, a readable parquet
-footer), then read on its own so that a file Spark cannot read, or whose columns differ from the table's, fails
-alone with an error naming the file, the table and the cause. The good files are unioned (as a balanced tree, so
-the plan stays shallow for a thousand files) with ``_source_file`` set to the exact path as a literal.
+Each file is checked before Spark sees it (exists, readable, unchanged since discovery, not empty, a readable
+parquet footer), then read on its own so that a file Spark cannot read, or whose columns differ from the table's,
+fails alone with an error naming the file, the table and the cause. The good files are unioned (as a balanced
+tree, so the plan stays shallow for a thousand files) with ``_source_file`` set to the exact path as a literal.
+
+Per table policies (settings.py):
+- ``schema_evolution``: fail (a file with new, missing or retyped columns fails, naming them), add_new_columns
+  (new columns join the table's schema in the batch's commit, missing ones are NULL; a retyped column still fails
+  the file), rescue (the table's schema is kept; fields it does not know, and values that do not cast to the
+  column's type, go to ``_rescued_data`` as JSON, so nothing is dropped silently).
+- ``bad_records`` (csv, json): rows the parser cannot read (wrong field count, broken JSON) are found with Spark's
+  ``_corrupt_record`` column in PERMISSIVE mode, counted per file in one aggregation over the batch (which is
+  cached for it), and either fail their file or go to the quarantine table while the file's good rows load.
 
 Why per-file literals and not ``input_file_name()``: Spark returns a URL-encoded URI there (``a%20b``), while the
 tracker and operators use the path as it is. File names also reach the reader with Hadoop glob characters
@@ -15,22 +24,31 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from loader_assets.core.discovery import SourceLocation
-from loader_assets.settings import AUDIT_COLUMNS, FileFormat, TableSettings
+from loader_assets.settings import (
+    AUDIT_COLUMNS,
+    RESCUED_DATA_COLUMN,
+    BadRecords,
+    FileFormat,
+    SchemaEvolution,
+    TableSettings,
+)
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
-    from pyspark.sql.types import StructType
+    from pyspark.sql.types import DataType, StructType
 
 logger = logging.getLogger(__name__)
 
 SOURCE_FILE_COLUMN, LOAD_TIMESTAMP_COLUMN, BATCH_ID_COLUMN = AUDIT_COLUMNS
 
+CORRUPT_RECORD_COLUMN = "_corrupt_record"
 _GLOB_CHARS = set("[]{}*?\\")
 
 
@@ -48,13 +66,35 @@ class ExpectedFile:
     modified_micros: int
 
 
+@dataclass(frozen=True)
+class Precheck:
+    """What a look at the file (no Spark) says: fail it (``problem``), wait for it (``now_size``/``now_mtime``:
+    it changed since discovery, so it may still be being written), or complete it with 0 rows (``empty``)."""
+
+    problem: str | None = None
+    now_size: int | None = None
+    now_mtime: datetime | None = None
+    empty: bool = False
+
+    @property
+    def still_changing(self) -> bool:
+        return self.now_size is not None
+
+
 @dataclass
 class BatchRead:
-    """The outcome of reading a batch: a DataFrame of the good files and an error per bad file."""
+    """The outcome of reading a batch: a DataFrame of the good files and an error per bad file.
+
+    ``quarantine`` holds the malformed rows (``_source_file``, ``raw_record``) when bad_records=quarantine, and
+    ``quarantined`` their count per file; ``cached`` frames are unpersisted when the batch is done."""
 
     dataframe: DataFrame | None
     loaded_paths: list[str] = field(default_factory=list)
     errors: dict[str, str] = field(default_factory=dict)
+    quarantine: DataFrame | None = None
+    quarantined: dict[str, int] = field(default_factory=dict)
+    cached: list[DataFrame] = field(default_factory=list)
+    evolves_schema: bool = False
 
 
 def _short(error: BaseException) -> str:
@@ -63,44 +103,95 @@ def _short(error: BaseException) -> str:
     return first[:500]
 
 
-def precheck_file(expected: ExpectedFile, file_format: FileFormat) -> str | None:
-    """The reason this file cannot be loaded as discovered, or None. No Spark involved."""
+def _csv_has_header(table: TableSettings) -> bool:
+    return table.read_options.get("header", "false").lower() == "true"
+
+
+def precheck_file(expected: ExpectedFile, table: TableSettings) -> Precheck:
+    """Look at the file before Spark does. No Spark involved; one stat and one small read."""
+    file_format = table.file_format
     location = SourceLocation.parse(expected.path)
     fs_path = expected.path[len(location.uri_prefix):]
     try:
         info = location.filesystem.get_file_info(fs_path)
+    except PermissionError as error:
+        return Precheck(problem=f"permission denied looking up the file: {_short(error)}")
     except OSError as error:
-        return f"cannot stat the file: {_short(error)}"
+        return Precheck(problem=f"cannot stat the file: {_short(error)}")
     if info.type == pafs.FileType.NotFound:
-        return "file vanished between discovery and load"
+        return Precheck(problem="file vanished between discovery and load (it is no longer in the source)")
     if info.type != pafs.FileType.File:
-        return "path is no longer a regular file"
+        return Precheck(problem="path is no longer a regular file")
     mtime_us = (info.mtime_ns or 0) // 1000
     if info.size != expected.size or mtime_us != expected.modified_micros:
-        return (
-            f"file changed since discovery (size {expected.size} -> {info.size}); it may still be being "
-            "written, so it was not loaded; it is retried on the next run"
-        )
+        return Precheck(now_size=int(info.size or 0), now_mtime=datetime.fromtimestamp(mtime_us / 1e6, UTC))
+    try:
+        with location.filesystem.open_input_file(fs_path) as handle:
+            handle.read(min(int(info.size or 0), 4096))
+    except PermissionError as error:
+        return Precheck(problem=f"permission denied reading the file: {_short(error)}")
+    except OSError as error:
+        return Precheck(problem=f"cannot read the file: {_short(error)}")
     if info.size == 0:
-        return "file is empty (0 bytes); an empty file is not valid " + file_format.value
+        if file_format is FileFormat.PARQUET:
+            return Precheck(problem="file is empty (0 bytes), which is not a valid parquet file")
+        if file_format is FileFormat.CSV and _csv_has_header(table):
+            return Precheck(problem="file is empty (0 bytes): no header row, so its columns are unknown")
+        return Precheck(empty=True)  # an empty json-lines (or header-less csv) file: a valid file of no rows
     if file_format is FileFormat.PARQUET:
         try:
             with location.filesystem.open_input_file(fs_path) as handle:
                 pq.read_metadata(handle)
         except Exception as error:  # pyarrow raises several types for a bad footer
-            return f"not a readable parquet file: {_short(error)}"
-    return None
+            return Precheck(problem=f"not a readable parquet file (corrupt or truncated): {_short(error)}")
+    return Precheck()
 
 
-def _schema_difference(reference: StructType, actual: StructType) -> str | None:
+def content_hash(path: str, chunk_bytes: int = 8 << 20) -> str | None:
+    """sha256 of the file's bytes (streamed), or None when it cannot be read (its precheck then says why)."""
+    import hashlib
+
+    location = SourceLocation.parse(path)
+    digest = hashlib.sha256()
+    try:
+        with location.filesystem.open_input_stream(path[len(location.uri_prefix):]) as stream:
+            while chunk := stream.read(chunk_bytes):
+                digest.update(chunk)
+    except OSError:
+        return None
+    return digest.hexdigest()
+
+
+_WIDENING = {
+    ("tinyint", "smallint"), ("tinyint", "int"), ("tinyint", "bigint"), ("smallint", "int"),
+    ("smallint", "bigint"), ("int", "bigint"), ("int", "double"), ("bigint", "double"), ("float", "double"),
+    ("tinyint", "double"), ("smallint", "double"), ("date", "timestamp"),
+}
+
+
+def type_fit(file_type: DataType, table_type: DataType, text_format: bool) -> str:
+    """How a file's column type fits the table's: ``same``; ``widen`` (cast, lossless); ``per_value`` (a text
+    format inferred string or null, which says nothing about the values: each value is cast, and one that does
+    not cast is a malformed row); or ``conflict``."""
+    if file_type == table_type:
+        return "same"
+    if (file_type.simpleString(), table_type.simpleString()) in _WIDENING:
+        return "widen"
+    if text_format and file_type.simpleString() in ("string", "void"):
+        return "per_value"
+    return "conflict"
+
+
+def _schema_difference(reference: StructType, actual: StructType, check_missing: bool = True,
+                       check_extra: bool = True, text_format: bool = False) -> str | None:
     ref = {f.name: f.dataType for f in reference.fields}
     got = {f.name: f.dataType for f in actual.fields}
-    missing = [name for name in ref if name not in got]
-    extra = [name for name in got if name not in ref]
+    missing = [name for name in ref if name not in got] if check_missing else []
+    extra = [name for name in got if name not in ref] if check_extra else []
     changed = [
         f"{name} ({ref[name].simpleString()} -> {got[name].simpleString()})"
         for name in ref
-        if name in got and ref[name] != got[name]
+        if name in got and type_fit(got[name], ref[name], text_format) == "conflict"
     ]
     if not (missing or extra or changed):
         return None
@@ -124,6 +215,171 @@ def _union_all(frames: Sequence[DataFrame]) -> DataFrame:
     return level[0]
 
 
+@dataclass
+class _FileFrame:
+    expected: ExpectedFile
+    frame: DataFrame
+    data_schema: StructType  # the file's columns, without _corrupt_record
+    may_have_bad_rows: bool
+
+
+def _read_file(spark: SparkSession, table: TableSettings, expected: ExpectedFile) -> _FileFrame | str:
+    """One file as a DataFrame (csv/json with ``_corrupt_record``), or the reason Spark cannot read it."""
+    from pyspark.errors import PySparkException
+    from pyspark.sql.types import StringType, StructField, StructType
+    from py4j.protocol import Py4JJavaError
+
+    path = expected.path
+    reader = spark.read.format(table.file_format.value).options(**table.read_options)
+    try:
+        if table.file_format is FileFormat.CSV:
+            inferred = reader.load(escape_glob(path)).schema
+            with_corrupt = StructType([*inferred.fields, StructField(CORRUPT_RECORD_COLUMN, StringType())])
+            frame = (
+                spark.read.format("csv").options(**table.read_options)
+                .option("mode", "PERMISSIVE").option("columnNameOfCorruptRecord", CORRUPT_RECORD_COLUMN)
+                .schema(with_corrupt).load(escape_glob(path))
+            )
+            return _FileFrame(expected, frame, inferred, True)
+        if table.file_format is FileFormat.JSON:
+            frame = reader.option("mode", "PERMISSIVE").option(
+                "columnNameOfCorruptRecord", CORRUPT_RECORD_COLUMN).load(escape_glob(path))
+            schema = frame.schema
+            data = StructType([f for f in schema.fields if f.name != CORRUPT_RECORD_COLUMN])
+            if not data.fields:
+                return "no line of the file is a valid JSON record"
+            return _FileFrame(expected, frame, data, CORRUPT_RECORD_COLUMN in schema.fieldNames())
+        frame = reader.load(escape_glob(path))
+        return _FileFrame(expected, frame, frame.schema, False)
+    except (PySparkException, Py4JJavaError) as error:
+        return f"Spark cannot read the file: {_short(error)}"
+
+
+def _resolve_schema(
+    table: TableSettings, reference: StructType | None, files: list[_FileFrame], errors: dict[str, str]
+) -> tuple[StructType | None, bool]:
+    """The schema the batch is written with, under the table's ``schema_evolution``; files that cannot fit it
+    get an error. Returns (schema, whether it adds columns to an existing table)."""
+    from pyspark.sql.types import StructType
+
+    policy = table.schema_evolution
+    schema = reference
+    added = False
+    text = table.file_format is not FileFormat.PARQUET
+    for item in files:
+        path = item.expected.path
+        if schema is None:
+            schema = item.data_schema
+            continue
+        if policy is SchemaEvolution.FAIL:
+            difference = _schema_difference(schema, item.data_schema, text_format=text)
+            if difference:
+                errors[path] = difference + " (schema_evolution=fail)"
+        elif policy is SchemaEvolution.ADD_NEW_COLUMNS:
+            difference = _schema_difference(schema, item.data_schema, check_missing=False, check_extra=False,
+                                            text_format=text)
+            if difference:
+                errors[path] = difference + " (schema_evolution=add_new_columns adds columns, never retypes one)"
+                continue
+            new = [f for f in item.data_schema.fields if f.name not in schema.fieldNames()]
+            if new:
+                schema = StructType([*schema.fields, *new])
+                added = added or reference is not None
+        # rescue: the schema stays; every file fits it, what does not fit is rescued
+    return schema, added
+
+
+def _project(item: _FileFrame, schema: StructType, table: TableSettings) -> DataFrame:
+    """The file's rows in the batch schema's column order, plus ``_corrupt_record`` and ``_source_file``.
+
+    A column whose type differs from the table's is cast: losslessly when it widens; value by value when a
+    text format inferred it as string (a value that does not cast marks its row malformed, naming the column,
+    or under rescue goes to ``_rescued_data``); and under rescue, any other mismatch is cast value by value too.
+    """
+    from pyspark.sql import functions as F
+    from pyspark.sql.types import StringType
+
+    frame = item.frame
+    text = table.file_format is not FileFormat.PARQUET
+    rescue = table.schema_evolution is SchemaEvolution.RESCUE
+    own = {f.name: f.dataType for f in item.data_schema.fields}
+    columns = []
+    rescued = []
+    unparsed = []
+    for target in schema.fields:
+        if target.name not in own:
+            columns.append(F.lit(None).cast(target.dataType).alias(target.name))
+            continue
+        original = F.col(f"`{target.name}`")
+        fit = type_fit(own[target.name], target.dataType, text)
+        if fit == "same":
+            columns.append(original)
+        elif fit == "widen":
+            columns.append(original.cast(target.dataType).alias(target.name))
+        else:  # per_value, or a conflict that only rescue lets through
+            cast = original.try_cast(target.dataType)
+            columns.append(cast.alias(target.name))
+            lost = original.isNotNull() & cast.isNull()
+            if rescue:
+                rescued.append(F.when(lost, original).alias(target.name))
+            else:
+                unparsed.append(F.when(lost, F.concat(
+                    F.lit(f"column {target.name}: value '"), original.cast(StringType()),
+                    F.lit(f"' is not a valid {target.dataType.simpleString()}"))))
+    if rescue:
+        extra = [F.col(f"`{name}`").alias(name) for name in own if name not in schema.fieldNames()]
+        fields = rescued + extra
+        if fields:
+            payload = F.to_json(F.struct(*fields))
+            columns.append(F.when(payload != F.lit("{}"), payload).alias(RESCUED_DATA_COLUMN))
+        else:
+            columns.append(F.lit(None).cast(StringType()).alias(RESCUED_DATA_COLUMN))
+    corrupt = (
+        F.col(CORRUPT_RECORD_COLUMN) if CORRUPT_RECORD_COLUMN in frame.columns else F.lit(None).cast(StringType())
+    )
+    if unparsed:
+        corrupt = F.coalesce(corrupt, *unparsed)
+    columns.append(corrupt.alias(CORRUPT_RECORD_COLUMN))
+    columns.append(F.lit(item.expected.path).alias(SOURCE_FILE_COLUMN))
+    return frame.select(*columns)
+
+
+def _split_bad_records(
+    table: TableSettings, union: DataFrame, result: BatchRead, check: bool
+) -> DataFrame:
+    """Count malformed rows per file in one aggregation; fail their files or quarantine the rows."""
+    from pyspark.sql import functions as F
+
+    if not check:
+        return union.drop(CORRUPT_RECORD_COLUMN)
+    union = union.persist()
+    result.cached.append(union)
+    bad = F.col(CORRUPT_RECORD_COLUMN).isNotNull()
+    counts = (
+        union.where(bad).groupBy(SOURCE_FILE_COLUMN)
+        .agg(F.count(F.lit(1)).alias("bad_rows"), F.min(CORRUPT_RECORD_COLUMN).alias("example"))
+        .collect()
+    )
+    if not counts:
+        return union.drop(CORRUPT_RECORD_COLUMN)
+    if table.bad_records is BadRecords.FAIL:
+        failing = []
+        for row in counts:
+            path = row[SOURCE_FILE_COLUMN]
+            example = (row["example"] or "").strip().replace("\n", " ")[:200]
+            result.errors[path] = (
+                f"{row['bad_rows']} malformed row(s) that the {table.file_format.value} parser cannot read "
+                f"(bad_records=fail); for example: {example!r}"
+            )
+            failing.append(path)
+        result.loaded_paths = [p for p in result.loaded_paths if p not in failing]
+        return union.where(~F.col(SOURCE_FILE_COLUMN).isin(failing)).drop(CORRUPT_RECORD_COLUMN)
+    result.quarantined = {row[SOURCE_FILE_COLUMN]: int(row["bad_rows"]) for row in counts}
+    result.quarantine = union.where(bad).select(
+        F.col(SOURCE_FILE_COLUMN), F.col(CORRUPT_RECORD_COLUMN).alias("raw_record"))
+    return union.where(~bad).drop(CORRUPT_RECORD_COLUMN)
+
+
 def read_batch(
     spark: SparkSession,
     table: TableSettings,
@@ -137,26 +393,15 @@ def read_batch(
     columns (SCD2 keys, tracking and sequence columns), or has a column the loader writes itself, fails.
     """
     required = table.required_columns()
-    reserved = table.loader_columns()
-    from pyspark.errors import PySparkException
-    from pyspark.sql import functions as F
-    from py4j.protocol import Py4JJavaError
-
+    reserved = table.loader_columns() | {CORRUPT_RECORD_COLUMN}
     result = BatchRead(dataframe=None)
-    frames: list[DataFrame] = []
-    reference = reference_schema
+    readable: list[_FileFrame] = []
     for expected in files:
-        try:
-            frame = (
-                spark.read.format(table.file_format.value)
-                .options(**table.read_options)
-                .load(escape_glob(expected.path))
-            )
-            schema = frame.schema
-        except (PySparkException, Py4JJavaError) as error:
-            result.errors[expected.path] = f"Spark cannot read the file: {_short(error)}"
+        item = _read_file(spark, table, expected)
+        if isinstance(item, str):
+            result.errors[expected.path] = item
             continue
-        names = schema.fieldNames()
+        names = item.data_schema.fieldNames()
         missing = [c for c in required if c not in names]
         if missing:
             result.errors[expected.path] = f"missing configured columns {missing}"
@@ -165,14 +410,21 @@ def read_batch(
         if clashing:
             result.errors[expected.path] = f"the file has columns {clashing}, which the loader writes itself"
             continue
-        if reference is None:
-            reference = schema
-        difference = _schema_difference(reference, schema)
-        if difference:
-            result.errors[expected.path] = difference
-            continue
-        frames.append(frame.select(*reference.fieldNames()).withColumn(SOURCE_FILE_COLUMN, F.lit(expected.path)))
-        result.loaded_paths.append(expected.path)
-    if frames:
-        result.dataframe = _union_all(frames)
+        readable.append(item)
+    schema, result.evolves_schema = _resolve_schema(table, reference_schema, readable, result.errors)
+    good = [item for item in readable if item.expected.path not in result.errors]
+    if not good or schema is None:
+        return result
+    result.loaded_paths = [item.expected.path for item in good]
+    union = _union_all([_project(item, schema, table) for item in good])
+    text = table.file_format is not FileFormat.PARQUET
+    own_types = [{f.name: f.dataType for f in item.data_schema.fields} for item in good]
+    cast_per_value = any(
+        type_fit(types[f.name], f.dataType, text) == "per_value"
+        for types in own_types for f in schema.fields if f.name in types
+    )
+    check = text and (cast_per_value or any(item.may_have_bad_rows for item in good))
+    frame = _split_bad_records(table, union, result, check)
+    if result.loaded_paths:
+        result.dataframe = frame
     return result

@@ -1,20 +1,22 @@
 """Finding which partitions of a table have work, without writing anything (sensor and CLI share it).
 
-One listing of the source, one read of the tracker, and vectorised set operations: a file needs loading when the
-tracker does not know it yet, or knows it as pending, or as failed with retries left. Unknown files get the
-partition their modification time gives now; known files keep the partition stored at registration.
+One listing of the source, one read of the tracker, and vectorised set operations (pyarrow joins and masks, no
+per-file Python work): a file needs loading when the tracker does not know it yet, knows it as pending, or as
+failed with retries left and its backoff over, or when its fingerprint changed in the source since the tracker
+last saw it (the run applies ``on_file_change``). Unknown files get the partition their modification time gives
+now; known files keep the partition stored at registration. Files younger than ``min_file_age_seconds`` wait.
 """
 
 from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 
-
+import pyarrow as pa
 import pyarrow.compute as pc
 
-from loader_assets.core.discovery import fingerprint, list_source_files
+from loader_assets.core.discovery import TIMESTAMP, fingerprint, list_source_files
 from loader_assets.core.partitions import group_into_ranges, partition_keys_for
 from loader_assets.core.states import FileStatus
 from loader_assets.loading import eligible_files
@@ -33,6 +35,7 @@ class PendingWork:
     pending_files: int
     retryable_files: int
     interrupted_files: int
+    changed_files: int
     partition_keys: tuple[str, ...]
     ranges: tuple[tuple[str, str], ...]
     digest: str
@@ -53,15 +56,20 @@ def find_pending_work(
     count as work too: the run's recovery resolves them (committed -> completed, else retried)."""
     listing = list_source_files(table.source_path)
     known = tracker.read(
-        columns=["file_path", "status", "retry_count", "partition_key", "fingerprint", "batch_id"]
+        columns=["file_path", "status", "retry_count", "partition_key", "fingerprint", "batch_id",
+                 "source_fingerprint", "retryable", "next_attempt_at", "file_modified_time"]
     )
     new = listing.filter(pc.invert(pc.is_in(listing["file_path"], known["file_path"])))
+    if table.min_file_age_seconds > 0:
+        settled = (now or datetime.now(UTC)) - timedelta(seconds=table.min_file_age_seconds)
+        new = new.filter(pc.less_equal(new["file_modified_time"], pa.scalar(settled, TIMESTAMP)))
     new_keys = partition_keys_for(
         new["file_modified_time"], table.partitioning.granularity.value, table.partitioning.start, now
     )
     # Only files still in the source count: a tracked file that was deleted from the landing zone cannot load.
     present = known.filter(pc.is_in(known["file_path"], listing["file_path"]))
-    eligible = eligible_files(present, retry_attempts)
+    eligible = eligible_files(present, retry_attempts, now, table.min_file_age_seconds)
+    changed = changed_files(present, listing)
     orphaned = known.slice(0, 0)
     if lock is not None:
         processing = known.filter(pc.equal(known["status"], FileStatus.PROCESSING.value))
@@ -73,6 +81,7 @@ def find_pending_work(
         set(new_keys.to_pylist())
         | set(eligible["partition_key"].to_pylist())
         | set(orphaned["partition_key"].to_pylist())
+        | set(changed["partition_key"].to_pylist())
     )
     entries = [
         "\x00".join((path, fp, "0", ""))
@@ -93,6 +102,10 @@ def find_pending_work(
         "\x00".join((path, "interrupted", batch_id or ""))
         for path, batch_id in zip(orphaned["file_path"].to_pylist(), orphaned["batch_id"].to_pylist(), strict=True)
     ]
+    entries += [
+        "\x00".join((path, "changed", fp or ""))
+        for path, fp in zip(changed["file_path"].to_pylist(), changed["_fp"].to_pylist(), strict=True)
+    ]
     digest = hashlib.sha256("\n".join(sorted(entries)).encode())
     return PendingWork(
         table_name=table.table_name,
@@ -101,9 +114,23 @@ def find_pending_work(
         pending_files=int(pc.sum(pc.equal(eligible["status"], "pending")).as_py() or 0),
         retryable_files=int(pc.sum(pc.equal(eligible["status"], "failed")).as_py() or 0),
         interrupted_files=orphaned.num_rows,
+        changed_files=changed.num_rows,
         partition_keys=tuple(keys),
         ranges=tuple(group_into_ranges(keys, table.partitioning.granularity.value)),
         digest=digest.hexdigest()[:16],
     )
 
 
+def changed_files(present: pa.Table, listing: pa.Table) -> pa.Table:
+    """Known files (not processing) whose listed fingerprint differs from the newest one the tracker saw,
+    with the listed fingerprint as ``_fp``."""
+    if present.num_rows == 0:
+        return present.append_column("_fp", pa.array([], pa.string()))
+    listed = pa.table({
+        "file_path": listing["file_path"],
+        "_fp": fingerprint(listing["file_size"], listing["file_modified_time"]),
+    })
+    joined = present.join(listed, "file_path", join_type="inner")
+    seen = pc.fill_null(pc.coalesce(joined["source_fingerprint"], joined["fingerprint"]), "")
+    differs = pc.and_(pc.not_equal(joined["_fp"], seen), pc.not_equal(joined["status"], FileStatus.PROCESSING.value))
+    return joined.filter(differs)

@@ -42,6 +42,39 @@ class LoadingStrategy(str, Enum):
     SCD2 = "scd2"
 
 
+class OnFileChange(str, Enum):
+    """What to do when a known file's fingerprint (size + modification time) changes in the source."""
+
+    RELOAD = "reload"  # load the new version; it replaces the old version's rows (append) or applies as changes
+    IGNORE = "ignore"  # keep what was loaded; record the change
+    FAIL = "fail"  # mark the file failed, not retried, until an operator reprocesses or skips it
+
+
+class DuplicateContent(str, Enum):
+    """What to do with a new file whose content (sha256) equals an already loaded file's."""
+
+    LOAD = "load"  # a file is identified by its path: identical content at a new path loads again
+    SKIP = "skip"  # mark it skipped, naming the file it duplicates
+
+
+class BadRecords(str, Enum):
+    """CSV and JSON rows the reader cannot parse (wrong field count, broken JSON, a value of the wrong type)."""
+
+    FAIL = "fail"  # the file fails, naming how many rows are malformed and the first one
+    QUARANTINE = "quarantine"  # good rows load; bad rows go to the table's quarantine Delta table, counted
+
+
+class SchemaEvolution(str, Enum):
+    """A file whose columns differ from the table's (the Auto Loader modes)."""
+
+    FAIL = "fail"  # the file fails, naming the new, missing and retyped columns
+    ADD_NEW_COLUMNS = "add_new_columns"  # new columns are added to the table in the batch's commit
+    RESCUE = "rescue"  # the table's schema is kept; unknown and mistyped fields go to _rescued_data as JSON
+
+
+RESCUED_DATA_COLUMN = "_rescued_data"
+
+
 class PartitionGranularity(str, Enum):
     """Width of the time-window partitions a table's files are grouped into (DESIGN.md section 3)."""
 
@@ -104,6 +137,26 @@ class TableSettings(_Frozen):
     )
     loading_strategy: LoadingStrategy = Field(default=LoadingStrategy.APPEND, description="append or scd2.")
     partitioning: PartitioningSettings = Field(default_factory=PartitioningSettings)
+    on_file_change: OnFileChange = Field(
+        default=OnFileChange.RELOAD,
+        description="A loaded file whose size or modification time changed: reload, ignore or fail.",
+    )
+    duplicate_content: DuplicateContent = Field(
+        default=DuplicateContent.LOAD,
+        description="A new file with the same content (sha256) as a loaded one: load it, or skip it.",
+    )
+    bad_records: BadRecords = Field(
+        default=BadRecords.FAIL,
+        description="Malformed csv/json rows: fail the file, or quarantine the bad rows and load the rest.",
+    )
+    schema_evolution: SchemaEvolution = Field(
+        default=SchemaEvolution.FAIL,
+        description="Files whose columns differ from the table's: fail, add_new_columns or rescue.",
+    )
+    min_file_age_seconds: float = Field(
+        default=0, ge=0,
+        description="A file modified less than this many seconds ago is left for a later run (still being written).",
+    )
 
     @field_validator("table_name")
     @classmethod
@@ -139,8 +192,10 @@ class TableSettings(_Frozen):
         return (self.scd2_effective_date_column, self.scd2_end_date_column, self.scd2_current_flag_column)
 
     def loader_columns(self) -> set[str]:
-        """Columns the loader writes itself: the audit columns, and the SCD2 columns of an scd2 table."""
-        return {*AUDIT_COLUMNS, *(self.scd2_output_columns if self.is_scd2 else ())}
+        """Columns the loader writes itself: the audit columns, the SCD2 columns of an scd2 table, and
+        ``_rescued_data`` when ``schema_evolution`` is rescue."""
+        rescue = (RESCUED_DATA_COLUMN,) if self.schema_evolution is SchemaEvolution.RESCUE else ()
+        return {*AUDIT_COLUMNS, *(self.scd2_output_columns if self.is_scd2 else ()), *rescue}
 
     @model_validator(mode="after")
     def _strategy_fields(self) -> TableSettings:
@@ -191,6 +246,11 @@ class LoaderSettings(_Frozen):
     target_root: str = Field(description="Each table's Delta table is written to <target_root>/<table_name>.")
     checkpoint_path: str = Field(description="Directory of the file tracker and lock tables.")
     retry_attempts: int = Field(default=3, ge=0, description="How many times a failed file is retried.")
+    retry_backoff_seconds: float = Field(
+        default=30, ge=0,
+        description="Wait before a failed file's first retry; doubles with each further failure.",
+    )
+    retry_backoff_max_seconds: float = Field(default=3600, ge=0, description="Longest wait between retries.")
     timeout_minutes: int = Field(
         default=60, ge=1, description="Lease of a table lock; a holder that stops renewing it is stale after this."
     )
@@ -222,10 +282,25 @@ class LoaderSettings(_Frozen):
         """Location of the table's Delta table."""
         return table_location(self.target_root, name)
 
+    def quarantine_path(self, name: str) -> str:
+        """Location of the table's quarantine Delta table (malformed rows, with bad_records=quarantine)."""
+        return quarantine_location(self.target_root, name)
+
+    def retry_delay(self, retry_count: int) -> float:
+        """Seconds before a file that failed ``retry_count`` times may be tried again (exponential backoff)."""
+        if retry_count <= 0 or self.retry_backoff_seconds == 0:
+            return 0.0
+        return float(min(self.retry_backoff_max_seconds, self.retry_backoff_seconds * 2 ** (retry_count - 1)))
+
 
 def table_location(target_root: str, table_name: str) -> str:
     """``<target_root>/<table_name>``: where a table's Delta table lives."""
     return f"{target_root.rstrip('/')}/{table_name}"
+
+
+def quarantine_location(target_root: str, table_name: str) -> str:
+    """``<target_root>/_quarantine/<table_name>``: the malformed rows of a table's files."""
+    return f"{target_root.rstrip('/')}/_quarantine/{table_name}"
 
 
 def _is_uri(value: str) -> bool:

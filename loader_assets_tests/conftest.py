@@ -57,6 +57,7 @@ class Lake:
             "target_root": "lake",
             "checkpoint_path": "checkpoints",
             "retry_attempts": 3,
+            "retry_backoff_seconds": 0,
             "lock_wait_seconds": 120,
             "spark": {"master": "local[2]", "conf": {"spark.sql.shuffle.partitions": "2", "spark.ui.enabled": "false"}},
             "tables": tables

@@ -3,6 +3,10 @@
 A test starts a real process with ``LOADER_ASSETS_KILL_AT=<point>``; when the process reaches that point it
 sends itself SIGKILL, exactly like an OOM kill or a node loss. Nothing is cleaned up, nothing is flushed.
 The points are the crash windows of the exactly-once protocol (see ``loader_assets.loading``).
+
+``LOADER_ASSETS_PAUSE_AT=<point>`` with ``LOADER_ASSETS_PAUSE_FILE=<path>`` instead holds the process at the
+point: it creates ``<path>.reached`` and waits (up to 120 s) until ``<path>`` exists, so a test can change the
+world at that instant (a writer appending to a claimed file, for one).
 """
 
 from __future__ import annotations
@@ -10,10 +14,14 @@ from __future__ import annotations
 import os
 import signal
 import threading
+import time
+from pathlib import Path
 
 KILL_AT_ENV = "LOADER_ASSETS_KILL_AT"
 
 KILL_DELAY_ENV = "LOADER_ASSETS_KILL_DELAY"
+PAUSE_AT_ENV = "LOADER_ASSETS_PAUSE_AT"
+PAUSE_FILE_ENV = "LOADER_ASSETS_PAUSE_FILE"
 
 # The protocol's crash windows, in the order a batch passes them. The "during" points kill from a timer while
 # the step that follows them is running (the Spark write of the target commit; the tracker's completion commit).
@@ -34,9 +42,15 @@ def _kill() -> None:
 
 
 def crash_point(name: str) -> None:
-    """SIGKILL this process if the environment names ``name`` as the kill point."""
+    """SIGKILL this process if the environment names ``name`` as the kill point (or hold it there, see above)."""
     if os.environ.get(KILL_AT_ENV) == name:
         _kill()
+    if os.environ.get(PAUSE_AT_ENV) == name and os.environ.get(PAUSE_FILE_ENV):
+        release = Path(os.environ[PAUSE_FILE_ENV])
+        Path(f"{release}.reached").touch()
+        deadline = time.monotonic() + 120
+        while not release.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
 
 
 def crash_during(name: str) -> None:

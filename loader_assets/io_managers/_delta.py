@@ -8,21 +8,34 @@
     -> release the lock (always, in ``finally``)
 
 If the commit raises, the target's recorded txn version decides what happened: at or above the batch's
-``batch_seq`` the commit landed (the error came after it), so the files complete; below it, they fail for retry.
+``batch_seq`` the commit landed (the error came after it), so the files complete. Below it, nothing landed: a
+batch of several files is split in two, each half re-claimed as a new batch with its own ``batch_seq`` and
+written on its own, recursively, so one file that Spark cannot read (a corrupt data page, a file deleted after
+its precheck) fails alone while the others load (at most ``4 * bit_length(n) + 1`` attempts). A single-file
+batch that fails outside a split fails the run (more likely the engine or the store than the file).
 Subclasses implement ``write_batch`` (how a batch becomes that one commit) and may add ``validate_batch``.
 """
 
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import dagster as dg
 
 from loader_assets.core import faults
 from loader_assets.core.errors import BatchWriteError
-from loader_assets.loading import LoadBatch, batch_row_counts, find_batch_commit, target_txn_version
+from loader_assets.loading import (
+    LoadBatch,
+    batch_row_counts,
+    find_batch_commit,
+    new_batch_id,
+    next_batch_sequence,
+    replace_predicate,
+    target_txn_version,
+)
+from loader_assets.reading import BATCH_ID_COLUMN, LOAD_TIMESTAMP_COLUMN, SOURCE_FILE_COLUMN
 from loader_assets.resources.spark import SparkSessionResource
-from loader_assets.settings import table_location
+from loader_assets.settings import quarantine_location, table_location
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame
@@ -47,6 +60,19 @@ class PreparedRows:
         for frame in self.cached:
             frame.unpersist()
         self.cached.clear()
+
+
+@dataclass
+class _Outcome:
+    """What the attempts of one batch (split or not) achieved."""
+
+    loaded: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    batch_ids: list[str] = field(default_factory=list)
+    versions: list[int] = field(default_factory=list)
+    rows: int = 0
+    isolated: bool = False
+    first_error: str | None = None
 
 
 def _first_line(error: BaseException) -> str:
@@ -79,7 +105,7 @@ class DeltaBatchIOManager(dg.ConfigurableIOManager):
         context.add_output_metadata(metadata)
 
     def _fail_files(self, context: dg.OutputContext, batch: LoadBatch, errors: dict[str, str]) -> None:
-        batch.tracker.fail(errors)
+        batch.tracker.fail(errors, backoff=batch.backoff)
         batch.failed.update(errors)
         batch.loaded_paths = [p for p in batch.loaded_paths if p not in errors]
         for path, error in errors.items():
@@ -93,67 +119,168 @@ class DeltaBatchIOManager(dg.ConfigurableIOManager):
         }
         if batch.dataframe is not None and batch.batch_id is not None and batch.batch_seq is not None:
             metadata.update(self._write_and_complete(context, batch))
-        metadata.update({"files_loaded": len(batch.loaded_paths), "files_failed": len(batch.failed)})
+        metadata.update({
+            "files_loaded": len(batch.loaded_paths) + len(batch.completed_empty),
+            "files_failed": len(batch.failed),
+            "files_skipped": len(batch.skipped),
+            "files_waiting": len(batch.waiting),
+        })
+        if batch.quarantined:
+            metadata["rows_quarantined"] = sum(batch.quarantined.get(p, 0) for p in batch.loaded_paths)
+            metadata["quarantine_uri"] = quarantine_location(self.target_root, batch.table.table_name)
         metadata.setdefault("num_rows", 0)
         if batch.failed:
             metadata["failed_files"] = dg.MetadataValue.json(
                 [{"file": path, "error": error} for path, error in list(batch.failed.items())[:50]]
             )
+        if batch.skipped:
+            metadata["skipped_files"] = dg.MetadataValue.json(
+                [{"file": path, "reason": reason} for path, reason in list(batch.skipped.items())[:50]]
+            )
         return metadata
 
     def _write_and_complete(self, context: dg.OutputContext, batch: LoadBatch) -> dict[str, Any]:
-        name = batch.table.table_name
         assert batch.lease is not None and batch.dataframe is not None
-        assert batch.batch_id is not None and batch.batch_seq is not None
         batch.lease.ensure_held()
-        spark = batch.dataframe.sparkSession
+        outcome = _Outcome()
+        budget = [4 * max(1, len(batch.loaded_paths)).bit_length() + 1]
+        self._attempt(context, batch, outcome, budget, bisecting=False)
+        if outcome.isolated and not outcome.loaded:
+            # Every part of the split batch failed: more likely the engine or the store than the files.
+            raise BatchWriteError(batch.table.table_name, str(batch.batch_id),
+                                  f"every part of the split batch failed; first error: {outcome.first_error}")
+        batch.loaded_paths = outcome.loaded
+        batch.failed.update(outcome.failed)
+        if not outcome.batch_ids:
+            return {}
+        return {
+            "batch_id": outcome.batch_ids[0] if len(outcome.batch_ids) == 1 else ", ".join(outcome.batch_ids),
+            "batch_seq": batch.batch_seq,
+            "delta_version": outcome.versions[-1] if outcome.versions else -1,
+            "num_rows": outcome.rows,
+            "replaced_existing_rows": batch.replace_existing,
+            **({"split_into_batches": len(outcome.batch_ids)} if outcome.isolated else {}),
+        }
+
+    def _attempt(
+        self, context: dg.OutputContext, part: LoadBatch, outcome: "_Outcome", budget: list[int], bisecting: bool
+    ) -> None:
+        """Validate, write and complete ``part`` as one commit; if the write fails as a whole and did not land,
+        split the part in two (each half a new batch with its own batch_seq) until the bad file stands alone."""
+        name = part.table.table_name
+        assert part.dataframe is not None and part.batch_id is not None and part.batch_seq is not None
+        budget[0] -= 1
+        spark = part.dataframe.sparkSession
         committed = False
         try:
-            prepared, errors = self.validate_batch(batch, batch.dataframe)
+            prepared, errors = self.validate_batch(part, part.dataframe)
             try:
                 if errors:
-                    self._fail_files(context, batch, errors)
-                if not batch.loaded_paths:
-                    return {}
+                    self._fail_files(context, part, errors)
+                    outcome.failed.update(errors)
+                if not part.loaded_paths:
+                    return
                 faults.crash_point(faults.BEFORE_TARGET_COMMIT)
                 faults.crash_during(faults.DURING_TARGET_WRITE)
-                committed = self.write_batch(batch, prepared)
+                self._write_quarantine(part)
+                committed = self.write_batch(part, prepared)
             finally:
                 prepared.release()
         except Exception as error:
-            if target_txn_version(batch.target_path, name) < batch.batch_seq:
-                message = f"the target commit of batch {batch.batch_id} failed: {_first_line(error)}"
-                batch.tracker.fail({p: message for p in batch.loaded_paths})
-                raise BatchWriteError(name, batch.batch_id, _first_line(error)) from error
+            if target_txn_version(part.target_path, name) < part.batch_seq:
+                outcome.first_error = outcome.first_error or _first_line(error)
+                if len(part.loaded_paths) > 1 and budget[0] > 0:
+                    self._bisect(context, part, error, outcome, budget)
+                    return
+                message = f"the target commit of batch {part.batch_id} failed: {_first_line(error)}"
+                if bisecting and len(part.loaded_paths) == 1:
+                    message = (f"isolated by splitting a batch that failed as a whole; Spark failed on this file: "
+                               f"{_first_line(error)}")
+                part.tracker.fail({p: message for p in part.loaded_paths}, backoff=part.backoff)
+                outcome.failed.update({p: message for p in part.loaded_paths})
+                for path in part.loaded_paths:
+                    context.log.error(f"table {name}: file {path!r} failed: {message}")
+                if not bisecting:
+                    raise BatchWriteError(name, part.batch_id, _first_line(error)) from error
+                return
             committed = True
             context.log.warning(f"table {name}: the write raised after its commit landed: {_first_line(error)}")
         faults.crash_point(faults.AFTER_TARGET_COMMIT)
-        version = find_batch_commit(batch.target_path, batch.batch_id) if committed else None
+        version = find_batch_commit(part.target_path, part.batch_id) if committed else None
         if committed and version is None:
             message = (
-                f"no target commit carries batch {batch.batch_id}: Delta skipped the write because txn version "
-                f"{batch.batch_seq} was already recorded for {batch.app_id}"
+                f"no target commit carries batch {part.batch_id}: Delta skipped the write because txn version "
+                f"{part.batch_seq} was already recorded for {part.app_id}"
             )
-            batch.tracker.fail({p: message for p in batch.loaded_paths})
-            raise BatchWriteError(name, batch.batch_id, message)
-        counts = batch_row_counts(spark, batch.target_path, batch.batch_id) if committed else {}
+            part.tracker.fail({p: message for p in part.loaded_paths})
+            raise BatchWriteError(name, part.batch_id, message)
+        counts = batch_row_counts(spark, part.target_path, part.batch_id) if committed else {}
         faults.crash_during(faults.DURING_TRACKER_COMMIT)
-        batch.tracker.complete({p: counts.get(p, 0) for p in batch.loaded_paths}, batch.batch_id, version)
+        quarantined = {p: part.quarantined[p] for p in part.loaded_paths if p in part.quarantined}
+        part.tracker.complete({p: counts.get(p, 0) for p in part.loaded_paths}, part.batch_id, version, quarantined)
         faults.crash_point(faults.AFTER_COMPLETE)
         rows = sum(counts.values())
         if committed:
-            context.log.info(f"table {name}: batch {batch.batch_id} committed as version {version}: "
-                             f"{len(batch.loaded_paths)} files, {rows} rows")
+            context.log.info(f"table {name}: batch {part.batch_id} committed as version {version}: "
+                             f"{len(part.loaded_paths)} files, {rows} rows")
+            outcome.versions.append(version)
         else:
-            context.log.info(f"table {name}: batch {batch.batch_id}: {len(batch.loaded_paths)} files "
+            context.log.info(f"table {name}: batch {part.batch_id}: {len(part.loaded_paths)} files "
                              "changed nothing; no commit")
-        return {
-            "batch_id": batch.batch_id,
-            "batch_seq": batch.batch_seq,
-            "delta_version": version if version is not None else -1,
-            "num_rows": rows,
-            "replaced_existing_rows": batch.replace_existing,
-        }
+        outcome.batch_ids.append(part.batch_id)
+        outcome.loaded.extend(part.loaded_paths)
+        outcome.rows += rows
+
+    def _bisect(
+        self, context: dg.OutputContext, part: LoadBatch, error: Exception, outcome: "_Outcome", budget: list[int]
+    ) -> None:
+        from pyspark.sql import functions as F
+
+        name = part.table.table_name
+        outcome.isolated = True
+        paths = list(part.loaded_paths)
+        context.log.warning(
+            f"table {name}: batch {part.batch_id} of {len(paths)} files failed as a whole ({_first_line(error)}); "
+            "splitting it to isolate the file that fails"
+        )
+        middle = len(paths) // 2
+        for group in (paths[:middle], paths[middle:]):
+            if budget[0] <= 0:
+                message = (f"a batch holding this file failed as a whole and splitting it ran out of attempts; "
+                           f"first error: {outcome.first_error}")
+                part.tracker.fail({p: message for p in group}, backoff=part.backoff)
+                outcome.failed.update({p: message for p in group})
+                continue
+            seq = next_batch_sequence(part.tracker, part.target_path, name).next_seq
+            in_group = F.col(SOURCE_FILE_COLUMN).isin(group)
+            assert part.dataframe is not None
+            sub = replace(
+                part, batch_seq=seq, batch_id=new_batch_id(seq), dataframe=part.dataframe.where(in_group),
+                loaded_paths=list(group), failed={},
+                quarantine=part.quarantine.where(in_group) if part.quarantine is not None else None,
+                cached=[],
+            )
+            part.tracker.claim(group, str(sub.batch_id), seq, part.run_id, reclaim=True)
+            self._attempt(context, sub, outcome, budget, bisecting=True)
+
+    def _write_quarantine(self, part: LoadBatch) -> None:
+        """Malformed rows of the part's files to the quarantine table, replacing those files' earlier ones (so a
+        retried batch never doubles them). Written before the target commit; a crash in between is harmless."""
+        if part.quarantine is None or not any(p in part.quarantined for p in part.loaded_paths):
+            return
+        from pyspark.sql import functions as F
+
+        assert part.batch_id is not None
+        rows = (
+            part.quarantine.where(F.col(SOURCE_FILE_COLUMN).isin(part.loaded_paths))
+            .withColumn(LOAD_TIMESTAMP_COLUMN, F.current_timestamp())
+            .withColumn(BATCH_ID_COLUMN, F.lit(part.batch_id))
+        )
+        (
+            rows.write.format("delta").mode("overwrite")
+            .option("replaceWhere", replace_predicate(part.loaded_paths))
+            .save(quarantine_location(self.target_root, part.table.table_name))
+        )
 
     def load_input(self, context: dg.InputContext) -> "DataFrame":
         """The whole target table as a Spark DataFrame (downstream assets filter it themselves)."""

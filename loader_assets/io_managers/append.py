@@ -26,6 +26,8 @@ class DeltaAppendIOManager(DeltaBatchIOManager):
             .option("txnVersion", str(batch.batch_seq))
             .option("userMetadata", batch.user_metadata())
         )
+        if batch.evolve_schema:  # schema_evolution add_new_columns / rescue: new columns join in this commit
+            writer = writer.option("mergeSchema", "true")
         if batch.replace_existing:
             writer = writer.mode("overwrite").option("replaceWhere", replace_predicate(batch.loaded_paths))
         else:

@@ -33,17 +33,27 @@ TXN_AUTO_RESET_CONF = "spark.databricks.delta.write.txnVersion.autoReset.enabled
 USER_METADATA_CONF = "spark.databricks.delta.commitInfo.userMetadata"
 
 
+SCHEMA_AUTO_MERGE_CONF = "spark.databricks.delta.schema.autoMerge.enabled"
+
+
 @contextmanager
-def delta_txn(spark: "SparkSession", app_id: str, version: int, user_metadata: str) -> Iterator[None]:
-    """Make the session's next Delta write carry (app_id, version) and the metadata; clear them afterwards."""
+def delta_txn(
+    spark: "SparkSession", app_id: str, version: int, user_metadata: str, evolve_schema: bool = False
+) -> Iterator[None]:
+    """Make the session's next Delta write carry (app_id, version) and the metadata (and, with
+    ``evolve_schema``, let the MERGE add new columns); clear them afterwards."""
     spark.conf.set(TXN_AUTO_RESET_CONF, "true")
     spark.conf.set(TXN_APP_ID_CONF, app_id)
     spark.conf.set(TXN_VERSION_CONF, str(version))
     spark.conf.set(USER_METADATA_CONF, user_metadata)
+    keys = [TXN_APP_ID_CONF, TXN_VERSION_CONF, USER_METADATA_CONF]
+    if evolve_schema:
+        spark.conf.set(SCHEMA_AUTO_MERGE_CONF, "true")
+        keys.append(SCHEMA_AUTO_MERGE_CONF)
     try:
         yield
     finally:
-        for key in (TXN_APP_ID_CONF, TXN_VERSION_CONF, USER_METADATA_CONF):
+        for key in keys:
             spark.conf.unset(key)
 
 
@@ -89,7 +99,7 @@ class DeltaScd2IOManager(DeltaBatchIOManager):
                 if inserts.isEmpty():
                     return False
                 (
-                    inserts.write.format("delta").mode("append")
+                    inserts.write.format("delta").mode("append").option("mergeSchema", str(batch.evolve_schema).lower())
                     .option("txnAppId", batch.app_id)
                     .option("txnVersion", str(batch.batch_seq))
                     .option("userMetadata", batch.user_metadata())
@@ -102,8 +112,12 @@ class DeltaScd2IOManager(DeltaBatchIOManager):
         try:
             if source.isEmpty():
                 return False
-            with delta_txn(spark, batch.app_id, batch.batch_seq, batch.user_metadata()):
-                merge_into(spark, batch.target_path, source, batch.table, target_columns)
+            insert_columns = list(target_columns)
+            if batch.evolve_schema:  # columns new to the table are inserted too (the MERGE adds them)
+                insert_columns += [c for c in changes.inserts.columns if c not in insert_columns]
+                insert_columns += [c for c in audit if c not in insert_columns]
+            with delta_txn(spark, batch.app_id, batch.batch_seq, batch.user_metadata(), batch.evolve_schema):
+                merge_into(spark, batch.target_path, source, batch.table, insert_columns)
         finally:
             source.unpersist()
         return True

@@ -14,6 +14,13 @@ Invariants
   only ever grows. The next batch's number also takes the target's recorded txn version into account
   (``loading.next_batch_sequence``) so a tracker that was reset can never make Delta skip later writes.
 
+File versions: a file is identified by its path; its fingerprint (size + modification time) says which version
+of it the tracker describes. ``source_fingerprint`` is the newest fingerprint seen in the source. When a listing
+shows a different one, ``register`` applies the table's ``on_file_change`` policy to a file that was loaded
+before (reload: pending again, ``file_version`` + 1; ignore: noted; fail: failed and not retried) and simply
+refreshes a file that never loaded. Each change, and each operator action, is also appended to the table's
+event log (``events.py``) after the tracker commit (a crash between the two loses the event, never the state).
+
 Crash windows: each transition is one commit, so a crash leaves the tracker at the previous state. A crash
 between the claim and the completion leaves rows in ``processing``; recovery resolves them from the target's
 txn version (``loading.recover_interrupted``).
@@ -26,13 +33,15 @@ commits the small files are compacted, so reads stay fast after thousands of com
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from datetime import UTC, datetime
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 import pyarrow as pa
 import pyarrow.compute as pc
 from deltalake import CommitProperties, DeltaTable
 from deltalake.exceptions import CommitFailedError
+from deltalake.schema import Field as DeltaField
 
 import pyarrow.fs as pafs
 
@@ -40,11 +49,13 @@ from loader_assets.core.discovery import TIMESTAMP, SourceLocation, fingerprint
 from loader_assets.core.errors import TrackerError
 from loader_assets.core.states import ALL_STATUSES, FileStatus
 from loader_assets.resources._state_tables import open_state_table
+from loader_assets.resources.events import FileEvents
+from loader_assets.settings import OnFileChange
 
 logger = logging.getLogger(__name__)
 
 TRACKER_DIR = "file_processing_tracker"
-TRACKER_SCHEMA_VERSION = "1"
+TRACKER_SCHEMA_VERSION = "2"
 CHECKPOINT_EVERY = 50
 COMPACT_EVERY = 200
 MAX_CONFLICT_RETRIES = 8
@@ -69,8 +80,38 @@ TRACKER_SCHEMA = pa.schema(
         pa.field("row_count", pa.int64()),
         pa.field("target_version", pa.int64()),
         pa.field("fingerprint", pa.string()),
+        # schema version 2 (added to older trackers when they are opened)
+        pa.field("source_fingerprint", pa.string()),
+        pa.field("file_version", pa.int32()),
+        pa.field("content_hash", pa.string()),
+        pa.field("next_attempt_at", TIMESTAMP),
+        pa.field("retryable", pa.bool_()),
+        pa.field("quarantined_rows", pa.int64()),
     ]
 )
+ACTIVE_STATUSES = (FileStatus.PENDING, FileStatus.FAILED)
+
+
+@dataclass(frozen=True)
+class FileChange:
+    """A known file whose fingerprint changed in the source, and what the policy did with it."""
+
+    file_path: str
+    old_fingerprint: str | None
+    new_fingerprint: str
+    file_version: int
+    action: str  # reload | ignore | fail | refresh (a file that never loaded)
+    previous_status: str
+    previous_batch_id: str | None
+    previous_row_count: int | None
+
+
+@dataclass
+class RegisterResult:
+    """What one registration did: how many files were new, and which known files changed."""
+
+    new_files: int = 0
+    changes: list[FileChange] = field(default_factory=list)
 
 
 def _now() -> datetime:
@@ -112,13 +153,28 @@ class FileTracker:
         info = location.filesystem.get_file_info(self.path[len(location.uri_prefix):])
         return info.type != pafs.FileType.NotFound
 
+    @property
+    def events(self) -> FileEvents:
+        """The table's append-only log of file changes and operator actions."""
+        return FileEvents(self.path.rsplit("/", 2)[0] + "/file_events/" + self.table_name, self.table_name)
+
     def _open(self) -> DeltaTable | None:
-        return open_state_table(
+        table = open_state_table(
             self.path,
             f"the tracker of table {self.table_name!r} is damaged (its _delta_log is missing or unreadable). "
             "Restore it from a backup, or move it away: a new tracker then re-registers the files, and since it "
             "is behind the target every reload replaces the files' rows instead of duplicating them",
         )
+        if table is not None:
+            present = set(table.schema().to_arrow().names)
+            missing = [f for f in TRACKER_SCHEMA if f.name not in present]
+            if missing:  # a tracker written by an older version: add the new columns (one schema commit)
+                try:
+                    table.alter.add_columns([DeltaField.from_arrow(f) for f in missing])
+                except CommitFailedError:
+                    pass  # another process upgraded it a moment ago
+                table = DeltaTable(self.path)
+        return table
 
     def read(self, columns: Sequence[str] | None = None, statuses: Sequence[FileStatus] | None = None) -> pa.Table:
         """All rows (or the given columns / statuses). An absent tracker reads as empty."""
@@ -227,12 +283,20 @@ class FileTracker:
         except Exception:  # maintenance is optional: a failure here must not fail the transition
             logger.warning("tracker %s: maintenance failed", self.table_name, exc_info=True)
 
-    def register(self, listing: pa.Table, partition_keys: pa.Array) -> int:
-        """Insert files not yet tracked as ``pending`` with their partition key. Known files are untouched."""
+    def register(
+        self,
+        listing: pa.Table,
+        partition_keys: pa.Array,
+        on_file_change: OnFileChange = OnFileChange.RELOAD,
+    ) -> RegisterResult:
+        """Insert files not yet tracked as ``pending``; apply ``on_file_change`` to known files whose fingerprint
+        changed (one commit for both). Files in ``processing`` are left alone (their batch decides)."""
+        result = RegisterResult()
         if listing.num_rows == 0:
-            return 0
+            return result
         now = _now()
         n = listing.num_rows
+        fingerprints = fingerprint(listing["file_size"], listing["file_modified_time"])
         candidates = pa.table(
             {
                 "file_path": listing["file_path"],
@@ -252,16 +316,84 @@ class FileTracker:
                 "partition_key": partition_keys,
                 "row_count": pa.nulls(n, pa.int64()),
                 "target_version": pa.nulls(n, pa.int64()),
-                "fingerprint": fingerprint(listing["file_size"], listing["file_modified_time"]),
+                "fingerprint": fingerprints,
+                "source_fingerprint": fingerprints,
+                "file_version": _scalar_column(1, pa.int32(), n),
+                "content_hash": pa.nulls(n, pa.string()),
+                "next_attempt_at": pa.nulls(n, TIMESTAMP),
+                "retryable": pa.nulls(n, pa.bool_()),
+                "quarantined_rows": pa.nulls(n, pa.int64()),
             },
             schema=TRACKER_SCHEMA,
         )
 
-        def new_only(current: pa.Table) -> pa.Table:
-            known = current["file_path"]
-            return candidates.filter(pc.invert(pc.is_in(candidates["file_path"], known)))
+        def make_rows(current: pa.Table) -> pa.Table:
+            new = candidates.filter(pc.invert(pc.is_in(candidates["file_path"], current["file_path"])))
+            changed_rows, changes = self._changed(current, candidates, on_file_change, now)
+            result.new_files, result.changes = new.num_rows, changes
+            return pa.concat_tables([new, changed_rows]) if changed_rows.num_rows else new
 
-        return self._upsert(new_only, "register", insert_only=True)
+        self._upsert(make_rows, "register")
+        return result
+
+    def _changed(
+        self, current: pa.Table, candidates: pa.Table, policy: OnFileChange, now: datetime
+    ) -> tuple[pa.Table, list[FileChange]]:
+        """Updated tracker rows for known files whose fingerprint differs from the newest one seen."""
+        if current.num_rows == 0:
+            return TRACKER_SCHEMA.empty_table(), []
+        seen = pc.coalesce(current["source_fingerprint"], current["fingerprint"])
+        known = current.append_column("_seen", seen)
+        listed = candidates.select(["file_path", "file_size", "file_modified_time", "fingerprint"]).rename_columns(
+            ["file_path", "_size", "_mtime", "_fp"]
+        )
+        joined = known.join(listed, "file_path", join_type="inner")
+        differs = pc.and_(
+            pc.not_equal(joined["_fp"], pc.fill_null(joined["_seen"], "")),
+            pc.not_equal(joined["status"], FileStatus.PROCESSING.value),
+        )
+        joined = joined.filter(differs)
+        if joined.num_rows == 0:
+            return TRACKER_SCHEMA.empty_table(), []
+        rows_out: list[dict[str, object]] = []
+        changes: list[FileChange] = []
+        for row in joined.to_pylist():
+            loaded_before = row["target_version"] is not None or row["status"] == FileStatus.COMPLETED.value
+            action = policy.value if loaded_before else "refresh"
+            version = int(row["file_version"] or 1) + (0 if action in ("ignore", "fail") else 1)
+            old = row["fingerprint"]
+            updated = {k: row[k] for k in TRACKER_SCHEMA.names}
+            updated.update(source_fingerprint=row["_fp"], updated_at=now)
+            described = f"{old} -> {row['_fp']} (size:mtime)"
+            if action in ("reload", "refresh"):
+                updated.update(
+                    file_size=row["_size"], file_modified_time=row["_mtime"], fingerprint=row["_fp"],
+                    file_version=version, status=FileStatus.PENDING.value, retry_count=0, retryable=None,
+                    next_attempt_at=None, content_hash=None,
+                    error_message=(
+                        f"file changed in the source after it was loaded ({described}): version {version} is "
+                        "pending and replaces the earlier version's rows (on_file_change=reload)"
+                        if action == "reload" else None
+                    ),
+                )
+            elif action == "ignore":
+                updated.update(error_message=(
+                    f"file changed in the source after it was loaded ({described}); the change is ignored "
+                    "(on_file_change=ignore): the table keeps the version loaded"
+                ))
+            else:
+                updated.update(
+                    status=FileStatus.FAILED.value, retryable=False, next_attempt_at=None,
+                    error_message=(
+                        f"file changed in the source after it was loaded ({described}) and on_file_change=fail: "
+                        f"run `loader-assets reprocess --table {self.table_name} --file <path>` to load the new "
+                        "version (it replaces the old rows), or `loader-assets skip` to keep the old one"
+                    ),
+                )
+            rows_out.append(updated)
+            changes.append(FileChange(row["file_path"], old, row["_fp"], version, action, row["status"],
+                                      row["batch_id"], row["row_count"]))
+        return pa.Table.from_pylist(rows_out, schema=TRACKER_SCHEMA), changes
 
     def _transition(
         self,
@@ -288,35 +420,62 @@ class FileTracker:
 
         return self._upsert(make_rows, operation)
 
-    def claim(self, paths: Sequence[str], batch_id: str, batch_seq: int, run_id: str) -> int:
-        """pending | failed -> processing, stamped with the batch. One commit."""
+    def claim(
+        self,
+        paths: Sequence[str],
+        batch_id: str,
+        batch_seq: int,
+        run_id: str,
+        content_hashes: Mapping[str, str] | None = None,
+        reclaim: bool = False,
+    ) -> int:
+        """pending | failed -> processing, stamped with the batch (and each file's sha256 when computed). One
+        commit. ``reclaim`` moves files already ``processing`` in this run to a new batch (a bisected batch)."""
         now = _now()
-        return self._transition(
-            paths,
-            "claim",
-            (FileStatus.PENDING, FileStatus.FAILED),
-            lambda rows: _replace(
-                rows,
+        allowed = (FileStatus.PENDING, FileStatus.FAILED, *((FileStatus.PROCESSING,) if reclaim else ()))
+
+        def change(rows: pa.Table) -> pa.Table:
+            columns: dict[str, object] = dict(
                 status=FileStatus.PROCESSING.value,
                 batch_id=batch_id,
                 batch_seq=batch_seq,
                 run_id=run_id,
                 processing_start_time=now,
                 processing_end_time=None,
+                next_attempt_at=None,
                 updated_at=now,
-            ),
-        )
+            )
+            if content_hashes:
+                hashes = [content_hashes.get(p, h) for p, h in zip(
+                    rows["file_path"].to_pylist(), rows["content_hash"].to_pylist(), strict=True)]
+                columns["content_hash"] = pa.array(hashes, pa.string())
+            return _replace(rows, **columns)
 
-    def complete(self, row_counts: Mapping[str, int], batch_id: str, target_version: int | None) -> int:
-        """processing -> completed with each file's row count and the target commit version. One commit."""
+        return self._transition(paths, "claim", allowed, change)
+
+    def complete(
+        self,
+        row_counts: Mapping[str, int],
+        batch_id: str,
+        target_version: int | None,
+        quarantined: Mapping[str, int] | None = None,
+    ) -> int:
+        """processing -> completed with each file's row count (and quarantined rows) and the target commit
+        version. One commit."""
         now = _now()
+        quarantined = quarantined or {}
 
         def change(rows: pa.Table) -> pa.Table:
-            counts = [int(row_counts.get(path, 0)) for path in rows["file_path"].to_pylist()]
+            paths = rows["file_path"].to_pylist()
+            counts = [int(row_counts.get(path, 0)) for path in paths]
             return _replace(
                 rows,
                 status=FileStatus.COMPLETED.value,
                 row_count=pa.array(counts, pa.int64()),
+                quarantined_rows=pa.array([quarantined.get(p) for p in paths], pa.int64()),
+                retry_count=0,
+                retryable=None,
+                next_attempt_at=None,
                 target_version=target_version,
                 error_message=None,
                 processing_end_time=now,
@@ -326,26 +485,87 @@ class FileTracker:
 
         return self._transition(list(row_counts), "complete", (FileStatus.PROCESSING,), change)
 
-    def fail(self, errors: Mapping[str, str], count_retry: bool = True) -> int:
-        """processing | pending -> failed with the error; ``retry_count`` grows by one. One commit."""
+    def fail(
+        self,
+        errors: Mapping[str, str],
+        count_retry: bool = True,
+        backoff: Callable[[int], float] | None = None,
+    ) -> int:
+        """processing | pending -> failed with the error; ``retry_count`` grows by one (unless the failure is an
+        interruption) and, with ``backoff`` (retry_count -> seconds), the next attempt waits. One commit."""
         now = _now()
 
         def change(rows: pa.Table) -> pa.Table:
             messages = [errors[path] for path in rows["file_path"].to_pylist()]
             retries = rows["retry_count"]
+            next_at: object = None
             if count_retry:
                 retries = pc.add(pc.fill_null(retries, 0), pa.scalar(1, pa.int32()))
+                if backoff is not None:
+                    next_at = pa.array(
+                        [now + timedelta(seconds=backoff(int(r))) for r in retries.to_pylist()], TIMESTAMP
+                    )
             return _replace(
                 rows,
                 status=FileStatus.FAILED.value,
                 error_message=pa.array(messages, pa.string()),
                 retry_count=retries,
+                next_attempt_at=next_at,
                 processing_end_time=now,
                 updated_at=now,
             )
 
         return self._transition(
             list(errors), "fail", (FileStatus.PROCESSING, FileStatus.PENDING, FileStatus.FAILED), change
+        )
+
+    def release(self, seen: Mapping[str, tuple[int, datetime]], message: str) -> int:
+        """processing -> pending with the size and modification time seen now, no retry used: a file that was
+        still being written is loaded once it stops changing. One commit."""
+        now = _now()
+
+        def change(rows: pa.Table) -> pa.Table:
+            paths = rows["file_path"].to_pylist()
+            sizes = pa.array([seen[p][0] for p in paths], pa.int64())
+            mtimes = pa.array([seen[p][1] for p in paths], TIMESTAMP)
+            prints = fingerprint(sizes, mtimes)
+            return _replace(
+                rows, status=FileStatus.PENDING.value, file_size=sizes, file_modified_time=mtimes,
+                fingerprint=prints, source_fingerprint=prints, error_message=message, updated_at=now,
+                processing_end_time=now,
+            )
+
+        return self._transition(list(seen), "release", (FileStatus.PROCESSING,), change)
+
+    def skip(self, reasons: Mapping[str, str], content_hashes: Mapping[str, str] | None = None) -> int:
+        """pending | failed -> skipped with the reason (an operator's, or the duplicate it is). One commit."""
+        now = _now()
+
+        def change(rows: pa.Table) -> pa.Table:
+            paths = rows["file_path"].to_pylist()
+            columns: dict[str, object] = dict(
+                status=FileStatus.SKIPPED.value,
+                error_message=pa.array([reasons[p] for p in paths], pa.string()),
+                next_attempt_at=None,
+                processing_end_time=now,
+                updated_at=now,
+            )
+            if content_hashes:
+                columns["content_hash"] = pa.array([content_hashes.get(p) for p in paths], pa.string())
+            return _replace(rows, **columns)
+
+        return self._transition(list(reasons), "skip", ACTIVE_STATUSES, change)
+
+    def requeue(self, paths: Sequence[str], allowed_from: Sequence[FileStatus], message: str) -> int:
+        """-> pending with a fresh retry budget (operator ``retry`` and ``reprocess``). Rows of an earlier load
+        stay recorded (batch, row count, target version), so the reload replaces them. One commit."""
+        now = _now()
+        return self._transition(
+            paths, "requeue", allowed_from,
+            lambda rows: _replace(
+                rows, status=FileStatus.PENDING.value, retry_count=0, retryable=None, next_attempt_at=None,
+                error_message=message, updated_at=now,
+            ),
         )
 
 

@@ -30,4 +30,5 @@ def test_status_of_a_fresh_project_as_json_via_the_console_module(lake):
                           "--json"], capture_output=True, text=True, check=True).stdout
     status = json.loads(out)
     assert status == [{"table_name": "events", "lock": None, "lock_stale_reason": None,
-                       "status_counts": {"pending": 0, "processing": 0, "completed": 0, "failed": 0}}]
+                       "status_counts": {"pending": 0, "processing": 0, "completed": 0, "failed": 0,
+                                                         "skipped": 0}}]

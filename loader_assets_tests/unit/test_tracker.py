@@ -20,10 +20,10 @@ def test_register_is_idempotent_and_keeps_known_rows(tmp_path, files):
     tracker = DeltaTrackerResource(checkpoint_path=str(tmp_path / "ckpt")).for_table("t")
     assert tracker.read().num_rows == 0 and tracker.max_batch_seq() == 0
     listing, keys = files
-    assert tracker.register(listing, keys) == 3
+    assert tracker.register(listing, keys).new_files == 3
     paths = listing["file_path"].to_pylist()
     tracker.claim(paths[:1], "b1", 1, "run1")
-    assert tracker.register(listing, keys) == 0
+    assert tracker.register(listing, keys).new_files == 0
     rows = {r["file_path"]: r for r in tracker.read().to_pylist()}
     assert rows[paths[0]]["status"] == "processing" and rows[paths[1]]["status"] == "pending"
     assert rows[paths[1]]["fingerprint"] == f"4:{int(listing['file_modified_time'][1].value)}"
@@ -38,7 +38,7 @@ def test_named_transitions_and_counts(tmp_path, files):
     tracker.claim([a, b], "b7", 7, "run1")
     tracker.complete({a: 10}, "b7", 3)
     tracker.fail({b: "boom"})
-    assert tracker.status_counts() == {"pending": 1, "processing": 0, "completed": 1, "failed": 1}
+    assert tracker.status_counts() == {"pending": 1, "processing": 0, "completed": 1, "failed": 1, "skipped": 0}
     assert tracker.max_batch_seq() == 7
     rows = {r["file_path"]: r for r in tracker.read().to_pylist()}
     assert (rows[a]["row_count"], rows[a]["target_version"], rows[a]["batch_id"]) == (10, 3, "b7")
