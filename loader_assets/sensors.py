@@ -1,7 +1,9 @@
 """File-discovery sensors: one per table, a trigger for ranged runs over the partitions that have files to load.
 
 A tick lists the landing directory once, diffs it against the tracker (``scheduling.find_pending_work``) and
-requests one run per contiguous group of partitions with work. It writes nothing: the run registers and claims
+requests one run per contiguous group of partitions with work, at most ``sensor_max_runs_per_tick`` of them
+(each run loads at most ``max_files_per_run`` files, so a tick's work is bounded; what is left is requested by
+later ticks). It writes nothing: the run registers and claims
 files under the table's lock. Run keys are deterministic (table, range, digest of the pending files' paths,
 fingerprints and retry counts), so a tick repeated after a crash requests nothing twice, while a file that failed
 and has retries left changes the digest and is requested again. While a run of the table is queued or in
@@ -55,11 +57,13 @@ def build_table_sensor(table: TableSettings, settings: LoaderSettings, job_name:
         if not work.has_work:
             return dg.SkipReason(f"no new or retryable files among {work.discovered} in {table.source_path}")
         requests = []
-        for start, end in work.ranges:
+        ranges = work.ranges[: settings.sensor_max_runs_per_tick]  # each run loads <= max_files_per_run files
+        for start, end in ranges:
             tags = {TABLE_TAG: name, "dagster/max_retries": str(settings.retry_attempts), **range_tags(start, end)}
             requests.append(dg.RunRequest(run_key=f"{name}:{start}...{end}:{work.digest}", tags=tags))
         cursor = json.dumps(
             {"discovered": work.discovered, "new": work.new_files, "retryable": work.retryable_files,
+             "changed": work.changed_files, "ranges_deferred": len(work.ranges) - len(ranges),
              "digest": work.digest}
         )
         return dg.SensorResult(run_requests=requests, cursor=cursor)

@@ -258,6 +258,10 @@ class LoaderSettings(_Frozen):
         default=600, ge=0, description="How long a run waits for a table lock held by a live run."
     )
     max_files_per_run: int = Field(default=1000, ge=1, description="At most this many files in one batch.")
+    sensor_max_runs_per_tick: int = Field(
+        default=5, ge=1,
+        description="A sensor tick requests runs for at most this many partition ranges; the rest wait a tick.",
+    )
     spark: SparkSettings = Field(default_factory=SparkSettings)
     tables: list[TableSettings] = Field(min_length=1, description="The target tables.")
 
