@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import pyarrow.compute as pc
@@ -295,7 +296,7 @@ def _file_action(
             else:
                 message = (f"{action} requested by {actor}" + (f": {reason}" if reason else "")
                            + ("; the reload replaces the rows the file has" if action == "reprocess" else ""))
-                tracker.requeue(result.changed, allowed, message)
+                tracker.requeue(result.changed, allowed, message, _stat_files(result.changed))
             tracker.events.record([
                 {"file_path": p, "event": action, "detail": message + (f" (last error: {errors[p]})"
                                                                        if errors.get(p) else ""),
@@ -305,6 +306,24 @@ def _file_action(
     finally:
         lease.release()
     return result
+
+
+def _stat_files(paths: list[str]) -> dict[str, tuple[int, datetime]]:
+    """Size and modification time of each file that exists now (one stat each; operator actions are small)."""
+    import pyarrow.fs as pafs
+
+    from loader_assets.core.discovery import micros_to_datetime
+
+    seen: dict[str, tuple[int, datetime]] = {}
+    for path in paths:
+        location = SourceLocation.parse(path)
+        try:
+            info = location.filesystem.get_file_info(path[len(location.uri_prefix):])
+        except OSError:
+            continue
+        if info.type == pafs.FileType.File:
+            seen[path] = (int(info.size or 0), micros_to_datetime((info.mtime_ns or 0) // 1000))
+    return seen
 
 
 def retry_files(settings: LoaderSettings, table_name: str, paths: list[str] | None = None,

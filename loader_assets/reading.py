@@ -24,13 +24,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import TYPE_CHECKING
 
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from loader_assets.core.discovery import SourceLocation
+from loader_assets.core.discovery import SourceLocation, micros_to_datetime
 from loader_assets.settings import (
     AUDIT_COLUMNS,
     RESCUED_DATA_COLUMN,
@@ -124,7 +124,7 @@ def precheck_file(expected: ExpectedFile, table: TableSettings) -> Precheck:
         return Precheck(problem="path is no longer a regular file")
     mtime_us = (info.mtime_ns or 0) // 1000
     if info.size != expected.size or mtime_us != expected.modified_micros:
-        return Precheck(now_size=int(info.size or 0), now_mtime=datetime.fromtimestamp(mtime_us / 1e6, UTC))
+        return Precheck(now_size=int(info.size or 0), now_mtime=micros_to_datetime(mtime_us))
     try:
         with location.filesystem.open_input_file(fs_path) as handle:
             handle.read(min(int(info.size or 0), 4096))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -19,6 +20,7 @@ import pyarrow.fs as pafs
 logger = logging.getLogger(__name__)
 
 TIMESTAMP = pa.timestamp("us", tz="UTC")
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 LISTING_SCHEMA = pa.schema(
     [
         pa.field("file_path", pa.string(), nullable=False),
@@ -83,6 +85,11 @@ def list_source_files(source_path: str) -> pa.Table:
         schema=LISTING_SCHEMA,
     )
     return table.sort_by("file_path")
+
+
+def micros_to_datetime(micros: int) -> datetime:
+    """An exact UTC datetime from microseconds since the epoch (no float rounding, so fingerprints match)."""
+    return EPOCH + timedelta(microseconds=micros)
 
 
 def fingerprint(sizes: pa.Array, mtimes: pa.Array) -> pa.Array:

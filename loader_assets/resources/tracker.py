@@ -556,17 +556,43 @@ class FileTracker:
 
         return self._transition(list(reasons), "skip", ACTIVE_STATUSES, change)
 
-    def requeue(self, paths: Sequence[str], allowed_from: Sequence[FileStatus], message: str) -> int:
+    def requeue(
+        self,
+        paths: Sequence[str],
+        allowed_from: Sequence[FileStatus],
+        message: str,
+        seen: Mapping[str, tuple[int, datetime]] | None = None,
+    ) -> int:
         """-> pending with a fresh retry budget (operator ``retry`` and ``reprocess``). Rows of an earlier load
-        stay recorded (batch, row count, target version), so the reload replaces them. One commit."""
+        stay recorded (batch, row count, target version), so the reload replaces them. ``seen`` gives the size
+        and modification time the file has now: the version to load is the one in the source (a new version
+        number when it differs). One commit."""
         now = _now()
-        return self._transition(
-            paths, "requeue", allowed_from,
-            lambda rows: _replace(
-                rows, status=FileStatus.PENDING.value, retry_count=0, retryable=None, next_attempt_at=None,
+        seen = seen or {}
+
+        def change(rows: pa.Table) -> pa.Table:
+            columns: dict[str, object] = dict(
+                status=FileStatus.PENDING.value, retry_count=0, retryable=None, next_attempt_at=None,
                 error_message=message, updated_at=now,
-            ),
-        )
+            )
+            if seen:
+                paths_ = rows["file_path"].to_pylist()
+                old = dict(zip(paths_, zip(rows["file_size"].to_pylist(),
+                                           rows["file_modified_time"].to_pylist(), strict=True), strict=True))
+                current = {p: seen.get(p, old[p]) for p in paths_}
+                sizes = pa.array([current[p][0] for p in paths_], pa.int64())
+                mtimes = pa.array([current[p][1] for p in paths_], TIMESTAMP)
+                prints = fingerprint(sizes, mtimes)
+                versions = [
+                    int(v or 1) + (1 if new != old_fp else 0)
+                    for v, new, old_fp in zip(rows["file_version"].to_pylist(), prints.to_pylist(),
+                                              rows["fingerprint"].to_pylist(), strict=True)
+                ]
+                columns.update(file_size=sizes, file_modified_time=mtimes, fingerprint=prints,
+                               source_fingerprint=prints, file_version=pa.array(versions, pa.int32()))
+            return _replace(rows, **columns)
+
+        return self._transition(paths, "requeue", allowed_from, change)
 
 
 class DeltaTrackerResource(dg.ConfigurableResource):

@@ -169,7 +169,7 @@ def test_schema_evolution_add_new_columns_evolves_the_table_in_the_batch_commit(
     retyped = _write(lake, "retyped.parquet", {"id": ["four"], "name": ["z"]}, 2)
     run_pipeline(settings, instance=instance)
     frame = spark.read.format("delta").load(settings.table_path("events"))
-    assert frame.columns[:3] == ["id", "name", "email"]
+    assert frame.columns == ["id", "name", "_source_file", "_load_timestamp", "_batch_id", "email"]
     assert sorted((r.id, r.name, r.email, r._source_file) for r in frame.collect()) == [
         (1, "x", None, str(a)), (2, "y", "e", str(wider)), (3, None, None, str(narrower))]
     rows = tracker_rows(settings)
@@ -206,7 +206,7 @@ def test_schema_evolution_rescue_keeps_the_schema_and_rescues_unknown_and_mistyp
 
 # -------------------------------------------------------------------------------------------- retries and actions
 def test_failed_files_back_off_then_stay_failed_until_retry(spark, lake, instance, capsys):
-    settings = lake.config(retry_backoff_seconds=3600, retry_attempts=2)
+    settings = lake.config(retry_backoff_seconds=3600, retry_backoff_max_seconds=86400, retry_attempts=2)
     bad = lake.write_bytes("events", "bad.parquet", b"garbage", days_ago=1)
     before = datetime.now(UTC)
     run_pipeline(settings, instance=instance)
