@@ -91,14 +91,15 @@ def test_append_sigkill_at_each_protocol_point_then_rerun_leaves_everything_exac
 
 
 @pytest.mark.parametrize("point", POINTS)
-def test_scd2_sigkill_at_each_protocol_point_then_rerun_leaves_history_exact(spark, lake, point):
+def test_scd2_sigkill_at_each_protocol_point_then_rerun_leaves_history_exact(spark, lake, instance, point):
+    from loader_assets.api import run_pipeline
     from loader_assets.scd2 import scd2_violations
     from loader_assets_tests.integration.test_scd2_load import customers_table, drop, ordered, t, table_state, version
 
     settings = lake.config(tables=[customers_table()])
     drop(lake, "01.parquet", [(1, "ann", "a@x", "gold", t(1)), (2, "bob", "b@x", "free", t(1))], days_ago=3)
-    code, _, err = cli(lake, "run")
-    assert code == 0, err[-2000:]
+    # the first load is not under test: in this process (no JVM start), so the killed run hits the MERGE path
+    assert run_pipeline(settings, instance=instance).total_files_processed == 1
     drop(lake, "02.parquet", [(1, "anne", "a@x", "gold", t(2)), (3, "cy", "c@x", "free", t(2))], days_ago=2)
     code, _, err = cli(lake, "run", kill_at=point)
     assert code == -signal.SIGKILL, err[-2000:]
@@ -116,7 +117,7 @@ def test_scd2_sigkill_at_each_protocol_point_then_rerun_leaves_history_exact(spa
     assert validate_here(lake) == 0
 
 
-@pytest.mark.parametrize("round_no", [1, 2])
+@pytest.mark.parametrize("round_no", [1, pytest.param(2, marks=pytest.mark.soak)])  # a second round: soak tier
 def test_four_processes_racing_on_one_table_one_writer_at_a_time(spark, lake, round_no):
     paths = seed_files(lake, n=8)
     # several batches, so the racers interleave; waiting racers must outlast the others' loads on a busy machine

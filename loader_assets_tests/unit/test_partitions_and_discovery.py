@@ -48,3 +48,17 @@ def test_is_within():
     assert is_within("/in/t", "/in/t/a.csv")
     assert not is_within("/in/t", "/in/tx/a.csv")
     assert not is_within("/in/t", "/in/t/../u/a.csv")
+
+
+def test_partition_keys_never_carry_characters_dagster_reserves():
+    from datetime import UTC, datetime
+
+    import pyarrow as pa
+    from dagster._core.definitions.partitions.utils.base import INVALID_PARTITION_SUBSTRINGS
+
+    moments = [datetime(1970, 1, 1, tzinfo=UTC), datetime(2024, 2, 29, 23, 59, 59, tzinfo=UTC),
+               datetime(2099, 12, 31, tzinfo=UTC), None]
+    mtimes = pa.array(moments, pa.timestamp("us", tz="UTC"))
+    for granularity, start in (("day", "2024-01-01"), ("hour", "2024-01-01-00:00")):
+        keys = partition_keys_for(mtimes.fill_null(moments[0]), granularity, start).to_pylist()
+        assert all(key and not any(bad in key for bad in INVALID_PARTITION_SUBSTRINGS) for key in keys), keys

@@ -74,3 +74,74 @@ def test_damaged_tracker_is_reported_not_recreated(tmp_path):
     with pytest.raises(TrackerError):
         tracker.register(pa.table({"file_path": ["x"], "file_size": [1], "file_modified_time": [None]}),
                          pa.array(["2024-01-01"]))
+
+
+def test_a_tracker_written_by_schema_version_1_gains_the_new_columns(tmp_path, files):
+    from deltalake import write_deltalake
+
+    from loader_assets.resources.tracker import TRACKER_SCHEMA
+
+    listing, keys = files
+    tracker = DeltaTrackerResource(checkpoint_path=str(tmp_path / "ckpt")).for_table("t")
+    tracker.register(listing, keys)
+    v2 = tracker.read()
+    v1_names = TRACKER_SCHEMA.names[: TRACKER_SCHEMA.get_field_index("fingerprint") + 1]
+    old = tmp_path / "old"
+    write_deltalake(str(old), v2.select(v1_names), mode="overwrite")
+    legacy = type(tracker)(str(old), "t")
+    assert legacy.read().column_names == TRACKER_SCHEMA.names  # columns added on open
+    assert legacy.read(columns=["file_version"])["file_version"].null_count == 3
+    a = listing["file_path"][0].as_py()
+    legacy.claim([a], "b1", 1, "r")
+    legacy.complete({a: 1}, "b1", 0)
+    assert legacy.status_counts()["completed"] == 1
+
+
+def test_changed_fingerprints_follow_the_policy_and_are_reported_once(tmp_path, files):
+    import os
+
+    from loader_assets.settings import OnFileChange
+
+    listing, keys = files
+    tracker = DeltaTrackerResource(checkpoint_path=str(tmp_path / "ckpt")).for_table("t")
+    tracker.register(listing, keys)
+    a, b, c = listing["file_path"].to_pylist()
+    tracker.claim([a, b, c], "b1", 1, "r")
+    tracker.complete({a: 1, b: 1}, "b1", 0)
+    tracker.fail({c: "boom"})
+    for path in (a, b, c):
+        with open(path, "a") as handle:
+            handle.write("2\n")
+        os.utime(path, (1_700_000_000, 1_700_000_000))
+    changed = list_source_files(os.path.dirname(a))
+    result = tracker.register(changed, keys, OnFileChange.FAIL)
+    actions = {c_.file_path: c_.action for c_ in result.changes}
+    assert actions == {a: "fail", b: "fail", c: "refresh"}  # c never loaded: it just takes the new version
+    rows = {r["file_path"]: r for r in tracker.read().to_pylist()}
+    assert rows[a]["status"] == "failed" and rows[a]["retryable"] is False and rows[a]["file_version"] == 1
+    assert rows[c]["status"] == "pending" and rows[c]["file_version"] == 2 and rows[c]["retry_count"] == 0
+    assert tracker.register(changed, keys, OnFileChange.FAIL).changes == []  # seen once, reported once
+
+
+def test_eligibility_honours_backoff_retryable_and_file_age():
+    from datetime import UTC, datetime, timedelta
+
+    from loader_assets.loading import eligible_files
+    from loader_assets.resources.tracker import TRACKER_SCHEMA
+
+    now = datetime(2026, 1, 2, tzinfo=UTC)
+    rows = [
+        dict(file_path="pending", status="pending", retry_count=0, file_modified_time=now - timedelta(days=1)),
+        dict(file_path="backing_off", status="failed", retry_count=1, next_attempt_at=now + timedelta(minutes=1),
+             file_modified_time=now - timedelta(days=1)),
+        dict(file_path="due", status="failed", retry_count=1, next_attempt_at=now - timedelta(minutes=1),
+             file_modified_time=now - timedelta(days=1)),
+        dict(file_path="exhausted", status="failed", retry_count=3, file_modified_time=now - timedelta(days=1)),
+        dict(file_path="operator", status="failed", retry_count=0, retryable=False,
+             file_modified_time=now - timedelta(days=1)),
+        dict(file_path="fresh", status="pending", retry_count=0, file_modified_time=now - timedelta(seconds=5)),
+        dict(file_path="skipped", status="skipped", retry_count=0, file_modified_time=now - timedelta(days=1)),
+    ]
+    table = pa.Table.from_pylist([{**dict.fromkeys(TRACKER_SCHEMA.names), **r} for r in rows], schema=TRACKER_SCHEMA)
+    chosen = eligible_files(table, retry_attempts=3, now=now, min_file_age_seconds=60)["file_path"].to_pylist()
+    assert sorted(chosen) == ["due", "pending"]
