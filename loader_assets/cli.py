@@ -72,28 +72,18 @@ def _parser() -> argparse.ArgumentParser:
                         help="only this table (default: every table whose lock is held)")
     unlock.add_argument("--yes", action="store_true", help="do not ask for confirmation")
 
-    retry = sub.add_parser("retry", help="failed files -> pending with a fresh retry budget (all failed, or --file)")
-    retry.add_argument("--config", required=True, help="YAML or JSON config file")
-    retry.add_argument("--table", required=True, help="the table")
-    retry.add_argument("--file", action="append", dest="files", metavar="PATH", help="only this file (repeatable)")
-    retry.add_argument("--reason", help="why, recorded in the event log")
-    retry.add_argument("--json", action="store_true", help="print as JSON")
-
-    reprocess = sub.add_parser("reprocess", help="load completed files again; the reload replaces their rows")
-    reprocess.add_argument("--config", required=True, help="YAML or JSON config file")
-    reprocess.add_argument("--table", required=True, help="the table")
-    reprocess.add_argument("--file", action="append", dest="files", metavar="PATH", required=True,
-                           help="a file to load again (repeatable)")
-    reprocess.add_argument("--reason", help="why, recorded in the event log")
-    reprocess.add_argument("--json", action="store_true", help="print as JSON")
-
-    skip = sub.add_parser("skip", help="mark pending or failed files skipped (not loaded) with a reason")
-    skip.add_argument("--config", required=True, help="YAML or JSON config file")
-    skip.add_argument("--table", required=True, help="the table")
-    skip.add_argument("--file", action="append", dest="files", metavar="PATH", required=True,
-                      help="a file to skip (repeatable)")
-    skip.add_argument("--reason", required=True, help="why, recorded in the tracker and the event log")
-    skip.add_argument("--json", action="store_true", help="print as JSON")
+    for name, text, whole_table in (
+        ("retry", "failed files -> pending with a fresh retry budget (all failed, or --file)", True),
+        ("reprocess", "load completed files again; the reload replaces their rows", False),
+        ("skip", "mark pending or failed files skipped (not loaded) with a reason", False),
+    ):
+        action = sub.add_parser(name, help=text)
+        action.add_argument("--config", required=True, help="YAML or JSON config file")
+        action.add_argument("--table", required=True, help="the table")
+        action.add_argument("--file", action="append", dest="files", metavar="PATH", required=not whole_table,
+                            help="a file of the table (repeatable)")
+        action.add_argument("--reason", required=name == "skip", help="why, recorded in the event log")
+        action.add_argument("--json", action="store_true", help="print as JSON")
 
     history = sub.add_parser("history", help="a table's file events: source changes and operator actions")
     history.add_argument("--config", required=True, help="YAML or JSON config file")
