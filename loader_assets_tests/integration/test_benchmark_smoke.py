@@ -1,12 +1,22 @@
-"""The benchmarks run at a tiny size so they never rot (timings are not asserted; correctness is)."""
+"""The benchmarks run at a tiny size so they never rot (timings are not asserted; correctness is).
+
+P5 and P6 use no Spark and run in the fast tier too."""
 
 import pytest
 
+from benchmarks import (
+    bench_p1_append,
+    bench_p3_rerun,
+    bench_p4_batch_cost,
+    bench_p5_sensor,
+    bench_p6_tracker,
+    bench_p7_validate,
+    run_all,
+)
 from benchmarks.bench_scd2 import run
 
-pytestmark = pytest.mark.spark
 
-
+@pytest.mark.spark
 def test_scd2_benchmark_at_tiny_size_matches_the_canonical_merge(spark, tmp_path):
     result = run(keys=300, files=3, changed=0.1, seed=3, workdir=tmp_path / "bench")
     assert result["tables_identical"]
@@ -14,10 +24,9 @@ def test_scd2_benchmark_at_tiny_size_matches_the_canonical_merge(spark, tmp_path
 
 
 # Issue 6 benchmarks (run_all's tiny sizes). Each asserts what the benchmark itself relies on; never a time.
-from benchmarks import bench_p1_append, bench_p3_rerun, bench_p4_batch_cost, bench_p7_validate  # noqa: E402
-from benchmarks import bench_p5_sensor, bench_p6_tracker, run_all  # noqa: E402
 
 
+@pytest.mark.spark
 def test_append_benchmark_loads_every_row_on_both_sides(spark, tmp_path):
     result = bench_p1_append.run(files=4, rows=500, workdir=tmp_path / "bench")
     assert result["tables_equal_row_counts"]
@@ -26,6 +35,7 @@ def test_append_benchmark_loads_every_row_on_both_sides(spark, tmp_path):
     assert result["python_peak_rss_mb"] > 0
 
 
+@pytest.mark.spark
 def test_rerun_benchmark_starts_no_spark_session(spark, tmp_path):
     result = bench_p3_rerun.run(files=50, first_load=3, rows_per_file=10, workdir=tmp_path / "bench")
     assert result["spark_session_started"] is False
@@ -33,15 +43,15 @@ def test_rerun_benchmark_starts_no_spark_session(spark, tmp_path):
     assert result["first_load_rows"] == 30
 
 
+@pytest.mark.spark
 def test_batch_cost_benchmark_appends_to_the_populated_table(spark, tmp_path):
     result = bench_p4_batch_cost.run(batches=3, batch_files=2, rows=10, repeats=1, workdir=tmp_path / "bench")
     assert result["populated_rows_after"] == (3 + 1) * 2 * 10
     assert result["tracker_completed_after"] == (3 + 1) * 2
 
 
-@pytest.mark.parametrize("new_fraction", [0.01])
-def test_sensor_benchmark_requests_one_run_for_the_new_files(tmp_path, new_fraction):
-    result = bench_p5_sensor.run(files=300, new_fraction=new_fraction, repeats=1, workdir=tmp_path / "bench")
+def test_sensor_benchmark_requests_one_run_for_the_new_files(tmp_path):
+    result = bench_p5_sensor.run(files=300, new_fraction=0.01, repeats=1, workdir=tmp_path / "bench")
     assert result["new_files"] == 3 and result["run_requests"] == 1
 
 
@@ -52,6 +62,7 @@ def test_tracker_benchmark_claims_the_pending_files_at_both_sizes(tmp_path):
     assert result["large"]["rows"] == 2_000 and result["small"]["rows"] == 500
 
 
+@pytest.mark.spark
 def test_validate_benchmark_table_is_consistent(spark, tmp_path):
     result = bench_p7_validate.run(files=300, rows_per_file=3, repeats=1, workdir=tmp_path / "bench")
     assert result["consistent"] and result["files_checked"] == 300
