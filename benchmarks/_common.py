@@ -181,22 +181,27 @@ class Phases:
     changed). Nested phases overlap: each is the total time spent inside that function."""
 
     def __init__(self) -> None:
-        self.seconds: dict[str, float] = {}
-        self.calls: dict[str, int] = {}
+        self.records: list[tuple[int, str, float]] = []  # (Dagster run number, phase, seconds)
+        self.runs = 0
         self._undo: list[Callable[[], None]] = []
 
-    def wrap(self, owner: Any, attribute: str, label: str | None = None) -> None:  # noqa: ANN401
+    def wrap(self, owner: Any, attribute: str, label: str | None = None,  # noqa: ANN401
+             starts_run: bool = False) -> None:
+        """Time every call of ``owner.attribute``; ``starts_run`` marks the call that starts a Dagster run (the
+        calls inside it, and after it, count towards that run in ``report(from_run=...)``)."""
         original = getattr(owner, attribute)
         name = label or attribute
         phases = self
 
         def timed_call(*args: Any, **kwargs: Any) -> Any:  # noqa: ANN401
+            if starts_run:
+                phases.runs += 1
+            run = phases.runs
             started = time.perf_counter()
             try:
                 return original(*args, **kwargs)
             finally:
-                phases.seconds[name] = phases.seconds.get(name, 0.0) + time.perf_counter() - started
-                phases.calls[name] = phases.calls.get(name, 0) + 1
+                phases.records.append((run, name, time.perf_counter() - started))
 
         setattr(owner, attribute, timed_call)
         self._undo.append(lambda: setattr(owner, attribute, original))
@@ -205,9 +210,16 @@ class Phases:
         while self._undo:
             self._undo.pop()()
 
-    def report(self) -> dict[str, dict[str, float | int]]:
-        return {name: {"seconds": round(seconds, 3), "calls": self.calls[name]}
-                for name, seconds in sorted(self.seconds.items(), key=lambda item: -item[1])}
+    def report(self, from_run: int = 0) -> dict[str, dict[str, float | int]]:
+        """Seconds and calls per phase, longest first; ``from_run=N`` keeps the N-th Dagster run and later."""
+        seconds: dict[str, float] = {}
+        calls: dict[str, int] = {}
+        for run, name, duration in self.records:
+            if run >= from_run:
+                seconds[name] = seconds.get(name, 0.0) + duration
+                calls[name] = calls.get(name, 0) + 1
+        return {name: {"seconds": round(total, 3), "calls": calls[name]}
+                for name, total in sorted(seconds.items(), key=lambda item: -item[1])}
 
 
 @contextmanager
@@ -222,7 +234,7 @@ def loader_phases() -> Iterator[Phases]:
     from loader_assets.resources.lock import TableLock
 
     phases = Phases()
-    phases.wrap(dg.JobDefinition, "execute_in_process", "dagster run (whole)")
+    phases.wrap(dg.JobDefinition, "execute_in_process", "dagster run (whole)", starts_run=True)
     phases.wrap(api, "find_pending_work", "find pending work (api)")
     phases.wrap(api, "_outcome", "summary from tracker (api)")
     phases.wrap(TableLock, "acquire", "lock acquire")
@@ -242,6 +254,7 @@ def loader_phases() -> Iterator[Phases]:
     phases.wrap(_delta, "find_batch_commit", "find batch commit (history)")
     phases.wrap(_delta, "batch_row_counts", "row counts per file (Spark)")
     phases.wrap(checks, "compare_target_with_tracker", "check: target matches tracker (Spark)")
+    phases.wrap(checks, "scd2_violations", "check: scd2 invariants (Spark)")
     phases.wrap(operations, "compare_target_with_tracker", "validate: target vs tracker (Spark)")
     try:
         yield phases

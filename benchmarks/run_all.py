@@ -98,8 +98,16 @@ def run_one(bench_id: str, tiny: bool, workdir: Path) -> dict[str, Any]:
     warnings.filterwarnings("ignore")
     module_name, _, full, small = BENCHMARKS[bench_id]
     module = importlib.import_module(module_name)
-    outcome = module.run(**(small if tiny else full), workdir=workdir)
-    return normalise_scd2(outcome) if bench_id == "P2" else outcome
+    if bench_id != "P2":
+        return module.run(**(small if tiny else full), workdir=workdir)
+    # bench_scd2 is kept as it is; its loader phases are timed from outside. Its first Dagster run is the
+    # untimed initial load, so the breakdown starts at the second run (the timed change files).
+    from benchmarks._common import loader_phases
+
+    with loader_phases() as phases:
+        outcome = normalise_scd2(module.run(**(small if tiny else full), workdir=workdir))
+    outcome["phases"] = phases.report(from_run=2)
+    return outcome
 
 
 def machine() -> dict[str, Any]:
@@ -312,8 +320,11 @@ def main() -> None:
     for bench_id in selected:
         print(f"{bench_id}: {BENCHMARKS[bench_id][1]} ...", flush=True)
         began = time.perf_counter()
+        load_before = os.getloadavg()[0]
         outcome = run_in_child(bench_id, args.tiny, scratch, args.timeout)
         outcome["benchmark_wall_seconds"] = round(time.perf_counter() - began, 1)
+        # other work on the machine while it ran (1-minute load average before and after)
+        outcome["load_average"] = [round(load_before, 1), round(os.getloadavg()[0], 1)]
         results.append(outcome)
         status = outcome.get("error", "").splitlines()[0] if "error" in outcome else (
             f"{outcome['ratio']}x, target {outcome['target']}: {'met' if outcome['met'] else 'NOT met'}")
