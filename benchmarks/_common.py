@@ -1,7 +1,7 @@
 """Shared pieces of the benchmarks: the Spark session, fixtures built without the loader, timers, memory.
 
-Every benchmark compares the loader with a baseline measured in the same process, on the same data, in the same
-run, and reports the ratio: the machine is small and noisy, so absolute seconds are only context.
+Every benchmark compares the loader with a baseline measured in the same process, on the same data, in the
+same run, and reports the ratio: the machine is small and noisy, so absolute seconds are only context.
 """
 
 import os
@@ -66,16 +66,23 @@ def yesterday_noon() -> float:
 def data_table(rows: int, offset: int) -> pa.Table:
     """``rows`` rows of a small fact table (id, customer, amount, event_time), ids from ``offset``."""
     ids = pa.array(range(offset, offset + rows), pa.int64())
-    return pa.table({
-        "id": ids,
-        "customer": pc.binary_join_element_wise("customer-", pc.cast(pc.bit_wise_and(ids, 1023), pa.string()), ""),
-        "amount": pc.divide(pc.cast(pc.bit_wise_and(ids, 65535), pa.float64()), 100.0),
-        "event_time": pa.array([1_735_689_600_000_000] * rows, pa.int64()).cast(pa.timestamp("us", tz="UTC")),
-    })
+    return pa.table(
+        {
+            "id": ids,
+            "customer": pc.binary_join_element_wise(
+                "customer-", pc.cast(pc.bit_wise_and(ids, 1023), pa.string()), ""
+            ),
+            "amount": pc.divide(pc.cast(pc.bit_wise_and(ids, 65535), pa.float64()), 100.0),
+            "event_time": pa.array([1_735_689_600_000_000] * rows, pa.int64()).cast(
+                pa.timestamp("us", tz="UTC")
+            ),
+        }
+    )
 
 
-def write_data_files(directory: Path, files: int, rows: int, moment: float, prefix: str = "part",
-                     first_offset: int = 0) -> list[Path]:
+def write_data_files(
+    directory: Path, files: int, rows: int, moment: float, prefix: str = "part", first_offset: int = 0
+) -> list[Path]:
     """``files`` parquet files of ``rows`` rows each, all with modification time ``moment``."""
     directory.mkdir(parents=True, exist_ok=True)
     paths = []
@@ -117,32 +124,35 @@ def tracker_rows(
     mtime = pa.array([int(modified * 1_000_000)] * n, pa.int64()).cast(TIMESTAMP)
     sizes = pa.array([size] * n, pa.int64())
     done = status is FileStatus.COMPLETED
-    return pa.table({
-        "file_path": pa.array(paths, pa.string()),
-        "file_size": sizes,
-        "file_modified_time": mtime,
-        "table_name": pa.array([table_name] * n, pa.string()),
-        "status": pa.array([status.value] * n, pa.string()),
-        "processing_start_time": pa.array([now if done else None] * n, TIMESTAMP),
-        "processing_end_time": pa.array([now if done else None] * n, TIMESTAMP),
-        "error_message": pa.nulls(n, pa.string()),
-        "retry_count": pa.array([0] * n, pa.int32()),
-        "created_at": pa.array([now] * n, TIMESTAMP),
-        "updated_at": pa.array([now] * n, TIMESTAMP),
-        "batch_id": pa.array(batch_ids, pa.string()) if batch_ids else pa.nulls(n, pa.string()),
-        "batch_seq": pa.array(batch_seqs, pa.int64()) if batch_seqs else pa.nulls(n, pa.int64()),
-        "run_id": pa.array(["bench-fixture" if done else None] * n, pa.string()),
-        "partition_key": partition_keys_for(mtime, "day", "2024-01-01"),
-        "row_count": pa.array([row_count if done else None] * n, pa.int64()),
-        "target_version": pa.array([0 if done else None] * n, pa.int64()),
-        "fingerprint": fingerprint(sizes, mtime),
-    }, schema=TRACKER_SCHEMA)
+    return pa.table(
+        {
+            "file_path": pa.array(paths, pa.string()),
+            "file_size": sizes,
+            "file_modified_time": mtime,
+            "table_name": pa.array([table_name] * n, pa.string()),
+            "status": pa.array([status.value] * n, pa.string()),
+            "processing_start_time": pa.array([now if done else None] * n, TIMESTAMP),
+            "processing_end_time": pa.array([now if done else None] * n, TIMESTAMP),
+            "error_message": pa.nulls(n, pa.string()),
+            "retry_count": pa.array([0] * n, pa.int32()),
+            "created_at": pa.array([now] * n, TIMESTAMP),
+            "updated_at": pa.array([now] * n, TIMESTAMP),
+            "batch_id": pa.array(batch_ids, pa.string()) if batch_ids else pa.nulls(n, pa.string()),
+            "batch_seq": pa.array(batch_seqs, pa.int64()) if batch_seqs else pa.nulls(n, pa.int64()),
+            "run_id": pa.array(["bench-fixture" if done else None] * n, pa.string()),
+            "partition_key": partition_keys_for(mtime, "day", "2024-01-01"),
+            "row_count": pa.array([row_count if done else None] * n, pa.int64()),
+            "target_version": pa.array([0 if done else None] * n, pa.int64()),
+            "fingerprint": fingerprint(sizes, mtime),
+        },
+        schema=TRACKER_SCHEMA,
+    )
 
 
 def write_tracker(tracker: FileTracker, parts: list[pa.Table], compact: bool = True) -> None:
     """Write fixture rows into a tracker directly with delta-rs, one commit per part (not through the
-    transitions: building a million rows one batch at a time would be the benchmark itself). ``compact`` then
-    runs the same compaction and checkpoint the tracker's own maintenance runs, as a long-lived tracker has."""
+    transitions: building a million rows one batch at a time would be the benchmark itself). ``compact``
+    then runs the compaction and checkpoint that the tracker's maintenance runs (a long-lived tracker's)."""
     tracker.create_empty()
     for part in parts:
         write_deltalake(tracker.path, part, mode="append")
@@ -152,14 +162,14 @@ def write_tracker(tracker: FileTracker, parts: list[pa.Table], compact: bool = T
         DeltaTable(tracker.path).create_checkpoint()
 
 
-def timed(function: Callable[[], Any]) -> tuple[float, Any]:  # noqa: ANN401
+def timed(function: Callable[[], Any]) -> tuple[float, Any]:
     """(seconds, result) of one call."""
     started = time.perf_counter()
     result = function()
     return time.perf_counter() - started, result
 
 
-def median_seconds(function: Callable[[], Any], repeats: int) -> float:  # noqa: ANN401
+def median_seconds(function: Callable[[], Any], repeats: int) -> float:
     """Median wall time of ``repeats`` calls."""
     return statistics.median(timed(function)[0] for _ in range(repeats))
 
@@ -185,10 +195,15 @@ class Phases:
         self.runs = 0
         self._undo: list[Callable[[], None]] = []
 
-    def wrap(self, owner: Any, attribute: str, label: str | None = None,  # noqa: ANN401
-             starts_run: bool = False) -> None:
-        """Time every call of ``owner.attribute``; ``starts_run`` marks the call that starts a Dagster run (the
-        calls inside it, and after it, count towards that run in ``report(from_run=...)``)."""
+    def wrap(
+        self,
+        owner: Any,  # noqa: ANN401
+        attribute: str,
+        label: str | None = None,
+        starts_run: bool = False,
+    ) -> None:
+        """Time every call of ``owner.attribute``; ``starts_run`` marks the call that starts a Dagster run
+        (the calls inside it, and after it, count towards that run in ``report(from_run=...)``)."""
         original = getattr(owner, attribute)
         name = label or attribute
         phases = self
@@ -218,8 +233,10 @@ class Phases:
             if run >= from_run:
                 seconds[name] = seconds.get(name, 0.0) + duration
                 calls[name] = calls.get(name, 0) + 1
-        return {name: {"seconds": round(total, 3), "calls": calls[name]}
-                for name, total in sorted(seconds.items(), key=lambda item: -item[1])}
+        return {
+            name: {"seconds": round(total, 3), "calls": calls[name]}
+            for name, total in sorted(seconds.items(), key=lambda item: -item[1])
+        }
 
 
 @contextmanager

@@ -1,8 +1,9 @@
-"""P1: appending ``--files`` parquet files of ``--rows`` rows each, the loader's full path against Spark by hand.
+"""P1: appending ``--files`` parquet files of ``--rows`` rows, the loader's full path against Spark by hand.
 
 Same files, same Spark session, same run, each side into its own new Delta table:
-- loader: ``run_pipeline`` (a Dagster run: lock, listing, tracker register/claim/complete, per-file prechecks and
-  reads, audit columns, one commit with txnAppId/txnVersion, row counts from the target, the asset checks);
+- loader: ``run_pipeline`` (a Dagster run: lock, listing, tracker register/claim/complete, per-file prechecks
+  and reads, audit columns, one commit with txnAppId/txnVersion, row counts from the target, the asset
+  checks);
 - baseline: ``spark.read.parquet(*files).write.format("delta").mode("append").save(...)``.
 Target: loader <= 1.10x the baseline. Both tables must hold every row (checked with a Spark count).
 
@@ -32,26 +33,35 @@ def _baseline(spark: Any, paths: list[Path], target: Path) -> None:  # noqa: ANN
 
 
 def _one_read_with_audit(spark: Any, paths: list[Path], target: Path) -> None:  # noqa: ANN401
-    """What-if (not the figure): one Spark read of all files, the audit columns and the txn options, one append:
-    the loader's commit without per-file DataFrames (``_source_file`` here is Spark's file URI)."""
+    """What-if (not the figure): one Spark read of all files, the audit columns and the txn options, one
+    append: the loader's commit without per-file DataFrames (``_source_file`` here is Spark's file URI)."""
     from pyspark.sql import functions as F
 
-    (spark.read.parquet(*[str(p) for p in paths])
-     .withColumn("_source_file", F.col("_metadata.file_path"))
-     .withColumn("_load_timestamp", F.current_timestamp()).withColumn("_batch_id", F.lit("00000001-whatif"))
-     .write.format("delta").option("txnAppId", "loader_assets/whatif").option("txnVersion", "1")
-     .option("userMetadata", '{"batch_id": "00000001-whatif"}').mode("append").save(str(target)))
+    (
+        spark.read.parquet(*[str(p) for p in paths])
+        .withColumn("_source_file", F.col("_metadata.file_path"))
+        .withColumn("_load_timestamp", F.current_timestamp())
+        .withColumn("_batch_id", F.lit("00000001-whatif"))
+        .write.format("delta")
+        .option("txnAppId", "loader_assets/whatif")
+        .option("txnVersion", "1")
+        .option("userMetadata", '{"batch_id": "00000001-whatif"}')
+        .mode("append")
+        .save(str(target))
+    )
 
 
-def _loader(root: Path, source: Path) -> tuple[Any, dict[str, Any]]:  # noqa: ANN401
+def _loader(root: Path, source: Path) -> tuple[Any, dict[str, Any]]:
     settings = common.write_config(root, {"table_name": "events", "source_path": str(source)})
     with dg.DagsterInstance.ephemeral() as instance, common.loader_phases() as phases:
         summary = run_pipeline(settings, instance=instance, log_level="WARNING")
     return summary, {"settings": settings, "phases": phases.report()}
 
 
-def run(files: int = 200, rows: int = 50_000, repeats: int = 1, workdir: Path | None = None) -> dict[str, Any]:
-    """Time the loader's append of ``files`` x ``rows`` against a hand-written Spark append of the same files."""
+def run(
+    files: int = 200, rows: int = 50_000, repeats: int = 1, workdir: Path | None = None
+) -> dict[str, Any]:
+    """Time the loader's append of ``files`` x ``rows`` against a Spark append of the same files by hand."""
     root = Path(workdir or tempfile.mkdtemp(prefix="bench-p1-"))
     moment = common.yesterday_noon()
     source = root / "landing" / "events"
@@ -81,8 +91,13 @@ def run(files: int = 200, rows: int = 50_000, repeats: int = 1, workdir: Path | 
     ratio = loader_seconds / baseline_seconds
     assert summary is not None
     return common.result(
-        "P1", f"append {files} parquet files x {rows:,} rows", loader_seconds, baseline_seconds, TARGET_RATIO,
-        "<= 1.10x", ratio <= TARGET_RATIO,
+        "P1",
+        f"append {files} parquet files x {rows:,} rows",
+        loader_seconds,
+        baseline_seconds,
+        TARGET_RATIO,
+        "<= 1.10x",
+        ratio <= TARGET_RATIO,
         files=files,
         rows=files * rows,
         loader_rows=loader_rows,
@@ -98,8 +113,10 @@ def run(files: int = 200, rows: int = 50_000, repeats: int = 1, workdir: Path | 
         python_peak_rss_mb=common.python_peak_rss_mb(),
         jvm_driver_peak_rss_mb=common.jvm_peak_rss_mb(spark),
         phases=phases,
-        what_if={"one spark.read of all files + audit columns + txn options, one append (no per-file "
-                 "DataFrames, no row counts, no checks)": round(what_if_seconds, 3)},
+        what_if={
+            "one spark.read of all files + audit columns + txn options, one append (no per-file "
+            "DataFrames, no row counts, no checks)": round(what_if_seconds, 3)
+        },
         baseline="spark.read.parquet(*files) -> delta append, by hand",
         repeats=repeats,
     )

@@ -41,8 +41,13 @@ def _jvm_running() -> bool:
     return SparkContext._active_spark_context is not None
 
 
-def run(files: int = 10_000, first_load: int = 100, rows_per_file: int = 1_000,
-        workdir: Path | None = None, cli: bool = True) -> dict[str, Any]:
+def run(
+    files: int = 10_000,
+    first_load: int = 100,
+    rows_per_file: int = 1_000,
+    workdir: Path | None = None,
+    cli: bool = True,
+) -> dict[str, Any]:
     """Time a no-op rerun over ``files`` completed files against a first load of ``first_load`` files."""
     root = Path(workdir or tempfile.mkdtemp(prefix="bench-p3-"))
     moment = common.yesterday_noon()
@@ -50,15 +55,30 @@ def run(files: int = 10_000, first_load: int = 100, rows_per_file: int = 1_000,
     paths = common.touch_files(root / "rerun" / "landing" / "events", files, 1_000, moment)
     tracker = DeltaTrackerResource(checkpoint_path=settings.checkpoint_path).for_table("events")
     seqs = [1 + n // 1_000 for n in range(files)]
-    common.write_tracker(tracker, [common.tracker_rows(
-        paths, "events", FileStatus.COMPLETED, moment, batch_ids=[f"{s:08d}-fixture" for s in seqs],
-        batch_seqs=seqs, row_count=0)])
+    common.write_tracker(
+        tracker,
+        [
+            common.tracker_rows(
+                paths,
+                "events",
+                FileStatus.COMPLETED,
+                moment,
+                batch_ids=[f"{s:08d}-fixture" for s in seqs],
+                batch_seqs=seqs,
+                row_count=0,
+            )
+        ],
+    )
     jvm_before = _jvm_running()
     sessions_before = spark_resource.sessions_started()
 
     with dg.DagsterInstance.ephemeral() as instance:
-        rerun_seconds, summary = common.timed(lambda: run_pipeline(settings, instance=instance, log_level="WARNING"))
-        second_seconds, _ = common.timed(lambda: run_pipeline(settings, instance=instance, log_level="WARNING"))
+        rerun_seconds, summary = common.timed(
+            lambda: run_pipeline(settings, instance=instance, log_level="WARNING")
+        )
+        second_seconds, _ = common.timed(
+            lambda: run_pipeline(settings, instance=instance, log_level="WARNING")
+        )
     assert summary.success and summary.total_files_processed == 0, summary.to_json()
     started_spark = summary.spark_session_started or spark_resource.sessions_started() > sessions_before
     jvm_started = not jvm_before and _jvm_running()
@@ -67,9 +87,20 @@ def run(files: int = 10_000, first_load: int = 100, rows_per_file: int = 1_000,
     if cli:
         home = root / "dagster_home"
         home.mkdir(exist_ok=True)
-        env = {**os.environ, "DAGSTER_HOME": str(home), "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-        command = [sys.executable, "-m", "loader_assets", "run", "--config", str(root / "rerun" / "config.yaml"),
-                   "--json"]
+        env = {
+            **os.environ,
+            "DAGSTER_HOME": str(home),
+            "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
+        }
+        command = [
+            sys.executable,
+            "-m",
+            "loader_assets",
+            "run",
+            "--config",
+            str(root / "rerun" / "config.yaml"),
+            "--json",
+        ]
         started = time.perf_counter()
         process = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
         cli_seconds = time.perf_counter() - started
@@ -77,18 +108,26 @@ def run(files: int = 10_000, first_load: int = 100, rows_per_file: int = 1_000,
         assert json.loads(process.stdout)["spark_session_started"] is False
 
     # Baseline: a first load of small real files into a new table, the Spark session already up.
-    base_settings = common.write_config(root / "first", {"table_name": "events", "source_path": "landing/events"})
+    base_settings = common.write_config(
+        root / "first", {"table_name": "events", "source_path": "landing/events"}
+    )
     common.write_data_files(root / "first" / "landing" / "events", first_load, rows_per_file, moment)
     spark_start_seconds, _ = common.timed(common.spark_session)
     with dg.DagsterInstance.ephemeral() as instance:
         baseline_seconds, first = common.timed(
-            lambda: run_pipeline(base_settings, instance=instance, log_level="WARNING"))
+            lambda: run_pipeline(base_settings, instance=instance, log_level="WARNING")
+        )
     assert first.success and first.total_files_processed == first_load, first.to_json()
 
     met = not started_spark and rerun_seconds <= TARGET_SECONDS
     return common.result(
-        "P3", f"rerun, nothing new, {files:,} completed files", rerun_seconds, baseline_seconds, None,
-        "no Spark; <= 3 s", met,
+        "P3",
+        f"rerun, nothing new, {files:,} completed files",
+        rerun_seconds,
+        baseline_seconds,
+        None,
+        "no Spark; <= 3 s",
+        met,
         files=files,
         spark_session_started=started_spark,
         jvm_started_by_rerun=jvm_started,

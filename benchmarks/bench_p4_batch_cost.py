@@ -1,12 +1,12 @@
-"""P4: the cost of one ``--batch-files``-file batch into a table that already holds ``--batches`` batches, against
-the same batch into an empty table.
+"""P4: the cost of one ``--batch-files``-file batch into a table that already holds ``--batches`` batches,
+against the same batch into an empty table.
 
-Fixture (untimed): the populated table's history built batch by batch with the loader's own pieces, as that many
-runs would have left it: per batch, the lock taken and released, the files registered, claimed, read with
-``reading.read_batch`` and appended with the audit columns and the batch's txnAppId/txnVersion/userMetadata, the
-row counts read back, and the files completed (so the target has ``--batches`` commits, the tracker three per
-batch, the lock two). Running the loader itself ``--batches`` times would take several minutes more and build
-the same state.
+Fixture (untimed): the populated table's history built batch by batch with the loader's own pieces, as that
+many runs would have left it: per batch, the lock taken and released, the files registered, claimed, read with
+``reading.read_batch`` and appended with the audit columns and the batch's txnAppId/txnVersion/userMetadata,
+the row counts read back, and the files completed (so the target has ``--batches`` commits, the tracker
+three per batch, the lock two). Running the loader itself ``--batches`` times would take several minutes
+more and build the same state.
 
 Measured (median of ``--repeats``; each repeat adds a new batch of fresh files on both sides):
 - loader: ``run_pipeline`` of the new batch into the populated table (landing directory, tracker and Delta log
@@ -32,6 +32,7 @@ from benchmarks import _common as common
 from loader_assets.api import run_pipeline
 from loader_assets.core.discovery import list_source_files
 from loader_assets.core.partitions import partition_keys_for
+from loader_assets.io_managers._delta import PreparedRows
 from loader_assets.io_managers.append import DeltaAppendIOManager
 from loader_assets.loading import (
     LoadBatch,
@@ -40,7 +41,6 @@ from loader_assets.loading import (
     find_batch_commit,
     new_batch_id,
 )
-from loader_assets.io_managers._delta import PreparedRows
 from loader_assets.reading import read_batch
 from loader_assets.resources.lock import DeltaLockResource
 from loader_assets.resources.tracker import DeltaTrackerResource
@@ -49,16 +49,23 @@ from loader_assets.settings import LoaderSettings
 TARGET_RATIO = 1.2
 
 
-def build_history(spark: Any, settings: LoaderSettings, batches: int, files: int, rows: int,  # noqa: ANN401
-                  moment: float) -> None:
-    """``batches`` committed batches of ``files`` files, through the loader's tracker, lock, reader and writer."""
+def build_history(
+    spark: Any,  # noqa: ANN401
+    settings: LoaderSettings,
+    batches: int,
+    files: int,
+    rows: int,
+    moment: float,
+) -> None:
+    """``batches`` committed batches of ``files`` files through the loader's tracker, lock, reader, writer."""
     table = settings.table("events")
     source = Path(table.source_path)
     tracker = DeltaTrackerResource(checkpoint_path=settings.checkpoint_path).for_table("events")
     locks = DeltaLockResource(checkpoint_path=settings.checkpoint_path).for_table("events")
     for seq in range(1, batches + 1):
-        paths = common.write_data_files(source / f"b{seq:04d}", files, rows, moment - 86400 * 2,
-                                        first_offset=seq * files * rows)
+        paths = common.write_data_files(
+            source / f"b{seq:04d}", files, rows, moment - 86400 * 2, first_offset=seq * files * rows
+        )
         lease = locks.acquire(f"history-{seq}", wait_seconds=0, heartbeat=False)
         listing = list_source_files(str(source))
         listing = listing.filter(pc.is_in(listing["file_path"], pa.array([str(p) for p in paths])))
@@ -67,9 +74,18 @@ def build_history(spark: Any, settings: LoaderSettings, batches: int, files: int
         batch_id = new_batch_id(seq)
         tracker.claim([str(p) for p in paths], batch_id, seq, f"history-{seq}")
         read = read_batch(spark, table, expected_files(rows_of_batch), None)
-        batch = LoadBatch(table=table, target_path=settings.table_path("events"), run_id=f"history-{seq}",
-                          tracker=tracker, lease=None, discovered=0, batch_id=batch_id, batch_seq=seq,
-                          dataframe=read.dataframe, loaded_paths=read.loaded_paths)
+        batch = LoadBatch(
+            table=table,
+            target_path=settings.table_path("events"),
+            run_id=f"history-{seq}",
+            tracker=tracker,
+            lease=None,
+            discovered=0,
+            batch_id=batch_id,
+            batch_seq=seq,
+            dataframe=read.dataframe,
+            loaded_paths=read.loaded_paths,
+        )
         assert read.dataframe is not None and not read.errors, read.errors
         # The IO manager's own commit code (it uses nothing of the manager's configuration).
         DeltaAppendIOManager.write_batch(None, batch, PreparedRows(read.dataframe))  # type: ignore[arg-type]
@@ -79,20 +95,31 @@ def build_history(spark: Any, settings: LoaderSettings, batches: int, files: int
         lease.release()
 
 
-def _load(settings: LoaderSettings) -> tuple[float, Any, dict[str, Any]]:  # noqa: ANN401
+def _load(settings: LoaderSettings) -> tuple[float, Any, dict[str, Any]]:
     with dg.DagsterInstance.ephemeral() as instance, common.loader_phases() as phases:
-        seconds, summary = common.timed(lambda: run_pipeline(settings, instance=instance, log_level="WARNING"))
+        seconds, summary = common.timed(
+            lambda: run_pipeline(settings, instance=instance, log_level="WARNING")
+        )
     return seconds, summary, phases.report()
 
 
-def run(batches: int = 100, batch_files: int = 10, rows: int = 1_000, repeats: int = 3,
-        workdir: Path | None = None) -> dict[str, Any]:
+def run(
+    batches: int = 100,
+    batch_files: int = 10,
+    rows: int = 1_000,
+    repeats: int = 3,
+    workdir: Path | None = None,
+) -> dict[str, Any]:
     """Time one batch into a table with ``batches`` batches against the same batch into an empty table."""
     root = Path(workdir or tempfile.mkdtemp(prefix="bench-p4-"))
     moment = common.yesterday_noon()
     spark = common.spark_session()
-    populated = common.write_config(root / "populated", {"table_name": "events", "source_path": "landing/events"})
-    build_seconds, _ = common.timed(lambda: build_history(spark, populated, batches, batch_files, rows, moment))
+    populated = common.write_config(
+        root / "populated", {"table_name": "events", "source_path": "landing/events"}
+    )
+    build_seconds, _ = common.timed(
+        lambda: build_history(spark, populated, batches, batch_files, rows, moment)
+    )
 
     warm = common.write_config(root / "warmup", {"table_name": "events", "source_path": "landing/events"})
     common.write_data_files(root / "warmup" / "landing" / "events", 2, rows, moment)
@@ -101,10 +128,17 @@ def run(batches: int = 100, batch_files: int = 10, rows: int = 1_000, repeats: i
     empty_times, populated_times, phases = [], [], {}
     for n in range(repeats):
         offset = (batches + 1 + n) * batch_files * rows
-        fresh = common.write_config(root / f"empty-{n}", {"table_name": "events", "source_path": "landing/events"})
+        fresh = common.write_config(
+            root / f"empty-{n}", {"table_name": "events", "source_path": "landing/events"}
+        )
         for settings in (fresh, populated):
-            common.write_data_files(Path(settings.table("events").source_path) / f"new-{n}", batch_files, rows,
-                                    moment, first_offset=offset)
+            common.write_data_files(
+                Path(settings.table("events").source_path) / f"new-{n}",
+                batch_files,
+                rows,
+                moment,
+                first_offset=offset,
+            )
         seconds, summary, phases_empty = _load(fresh)
         assert summary.success and summary.total_files_processed == batch_files, summary.to_json()
         empty_times.append(seconds)
@@ -116,13 +150,20 @@ def run(batches: int = 100, batch_files: int = 10, rows: int = 1_000, repeats: i
     expected = (batches + repeats) * batch_files * rows
     total = spark.read.format("delta").load(populated.table_path("events")).count()
     assert total == expected, (total, expected)
-    counts = DeltaTrackerResource(checkpoint_path=populated.checkpoint_path).for_table("events").status_counts()
+    counts = (
+        DeltaTrackerResource(checkpoint_path=populated.checkpoint_path).for_table("events").status_counts()
+    )
     assert counts["completed"] == (batches + repeats) * batch_files, counts
     loader_seconds, baseline_seconds = statistics.median(populated_times), statistics.median(empty_times)
     ratio = loader_seconds / baseline_seconds
     return common.result(
-        "P4", f"one {batch_files}-file batch into a table of {batches} batches", loader_seconds, baseline_seconds,
-        TARGET_RATIO, "<= 1.2x", ratio <= TARGET_RATIO,
+        "P4",
+        f"one {batch_files}-file batch into a table of {batches} batches",
+        loader_seconds,
+        baseline_seconds,
+        TARGET_RATIO,
+        "<= 1.2x",
+        ratio <= TARGET_RATIO,
         batches=batches,
         batch_files=batch_files,
         rows_per_file=rows,

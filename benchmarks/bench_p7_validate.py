@@ -1,16 +1,18 @@
-"""P7: ``validate_consistency`` on a table holding ``--files`` loaded files, against a Spark count of the table.
+"""P7: ``validate_consistency`` on a table holding ``--files`` loaded files, against a Spark count of it.
 
-Fixture (untimed): the target written by Spark in one commit (``--rows-per-file`` rows per file, ``_source_file``
-naming ``--files`` files, ``_batch_id`` one of ``--files / 1000`` batches, the txn of the last batch recorded),
-and a tracker holding every file as completed with the same batch ids and row counts, written with delta-rs.
-The table is consistent, so validation must say so (checked).
+Fixture (untimed): the target written by Spark in one commit (``--rows-per-file`` rows per file,
+``_source_file`` naming ``--files`` files, ``_batch_id`` one of ``--files / 1000`` batches, the txn of the
+last batch recorded), and a tracker holding every file as completed with the same batch ids and row counts,
+written with delta-rs. The table is consistent, so validation must say so (checked).
 
 Measured (median of ``--repeats``):
-- loader: ``operations.validate_consistency`` (what ``loader-assets validate-consistency`` runs): lock, tracker
-  reads, and the tracker-vs-target comparison, which aggregates the table per ``_source_file`` in Spark;
+- loader: ``operations.validate_consistency`` (what ``loader-assets validate-consistency`` runs): lock,
+  tracker reads, and the tracker-vs-target comparison, which aggregates the table per ``_source_file``
+  in Spark;
 - baseline: ``spark.read.format("delta").load(path).count()``.
-Target: <= 3x. Also timed, to locate the cost: the same per-file aggregation alone, collected as Rows (what the
-loader does) and as Arrow (``DataFrame.toArrow``), and a full scan of the two audit columns with no result.
+Target: <= 3x. Also timed, to locate the cost: the same per-file aggregation alone, collected as Rows (what
+the loader does) and as Arrow (``DataFrame.toArrow``), and a full scan of the two audit columns with no
+result.
 
     python -m benchmarks.bench_p7_validate --files 100000
 """
@@ -48,19 +50,29 @@ def write_target(spark: Any, path: str, files: int, rows_per_file: int) -> None:
     frame = spark.range(files * rows_per_file).select(
         F.col("id"),
         (F.col("id") % 1000 / 10).alias("amount"),
-        F.concat(F.lit("/landing/events/d"), F.lpad(batch.cast("string"), 4, "0"), F.lit("/f"),
-                 F.lpad(file_index.cast("string"), 7, "0"), F.lit(".parquet")).alias("_source_file"),
+        F.concat(
+            F.lit("/landing/events/d"),
+            F.lpad(batch.cast("string"), 4, "0"),
+            F.lit("/f"),
+            F.lpad(file_index.cast("string"), 7, "0"),
+            F.lit(".parquet"),
+        ).alias("_source_file"),
         F.current_timestamp().alias("_load_timestamp"),
         F.concat(F.lpad((batch + 1).cast("string"), 8, "0"), F.lit("-fixture")).alias("_batch_id"),
     )
     batches = -(-files // FILES_PER_BATCH)
-    (frame.write.format("delta").option("txnAppId", app_id("events")).option("txnVersion", str(batches))
-     .option("userMetadata", json.dumps({"batch_id": batch_id(files - 1), "batch_seq": batches}))
-     .save(path))
+    (
+        frame.write.format("delta")
+        .option("txnAppId", app_id("events"))
+        .option("txnVersion", str(batches))
+        .option("userMetadata", json.dumps({"batch_id": batch_id(files - 1), "batch_seq": batches}))
+        .save(path)
+    )
 
 
-def run(files: int = 100_000, rows_per_file: int = 10, repeats: int = 3,
-        workdir: Path | None = None) -> dict[str, Any]:
+def run(
+    files: int = 100_000, rows_per_file: int = 10, repeats: int = 3, workdir: Path | None = None
+) -> dict[str, Any]:
     """Time validate-consistency on ``files`` loaded files against a Spark count of the table."""
     from pyspark.sql import functions as F
 
@@ -71,10 +83,20 @@ def run(files: int = 100_000, rows_per_file: int = 10, repeats: int = 3,
     target = settings.table_path("events")
     write_target(spark, target, files, rows_per_file)
     tracker = DeltaTrackerResource(checkpoint_path=settings.checkpoint_path).for_table("events")
-    common.write_tracker(tracker, [common.tracker_rows(
-        [file_path(n) for n in range(files)], "events", FileStatus.COMPLETED, moment,
-        batch_ids=[batch_id(n) for n in range(files)], batch_seqs=[n // FILES_PER_BATCH + 1 for n in range(files)],
-        row_count=rows_per_file)])
+    common.write_tracker(
+        tracker,
+        [
+            common.tracker_rows(
+                [file_path(n) for n in range(files)],
+                "events",
+                FileStatus.COMPLETED,
+                moment,
+                batch_ids=[batch_id(n) for n in range(files)],
+                batch_seqs=[n // FILES_PER_BATCH + 1 for n in range(files)],
+                row_count=rows_per_file,
+            )
+        ],
+    )
 
     def count() -> int:
         return spark.read.format("delta").load(target).count()
@@ -93,19 +115,38 @@ def run(files: int = 100_000, rows_per_file: int = 10, repeats: int = 3,
         loader_seconds = common.median_seconds(validate, repeats)
 
     def per_file() -> Any:  # noqa: ANN401
-        return (spark.read.format("delta").load(target).groupBy("_source_file")
-                .agg(F.count(F.lit(1)).alias("rows"), F.min("_batch_id"), F.max("_batch_id")))
+        return (
+            spark.read.format("delta")
+            .load(target)
+            .groupBy("_source_file")
+            .agg(F.count(F.lit(1)).alias("rows"), F.min("_batch_id"), F.max("_batch_id"))
+        )
 
     collect_seconds = common.median_seconds(lambda: per_file().collect(), repeats)
     arrow_seconds = common.median_seconds(lambda: per_file().toArrow(), repeats)
-    noop_seconds = common.median_seconds(lambda: per_file().write.format("noop").mode("overwrite").save(), repeats)
+    noop_seconds = common.median_seconds(
+        lambda: per_file().write.format("noop").mode("overwrite").save(), repeats
+    )
     scan_seconds = common.median_seconds(
-        lambda: spark.read.format("delta").load(target).select("_source_file", "_batch_id")
-        .write.format("noop").mode("overwrite").save(), repeats)
+        lambda: (
+            spark.read.format("delta")
+            .load(target)
+            .select("_source_file", "_batch_id")
+            .write.format("noop")
+            .mode("overwrite")
+            .save()
+        ),
+        repeats,
+    )
     ratio = loader_seconds / baseline_seconds
     return common.result(
-        "P7", f"validate-consistency, {files:,} loaded files", loader_seconds, baseline_seconds, TARGET_RATIO,
-        "<= 3x", ratio <= TARGET_RATIO,
+        "P7",
+        f"validate-consistency, {files:,} loaded files",
+        loader_seconds,
+        baseline_seconds,
+        TARGET_RATIO,
+        "<= 3x",
+        ratio <= TARGET_RATIO,
         files=files,
         rows=files * rows_per_file,
         consistent=report.consistent,

@@ -1,8 +1,8 @@
 """Run the benchmarks of issue 6 (P1..P7), print a table, write results.json and regenerate RESULTS.md.
 
-Every figure is a ratio of the loader against a baseline measured in the same process, on the same data, in the
-same run (the machine is small and noisy). Each benchmark runs in a child process of its own (a fresh JVM, so
-the peak memory figures are its own and P3 can tell that no Spark session was started).
+Every figure is a ratio of the loader against a baseline measured in the same process, on the same data, in
+the same run (the machine is small and noisy). Each benchmark runs in a child process of its own (a fresh
+JVM, so the peak memory figures are its own and P3 can tell that no Spark session was started).
 
     python -m benchmarks.run_all                 # the issue's sizes (about 15-20 minutes on 2 cores)
     python -m benchmarks.run_all --only P1,P5    # some of them; other entries of results.json are kept
@@ -30,23 +30,48 @@ RESULTS_MD = HERE / "RESULTS.md"
 
 # id -> (module, what, issue-size arguments, tiny arguments)
 BENCHMARKS: dict[str, tuple[str, str, dict[str, Any], dict[str, Any]]] = {
-    "P1": ("benchmarks.bench_p1_append", "append 200 parquet files x 50k rows, full loader path",
-           {"files": 200, "rows": 50_000}, {"files": 4, "rows": 500}),
-    "P2": ("benchmarks.bench_scd2", "SCD2: 1M-key dimension, 5 change files of 10% changed keys",
-           {"keys": 1_000_000, "files": 5, "changed": 0.10, "seed": 11},
-           {"keys": 300, "files": 3, "changed": 0.10, "seed": 3}),
-    "P3": ("benchmarks.bench_p3_rerun", "rerun with nothing new, 10,000 completed files",
-           {"files": 10_000, "first_load": 100}, {"files": 50, "first_load": 3, "rows_per_file": 10}),
-    "P4": ("benchmarks.bench_p4_batch_cost", "one 10-file batch into a table of 100 batches",
-           {"batches": 100, "batch_files": 10, "repeats": 3}, {"batches": 3, "batch_files": 2, "rows": 10,
-                                                             "repeats": 1}),
-    "P5": ("benchmarks.bench_p5_sensor", "sensor tick, 100,000 files, 1% new",
-           {"files": 100_000, "new_fraction": 0.01}, {"files": 300, "new_fraction": 0.01, "repeats": 1}),
-    "P6": ("benchmarks.bench_p6_tracker", "tracker at 1M rows: filtered read + 1,000-file claim",
-           {"rows": 1_000_000, "base_rows": 10_000, "claim": 1_000},
-           {"rows": 2_000, "base_rows": 500, "claim": 20, "repeats": 1}),
-    "P7": ("benchmarks.bench_p7_validate", "validate-consistency, 100,000 loaded files",
-           {"files": 100_000, "rows_per_file": 10}, {"files": 300, "rows_per_file": 3, "repeats": 1}),
+    "P1": (
+        "benchmarks.bench_p1_append",
+        "append 200 parquet files x 50k rows, full loader path",
+        {"files": 200, "rows": 50_000},
+        {"files": 4, "rows": 500},
+    ),
+    "P2": (
+        "benchmarks.bench_scd2",
+        "SCD2: 1M-key dimension, 5 change files of 10% changed keys",
+        {"keys": 1_000_000, "files": 5, "changed": 0.10, "seed": 11},
+        {"keys": 300, "files": 3, "changed": 0.10, "seed": 3},
+    ),
+    "P3": (
+        "benchmarks.bench_p3_rerun",
+        "rerun with nothing new, 10,000 completed files",
+        {"files": 10_000, "first_load": 100},
+        {"files": 50, "first_load": 3, "rows_per_file": 10},
+    ),
+    "P4": (
+        "benchmarks.bench_p4_batch_cost",
+        "one 10-file batch into a table of 100 batches",
+        {"batches": 100, "batch_files": 10, "repeats": 3},
+        {"batches": 3, "batch_files": 2, "rows": 10, "repeats": 1},
+    ),
+    "P5": (
+        "benchmarks.bench_p5_sensor",
+        "sensor tick, 100,000 files, 1% new",
+        {"files": 100_000, "new_fraction": 0.01},
+        {"files": 300, "new_fraction": 0.01, "repeats": 1},
+    ),
+    "P6": (
+        "benchmarks.bench_p6_tracker",
+        "tracker at 1M rows: filtered read + 1,000-file claim",
+        {"rows": 1_000_000, "base_rows": 10_000, "claim": 1_000},
+        {"rows": 2_000, "base_rows": 500, "claim": 20, "repeats": 1},
+    ),
+    "P7": (
+        "benchmarks.bench_p7_validate",
+        "validate-consistency, 100,000 loaded files",
+        {"files": 100_000, "rows_per_file": 10},
+        {"files": 300, "rows_per_file": 3, "repeats": 1},
+    ),
 }
 
 # Reading of the measurements, shown under "Where the time goes" for a target that is not met. Written from
@@ -87,7 +112,11 @@ def normalise_scd2(raw: dict[str, Any]) -> dict[str, Any]:
         "loader_files_per_second": round(raw["files"] / raw["loader_seconds"], 2),
         "loader_rows_per_second": raw["loader_rows_per_second"],
         "baseline": "canonical Delta-docs SCD2 MERGE by hand, file by file",
-        **{k: v for k, v in raw.items() if k not in ("ratio", "loader_seconds", "baseline_seconds", "target_ratio")},
+        **{
+            k: v
+            for k, v in raw.items()
+            if k not in ("ratio", "loader_seconds", "baseline_seconds", "target_ratio")
+        },
     }
 
 
@@ -157,8 +186,17 @@ def table_rows(results: list[dict[str, Any]]) -> list[list[str]]:
             rows.append([item["id"], item.get("what", ""), "-", "-", "-", item.get("target", ""), "ERROR"])
             continue
         ratio = item.get("ratio")
-        rows.append([item["id"], item["what"], _seconds(item["loader_seconds"]), _seconds(item["baseline_seconds"]),
-                     f"{ratio:.2f}x" if ratio is not None else "-", item["target"], "yes" if item["met"] else "NO"])
+        rows.append(
+            [
+                item["id"],
+                item["what"],
+                _seconds(item["loader_seconds"]),
+                _seconds(item["baseline_seconds"]),
+                f"{ratio:.2f}x" if ratio is not None else "-",
+                item["target"],
+                "yes" if item["met"] else "NO",
+            ]
+        )
     return rows
 
 
@@ -197,21 +235,48 @@ def where_the_time_goes(item: dict[str, Any]) -> str:
     phases = item.get("phases")
     if phases and all(isinstance(v, dict) and "seconds" not in v for v in phases.values()):
         for label, sub in phases.items():
-            parts += [f"Loader phases, {label} table (seconds; nested phases overlap):", "",
-                      markdown_table(["phase", "seconds", "calls"], _phase_rows(sub)), ""]
+            parts += [
+                f"Loader phases, {label} table (seconds; nested phases overlap):",
+                "",
+                markdown_table(["phase", "seconds", "calls"], _phase_rows(sub)),
+                "",
+            ]
     elif phases:
-        parts += ["Loader phases (seconds; nested phases overlap):", "",
-                  markdown_table(["phase", "seconds", "calls"], _phase_rows(phases)), ""]
+        parts += [
+            "Loader phases (seconds; nested phases overlap):",
+            "",
+            markdown_table(["phase", "seconds", "calls"], _phase_rows(phases)),
+            "",
+        ]
     if item.get("what_if"):
-        parts += ["Related measurements (same run):", "",
-                  markdown_table(["measurement", "seconds", ""], _phase_rows(item["what_if"])), ""]
+        parts += [
+            "Related measurements (same run):",
+            "",
+            markdown_table(["measurement", "seconds", ""], _phase_rows(item["what_if"])),
+            "",
+        ]
     if item["id"] == "P6":
-        keys = ["rows", "data_files", "filtered_read_seconds", "claim_seconds", "open_table_seconds",
-                "full_read_seconds", "read_with_pushed_down_filter_seconds"]
-        sizes = [("1M rows (compacted)", item["large"]), ("10k rows", item["small"]),
-                 ("1M rows, not compacted (what-if)", item["what_if_large_not_compacted"])]
-        parts += [markdown_table(["", *[label for label, _ in sizes]],
-                                 [[key, *[str(values[key]) for _, values in sizes]] for key in keys]), ""]
+        keys = [
+            "rows",
+            "data_files",
+            "filtered_read_seconds",
+            "claim_seconds",
+            "open_table_seconds",
+            "full_read_seconds",
+            "read_with_pushed_down_filter_seconds",
+        ]
+        sizes = [
+            ("1M rows (compacted)", item["large"]),
+            ("10k rows", item["small"]),
+            ("1M rows, not compacted (what-if)", item["what_if_large_not_compacted"]),
+        ]
+        parts += [
+            markdown_table(
+                ["", *[label for label, _ in sizes]],
+                [[key, *[str(values[key]) for _, values in sizes]] for key in keys],
+            ),
+            "",
+        ]
     return "\n".join(parts)
 
 
@@ -222,12 +287,22 @@ def render_markdown(report: dict[str, Any]) -> str:
         "# Benchmark results",
         "",
         "Generated by `python -m benchmarks.run_all` (do not edit by hand: it is rewritten on every run).",
-        "Each ratio is the loader's time over a baseline measured in the same process, on the same data, in the",
-        "same run; absolute seconds are context only (2 shared cores, other work running).",
+        "Each ratio is the loader's time over a baseline measured in the same process, on the same data, in",
+        "the same run; absolute seconds are context only (2 shared cores, other work running).",
         "",
         markdown_table(HEADER, table_rows(results)),
         "",
-        f"Run on {report['generated']} (UTC), total {report['total_seconds'] / 60:.1f} minutes.",
+        *[
+            f"- Run of {run['generated']} UTC: {', '.join(run['ids'])} "
+            f"({run['total_seconds'] / 60:.1f} minutes)."
+            for run in report["runs"]
+        ],
+        *[
+            f"- Superseded: {item['id']} measured {item['measured']}: {item['ratio']}x "
+            f"({item['loader_seconds']} s vs {item['baseline_seconds']} s, 1-minute load average "
+            f"{item.get('load_average') or 'not recorded'})."
+            for item in report.get("superseded", [])
+        ],
         "",
         "## Machine",
         "",
@@ -241,13 +316,28 @@ def render_markdown(report: dict[str, Any]) -> str:
     rows = []
     for item in results:
         if item["id"] in ("P1", "P2") and "error" not in item:
-            rows.append([item["id"], str(item.get("loader_files_per_second", "-")),
-                         f"{item.get('loader_rows_per_second', 0):,}",
-                         str(item.get("python_peak_rss_mb", "-")), str(item.get("jvm_driver_peak_rss_mb", "-"))])
-    lines += [markdown_table(["id", "loader files/s", "loader rows/s", "Python peak RSS MB",
-                              "JVM driver peak RSS MB"], rows) if rows else "(P1 and P2 not in this run)", ""]
-    lines += ["Peak RSS is the whole benchmark process (loader and baseline both ran in it); the JVM is the "
-              "local-mode driver, i.e. the whole Spark engine (`spark.driver.memory` 8g).", ""]
+            rows.append(
+                [
+                    item["id"],
+                    str(item.get("loader_files_per_second", "-")),
+                    f"{item.get('loader_rows_per_second', 0):,}",
+                    str(item.get("python_peak_rss_mb", "-")),
+                    str(item.get("jvm_driver_peak_rss_mb", "-")),
+                ]
+            )
+    lines += [
+        markdown_table(
+            ["id", "loader files/s", "loader rows/s", "Python peak RSS MB", "JVM driver peak RSS MB"], rows
+        )
+        if rows
+        else "(P1 and P2 not in this run)",
+        "",
+    ]
+    lines += [
+        "Peak RSS is the whole benchmark process (loader and baseline both ran in it); the JVM is the "
+        "local-mode driver, i.e. the whole Spark engine (`spark.driver.memory` 8g).",
+        "",
+    ]
     sizes = [f"- {item['id']}: {item['baseline']}" for item in results if "baseline" in item]
     lines += ["## Baselines", "", *sizes, ""]
     lines += ["## Sizes and deviations", "", *[f"- {note}" for note in report["notes"]], ""]
@@ -271,31 +361,62 @@ def run_in_child(bench_id: str, tiny: bool, scratch: Path, timeout: float) -> di
     out = scratch / f"{bench_id}.json"
     workdir = scratch / bench_id
     log = scratch / f"{bench_id}.log"
-    command = [sys.executable, "-m", "benchmarks.run_all", "--child", bench_id, "--child-out", str(out),
-               "--child-workdir", str(workdir)] + (["--tiny"] if tiny else [])
+    command = [
+        sys.executable,
+        "-m",
+        "benchmarks.run_all",
+        "--child",
+        bench_id,
+        "--child-out",
+        str(out),
+        "--child-workdir",
+        str(workdir),
+    ] + (["--tiny"] if tiny else [])
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE.parent), os.environ.get("PYTHONPATH", "")])}
     with log.open("w") as handle:
         try:
-            process = subprocess.run(command, cwd=HERE.parent, env=env, stdout=handle, stderr=subprocess.STDOUT,
-                                     timeout=timeout, check=False)
+            process = subprocess.run(
+                command,
+                cwd=HERE.parent,
+                env=env,
+                stdout=handle,
+                stderr=subprocess.STDOUT,
+                timeout=timeout,
+                check=False,
+            )
         except subprocess.TimeoutExpired:
-            return {"id": bench_id, "what": BENCHMARKS[bench_id][1], "target": "", "met": False,
-                    "error": f"timed out after {timeout:.0f} s (log: {log})"}
+            return {
+                "id": bench_id,
+                "what": BENCHMARKS[bench_id][1],
+                "target": "",
+                "met": False,
+                "error": f"timed out after {timeout:.0f} s (log: {log})",
+            }
     if process.returncode != 0 or not out.exists():
         tail = log.read_text()[-1500:]
-        return {"id": bench_id, "what": BENCHMARKS[bench_id][1], "target": "", "met": False,
-                "error": f"exit code {process.returncode}; log tail: {tail}"}
+        return {
+            "id": bench_id,
+            "what": BENCHMARKS[bench_id][1],
+            "target": "",
+            "met": False,
+            "error": f"exit code {process.returncode}; log tail: {tail}",
+        }
     return json.loads(out.read_text())
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", help="comma-separated ids, e.g. P1,P5 (default: all)")
-    parser.add_argument("--tiny", action="store_true", help="tiny sizes (smoke run); writes results-tiny.json")
+    parser.add_argument(
+        "--tiny", action="store_true", help="tiny sizes (smoke run); writes results-tiny.json"
+    )
     parser.add_argument("--timeout", type=float, default=45 * 60, help="per benchmark, seconds")
     parser.add_argument("--keep", action="store_true", help="keep the scratch directory (data and logs)")
-    parser.add_argument("--render-only", action="store_true",
-                        help="rewrite RESULTS.md from results.json (after editing NOTES), running nothing")
+    parser.add_argument(
+        "--render-only",
+        action="store_true",
+        help="rewrite RESULTS.md from results.json (after editing NOTES), running nothing",
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--child-out", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--child-workdir", type=Path, help=argparse.SUPPRESS)
@@ -326,22 +447,48 @@ def main() -> None:
         # other work on the machine while it ran (1-minute load average before and after)
         outcome["load_average"] = [round(load_before, 1), round(os.getloadavg()[0], 1)]
         results.append(outcome)
-        status = outcome.get("error", "").splitlines()[0] if "error" in outcome else (
-            f"{outcome['ratio']}x, target {outcome['target']}: {'met' if outcome['met'] else 'NOT met'}")
+        status = (
+            outcome.get("error", "").splitlines()[0]
+            if "error" in outcome
+            else (
+                f"{outcome['ratio']}x, target {outcome['target']}: {'met' if outcome['met'] else 'NOT met'}"
+            )
+        )
         print(f"{bench_id}: {status} ({outcome['benchmark_wall_seconds']} s)", flush=True)
 
     json_path = RESULTS_DIR / ("results-tiny.json" if args.tiny else "results.json")
-    previous = json.loads(json_path.read_text()) if json_path.exists() and args.only else None
-    if previous:  # --only: keep the other benchmarks' last results
-        kept = [item for item in previous["results"] if item["id"] not in selected]
-        results = sorted(kept + results, key=lambda item: item["id"])
-    report = {
-        "generated": datetime.now(UTC).strftime("%Y-%m-%d %H:%M"),
-        "tiny": args.tiny,
+    generated = datetime.now(UTC).strftime("%Y-%m-%d %H:%M")
+    this_run = {
+        "generated": generated,
+        "ids": selected,
         "total_seconds": round(time.perf_counter() - started, 1),
+    }
+    for item in results:
+        item["measured"] = generated
+    previous = json.loads(json_path.read_text()) if json_path.exists() and args.only else None
+    runs, superseded = [this_run], []
+    if (
+        previous
+    ):  # --only: keep the other benchmarks' last results; the replaced ones are listed as superseded
+        kept = [item for item in previous["results"] if item["id"] not in selected]
+        superseded = previous.get("superseded", []) + [
+            {
+                key: item.get(key)
+                for key in ("id", "measured", "ratio", "loader_seconds", "baseline_seconds", "load_average")
+            }
+            for item in previous["results"]
+            if item["id"] in selected
+        ]
+        results = sorted(kept + results, key=lambda item: item["id"])
+        runs = previous.get("runs", []) + runs
+    report = {
+        "generated": generated,
+        "tiny": args.tiny,
+        "runs": runs,
         "machine": machine(),
         "notes": DEVIATIONS,
         "results": results,
+        "superseded": superseded,
     }
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     json_path.write_text(json.dumps(report, indent=2, default=str) + "\n")

@@ -70,16 +70,42 @@ def test_validate_benchmark_table_is_consistent(spark, tmp_path):
 
 def test_run_all_renders_a_table_and_the_results_page():
     results = [
-        {"id": "P5", "what": "sensor", "loader_seconds": 0.5, "baseline_seconds": 0.25, "ratio": 2.0,
-         "target_ratio": 3.0, "target": "<= 3x; < 5 s", "met": True, "baseline": "scandir"},
-        {"id": "P7", "what": "validate", "loader_seconds": 9.0, "baseline_seconds": 1.0, "ratio": 9.0,
-         "target_ratio": 3.0, "target": "<= 3x", "met": False, "baseline": "count",
-         "phases": {"validate: target vs tracker (Spark)": 8.5}, "what_if": {"toArrow": 2.0}},
+        {
+            "id": "P5",
+            "what": "sensor",
+            "loader_seconds": 0.5,
+            "baseline_seconds": 0.25,
+            "ratio": 2.0,
+            "target_ratio": 3.0,
+            "target": "<= 3x; < 5 s",
+            "met": True,
+            "baseline": "scandir",
+        },
+        {
+            "id": "P7",
+            "what": "validate",
+            "loader_seconds": 9.0,
+            "baseline_seconds": 1.0,
+            "ratio": 9.0,
+            "target_ratio": 3.0,
+            "target": "<= 3x",
+            "met": False,
+            "baseline": "count",
+            "phases": {"validate: target vs tracker (Spark)": 8.5},
+            "what_if": {"toArrow": 2.0},
+        },
     ]
     text = run_all.text_table(results)
     assert "P7" in text and "NO" in text and "yes" in text
-    page = run_all.render_markdown({"generated": "2026-01-01 00:00", "total_seconds": 60.0, "notes": [],
-                                    "machine": run_all.machine(), "results": results})
+    page = run_all.render_markdown(
+        {
+            "generated": "2026-01-01 00:00",
+            "total_seconds": 60.0,
+            "notes": [],
+            "machine": run_all.machine(),
+            "results": results,
+        }
+    )
     assert "| P5 | sensor |" in page
     assert "### P7: validate (9.00x, target <= 3x)" in page and "toArrow" in page
     assert "### P5" not in page
