@@ -74,9 +74,24 @@ BENCHMARKS: dict[str, tuple[str, str, dict[str, Any], dict[str, Any]]] = {
     ),
 }
 
-# Reading of the measurements, shown under "Where the time goes" for a target that is not met. Written from
-# the phase figures of the run recorded in RESULTS.md; the figures themselves are regenerated every run.
-NOTES: dict[str, str] = {}
+NOTES_MD = HERE / "NOTES.md"
+
+
+def notes() -> dict[str, str]:
+    """The reading of the measurements per benchmark id (``## P1`` sections of NOTES.md), shown under "Where
+    the time goes" in RESULTS.md for a target that is not met; the figures are regenerated every run."""
+    if not NOTES_MD.exists():
+        return {}
+    sections: dict[str, list[str]] = {}
+    current = None
+    for line in NOTES_MD.read_text().splitlines():
+        if line.startswith("## "):
+            current = line[3:].strip()
+            sections[current] = []
+        elif current is not None:
+            sections[current].append(line)
+    return {key: "\n".join(lines).strip() for key, lines in sections.items()}
+
 
 # How the fixtures differ from a literal reading of the issue, and why (rendered in RESULTS.md).
 DEVIATIONS = [
@@ -179,6 +194,13 @@ def _seconds(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
 
 
+def baseline_rows_per_second(item: dict[str, Any]) -> int:
+    """The baseline's throughput (bench_scd2 reports only the loader's: derived from the same row count)."""
+    if item.get("baseline_rows_per_second"):
+        return int(item["baseline_rows_per_second"])
+    return round(item["loader_rows_per_second"] * item["loader_seconds"] / item["baseline_seconds"])
+
+
 def table_rows(results: list[dict[str, Any]]) -> list[list[str]]:
     rows = []
     for item in results:
@@ -230,8 +252,9 @@ def _phase_rows(phases: dict[str, Any]) -> list[list[str]]:
 def where_the_time_goes(item: dict[str, Any]) -> str:
     """The measured breakdown of one benchmark, as markdown."""
     parts = [f"### {item['id']}: {item['what']} ({item['ratio']:.2f}x, target {item['target']})", ""]
-    if NOTES.get(item["id"]):
-        parts += [NOTES[item["id"]], ""]
+    note = notes().get(item["id"])
+    if note:
+        parts += [note, ""]
     phases = item.get("phases")
     if phases and all(isinstance(v, dict) and "seconds" not in v for v in phases.values()):
         for label, sub in phases.items():
@@ -321,13 +344,27 @@ def render_markdown(report: dict[str, Any]) -> str:
                     item["id"],
                     str(item.get("loader_files_per_second", "-")),
                     f"{item.get('loader_rows_per_second', 0):,}",
+                    str(
+                        item.get("baseline_files_per_second")
+                        or round(item["files"] / item["baseline_seconds"], 2)
+                    ),
+                    f"{baseline_rows_per_second(item):,}",
                     str(item.get("python_peak_rss_mb", "-")),
                     str(item.get("jvm_driver_peak_rss_mb", "-")),
                 ]
             )
     lines += [
         markdown_table(
-            ["id", "loader files/s", "loader rows/s", "Python peak RSS MB", "JVM driver peak RSS MB"], rows
+            [
+                "id",
+                "loader files/s",
+                "loader rows/s",
+                "baseline files/s",
+                "baseline rows/s",
+                "Python peak RSS MB",
+                "JVM driver peak RSS MB",
+            ],
+            rows,
         )
         if rows
         else "(P1 and P2 not in this run)",

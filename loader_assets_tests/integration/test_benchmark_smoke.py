@@ -100,7 +100,7 @@ def test_run_all_renders_a_table_and_the_results_page():
     page = run_all.render_markdown(
         {
             "generated": "2026-01-01 00:00",
-            "total_seconds": 60.0,
+            "runs": [{"generated": "2026-01-01 00:00", "ids": ["P5", "P7"], "total_seconds": 60.0}],
             "notes": [],
             "machine": run_all.machine(),
             "results": results,
