@@ -1,8 +1,8 @@
 """Side probe for P1 (not part of run_all): why writing the loader's per-file union costs more than one read.
 
 Reads ``--files`` parquet files of ``--rows`` rows the way ``reading.read_batch`` does (one DataFrame per
-file, unioned) and as one ``spark.read.parquet``, and times each written to a noop sink and as a Delta append, plus
-the union coalesced to 2 partitions (to tell per-branch cost from per-output-file cost).
+file, unioned) and as one ``spark.read.parquet``, and times each written to a noop sink and as a Delta
+append, plus the union coalesced to 2 partitions (to tell per-branch cost from per-output-file cost).
 
     python -m benchmarks.probe_p1_union --files 200 --rows 5000
 """
