@@ -175,7 +175,22 @@ def machine() -> dict[str, Any]:
         java = java.splitlines()[0] if java else "unknown"
     except OSError:
         java = "not found"
+    try:
+        # the last commit that changed the loader: what the figures describe
+        commit = (
+            subprocess.run(
+                ["git", "log", "-1", "--format=%h %s", "--", "loader_assets"],
+                cwd=HERE.parent,
+                capture_output=True,
+                text=True,
+                check=False,
+            ).stdout.strip()[:100]
+            or "unknown"
+        )
+    except OSError:
+        commit = "unknown"
     return {
+        "loader_commit": commit,
         "cores": os.cpu_count(),
         "memory_gb": memory_gb,
         "cpu": cpu,
@@ -329,6 +344,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         "",
         "## Machine",
         "",
+        f"- Loader measured: commit {m.get('loader_commit', 'unknown')}",
         f"- {m['cores']} cores, {m['memory_gb']} GB RAM, {m['cpu']}; {m['os']}",
         f"- Python {m['python']}, {m['java']}, Spark {m['spark']}, delta-spark {m['delta_spark']}, "
         f"deltalake (delta-rs) {m['deltalake']}, Dagster {m['dagster']}, pyarrow {m['pyarrow']}",
