@@ -1,13 +1,111 @@
-"""The benchmarks run at a tiny size so they never rot (timings are not asserted; correctness is)."""
+"""The benchmarks run at a tiny size so they never rot (timings are not asserted; correctness is).
+
+P5 and P6 use no Spark and run in the fast tier too."""
 
 import pytest
 
+from benchmarks import (
+    bench_p1_append,
+    bench_p3_rerun,
+    bench_p4_batch_cost,
+    bench_p5_sensor,
+    bench_p6_tracker,
+    bench_p7_validate,
+    run_all,
+)
 from benchmarks.bench_scd2 import run
 
-pytestmark = pytest.mark.spark
 
-
+@pytest.mark.spark
 def test_scd2_benchmark_at_tiny_size_matches_the_canonical_merge(spark, tmp_path):
     result = run(keys=300, files=3, changed=0.1, seed=3, workdir=tmp_path / "bench")
     assert result["tables_identical"]
     assert result["final_rows"] == 300 + 3 * 30
+
+
+# Issue 6 benchmarks (run_all's tiny sizes). Each asserts what the benchmark itself relies on; never a time.
+
+
+@pytest.mark.spark
+def test_append_benchmark_loads_every_row_on_both_sides(spark, tmp_path):
+    result = bench_p1_append.run(files=4, rows=500, workdir=tmp_path / "bench")
+    assert result["tables_equal_row_counts"]
+    assert result["loader_rows"] == result["baseline_rows"] == result["total_rows_loaded"] == 2000
+    assert result["phases"]["read batch: per-file Spark reads + union"]["calls"] == 1
+    assert result["python_peak_rss_mb"] > 0
+
+
+@pytest.mark.spark
+def test_rerun_benchmark_starts_no_spark_session(spark, tmp_path):
+    result = bench_p3_rerun.run(files=50, first_load=3, rows_per_file=10, workdir=tmp_path / "bench")
+    assert result["spark_session_started"] is False
+    assert result["files_discovered"] == 50
+    assert result["first_load_rows"] == 30
+
+
+@pytest.mark.spark
+def test_batch_cost_benchmark_appends_to_the_populated_table(spark, tmp_path):
+    result = bench_p4_batch_cost.run(batches=3, batch_files=2, rows=10, repeats=1, workdir=tmp_path / "bench")
+    assert result["populated_rows_after"] == (3 + 1) * 2 * 10
+    assert result["tracker_completed_after"] == (3 + 1) * 2
+
+
+def test_sensor_benchmark_requests_one_run_for_the_new_files(tmp_path):
+    result = bench_p5_sensor.run(files=300, new_fraction=0.01, repeats=1, workdir=tmp_path / "bench")
+    assert result["new_files"] == 3 and result["run_requests"] == 1
+
+
+def test_tracker_benchmark_claims_the_pending_files_at_both_sizes(tmp_path):
+    result = bench_p6_tracker.run(rows=2_000, base_rows=500, claim=20, repeats=1, workdir=tmp_path / "bench")
+    for size in ("large", "small", "what_if_large_not_compacted"):
+        assert result[size]["processing_after_claims"] == 20
+    assert result["large"]["rows"] == 2_000 and result["small"]["rows"] == 500
+
+
+@pytest.mark.spark
+def test_validate_benchmark_table_is_consistent(spark, tmp_path):
+    result = bench_p7_validate.run(files=300, rows_per_file=3, repeats=1, workdir=tmp_path / "bench")
+    assert result["consistent"] and result["files_checked"] == 300
+
+
+def test_run_all_renders_a_table_and_the_results_page():
+    results = [
+        {
+            "id": "P5",
+            "what": "sensor",
+            "loader_seconds": 0.5,
+            "baseline_seconds": 0.25,
+            "ratio": 2.0,
+            "target_ratio": 3.0,
+            "target": "<= 3x; < 5 s",
+            "met": True,
+            "baseline": "scandir",
+        },
+        {
+            "id": "P7",
+            "what": "validate",
+            "loader_seconds": 9.0,
+            "baseline_seconds": 1.0,
+            "ratio": 9.0,
+            "target_ratio": 3.0,
+            "target": "<= 3x",
+            "met": False,
+            "baseline": "count",
+            "phases": {"validate: target vs tracker (Spark)": 8.5},
+            "what_if": {"toArrow": 2.0},
+        },
+    ]
+    text = run_all.text_table(results)
+    assert "P7" in text and "NO" in text and "yes" in text
+    page = run_all.render_markdown(
+        {
+            "generated": "2026-01-01 00:00",
+            "runs": [{"generated": "2026-01-01 00:00", "ids": ["P5", "P7"], "total_seconds": 60.0}],
+            "notes": [],
+            "machine": run_all.machine(),
+            "results": results,
+        }
+    )
+    assert "| P5 | sensor |" in page
+    assert "### P7: validate (9.00x, target <= 3x)" in page and "toArrow" in page
+    assert "### P5" not in page

@@ -1,0 +1,141 @@
+"""P1: appending ``--files`` parquet files of ``--rows`` rows, the loader's full path against Spark by hand.
+
+Same files, same Spark session, same run, each side into its own new Delta table:
+- loader: ``run_pipeline`` (a Dagster run: lock, listing, tracker register/claim/complete, per-file prechecks
+  and reads, audit columns, one commit with txnAppId/txnVersion, row counts from the target, the asset
+  checks);
+- baseline: ``spark.read.parquet(*files).write.format("delta").mode("append").save(...)``.
+Target: loader <= 1.10x the baseline. Both tables must hold every row (checked with a Spark count).
+
+Untimed before both: a warm-up of each side on two small files (JIT, class loading), so neither pays the
+first-use cost. The loader's phases are timed by wrapping the loader's functions (``_common.loader_phases``).
+Peak memory is reported for the Python process and the Spark driver JVM (both whole-process peaks).
+
+    python -m benchmarks.bench_p1_append --files 200 --rows 50000
+"""
+
+import argparse
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+
+from benchmarks import _common as common
+from loader_assets.api import run_pipeline
+
+TARGET_RATIO = 1.10
+
+
+def _baseline(spark: Any, paths: list[Path], target: Path) -> None:  # noqa: ANN401
+    spark.read.parquet(*[str(p) for p in paths]).write.format("delta").mode("append").save(str(target))
+
+
+def _one_read_with_audit(spark: Any, paths: list[Path], target: Path) -> None:  # noqa: ANN401
+    """What-if (not the figure): one Spark read of all files, the audit columns and the txn options, one
+    append: the loader's commit without per-file DataFrames (``_source_file`` here is Spark's file URI)."""
+    from pyspark.sql import functions as F
+
+    (
+        spark.read.parquet(*[str(p) for p in paths])
+        .withColumn("_source_file", F.col("_metadata.file_path"))
+        .withColumn("_load_timestamp", F.current_timestamp())
+        .withColumn("_batch_id", F.lit("00000001-whatif"))
+        .write.format("delta")
+        .option("txnAppId", "loader_assets/whatif")
+        .option("txnVersion", "1")
+        .option("userMetadata", '{"batch_id": "00000001-whatif"}')
+        .mode("append")
+        .save(str(target))
+    )
+
+
+def _loader(root: Path, source: Path) -> tuple[Any, dict[str, Any]]:
+    settings = common.write_config(root, {"table_name": "events", "source_path": str(source)})
+    with dg.DagsterInstance.ephemeral() as instance, common.loader_phases() as phases:
+        summary = run_pipeline(settings, instance=instance, log_level="WARNING")
+    return summary, {"settings": settings, "phases": phases.report()}
+
+
+def run(
+    files: int = 200, rows: int = 50_000, repeats: int = 1, workdir: Path | None = None
+) -> dict[str, Any]:
+    """Time the loader's append of ``files`` x ``rows`` against a Spark append of the same files by hand."""
+    root = Path(workdir or tempfile.mkdtemp(prefix="bench-p1-"))
+    moment = common.yesterday_noon()
+    source = root / "landing" / "events"
+    paths = common.write_data_files(source, files, rows, moment)
+    warm_source = root / "landing" / "warmup"
+    warm_paths = common.write_data_files(warm_source, 2, 1_000, moment)
+    spark = common.spark_session()
+
+    _baseline(spark, warm_paths, root / "warmup-baseline")
+    _loader(root / "warmup-loader", warm_source)
+
+    loader_times, baseline_times, phases, summary = [], [], {}, None
+    for n in range(repeats):
+        baseline_path = root / f"baseline-{n}"
+        seconds, _ = common.timed(lambda baseline_path=baseline_path: _baseline(spark, paths, baseline_path))
+        baseline_times.append(seconds)
+        seconds, (summary, extra) = common.timed(lambda n=n: _loader(root / f"loader-{n}", source))
+        loader_times.append(seconds)
+        phases = extra["phases"]
+        assert summary.success and summary.total_files_processed == files, summary.to_json()
+        loader_rows = spark.read.format("delta").load(extra["settings"].table_path("events")).count()
+        baseline_rows = spark.read.format("delta").load(str(baseline_path)).count()
+        assert loader_rows == baseline_rows == files * rows, (loader_rows, baseline_rows)
+
+    loader_seconds, baseline_seconds = min(loader_times), min(baseline_times)
+    what_if_seconds, _ = common.timed(lambda: _one_read_with_audit(spark, paths, root / "what-if"))
+    ratio = loader_seconds / baseline_seconds
+    assert summary is not None
+    return common.result(
+        "P1",
+        f"append {files} parquet files x {rows:,} rows",
+        loader_seconds,
+        baseline_seconds,
+        TARGET_RATIO,
+        "<= 1.10x",
+        ratio <= TARGET_RATIO,
+        files=files,
+        rows=files * rows,
+        loader_rows=loader_rows,
+        baseline_rows=baseline_rows,
+        tables_equal_row_counts=loader_rows == baseline_rows == files * rows,
+        total_rows_loaded=summary.total_rows_loaded,
+        loader_times=[round(s, 3) for s in loader_times],
+        baseline_times=[round(s, 3) for s in baseline_times],
+        loader_files_per_second=round(files / loader_seconds, 1),
+        loader_rows_per_second=round(files * rows / loader_seconds),
+        baseline_files_per_second=round(files / baseline_seconds, 1),
+        baseline_rows_per_second=round(files * rows / baseline_seconds),
+        python_peak_rss_mb=common.python_peak_rss_mb(),
+        jvm_driver_peak_rss_mb=common.jvm_peak_rss_mb(spark),
+        phases=phases,
+        what_if={
+            "one spark.read of all files + audit columns + txn options, one append (no per-file "
+            "DataFrames, no row counts, no checks)": round(what_if_seconds, 3)
+        },
+        baseline="spark.read.parquet(*files) -> delta append, by hand",
+        repeats=repeats,
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--files", type=int, default=200)
+    parser.add_argument("--rows", type=int, default=50_000)
+    parser.add_argument("--repeats", type=int, default=1, help="both sides this many times; the best is kept")
+    parser.add_argument("--workdir", type=Path)
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    outcome = run(args.files, args.rows, args.repeats, workdir=args.workdir)
+    text = json.dumps(outcome, indent=2)
+    if args.out:
+        args.out.write_text(text + "\n")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
