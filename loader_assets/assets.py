@@ -187,11 +187,15 @@ def prepare_batch(
             context.log.info(f"table {name}: {len(batch.completed_empty)} empty files completed with 0 rows")
         if prechecked:
             session = spark.session
-            read = read_batch(session, table, prechecked, data_schema_of_target(session, target_path, table))
+            reference = data_schema_of_target(session, target_path, table)
+            read = read_batch(session, table, prechecked, reference)
+            by_path = {f.path: f for f in prechecked}
+            batch.reader = lambda paths: read_batch(session, table, [by_path[p] for p in paths], reference)
             batch.cached.extend(read.cached)
             batch.failed.update(read.errors)
             batch.dataframe, batch.loaded_paths = read.dataframe, read.loaded_paths
             batch.quarantine, batch.quarantined = read.quarantine, read.quarantined
+            batch.footer_rows = read.footer_rows
             batch.evolve_schema = read.evolves_schema or table.schema_evolution is not SchemaEvolution.FAIL
         if batch.failed:
             tracker.fail(batch.failed, backoff=settings.retry_delay)

@@ -7,12 +7,15 @@ would load every partition). They run after each materialisation of the table an
 - ``<table>_no_failed_files``: files that failed. WARN while retries remain, ERROR once any file exhausted them.
 - ``<table>_target_matches_tracker``: every completed file's row count equals its rows in the target, no rows
   come from a file that is not completed, and no file's rows carry two batch ids (a duplicate load).
+- ``<table>_scd2_invariants`` and ``<table>_target_matches_tracker`` check, after a load, what that run wrote
+  (its files; the keys of its batches), so their cost follows the batch, not the table; run alone (the checks
+  job, a run that loaded nothing) and in ``validate-consistency`` they check the whole table.
 - ``<table>_scd2_invariants`` (scd2 tables): one current row per key, flag agrees with end date, intervals of a
   key neither overlap nor leave gaps.
 """
 
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,12 +50,22 @@ class TargetConsistency:
         return not (self.count_mismatches or self.untracked_files or self.duplicate_loads)
 
 
-def compare_target_with_tracker(spark: Any, tracker: FileTracker, target_path: str) -> TargetConsistency:  # noqa: ANN401
-    """Per-file row counts and batch ids from the target (aggregated in Spark) against the tracker."""
+def compare_target_with_tracker(
+    spark: Any,  # noqa: ANN401
+    tracker: FileTracker,
+    target_path: str,
+    files: Sequence[str] | None = None,
+) -> TargetConsistency:
+    """Per-file row counts and batch ids from the target (aggregated in Spark) against the tracker.
+
+    With ``files``, only those files are compared (a load checks what it wrote: their counts, and that none of
+    them is in the table twice); rows of files outside the list are then not looked at."""
     from pyspark.sql import functions as F
 
     result = TargetConsistency()
     rows = tracker.read(columns=["file_path", "row_count", "status", "target_version"])
+    if files is not None:
+        rows = rows.filter(pc.is_in(rows["file_path"], pa.array(list(files), pa.string())))
     # Files whose rows the target should hold: completed ones, and those loaded before and now waiting for a
     # reload (changed in the source, reprocess, skip of a new version): until it commits, the old rows stay.
     completed = rows.filter(pc.or_(
@@ -66,20 +79,19 @@ def compare_target_with_tracker(spark: Any, tracker: FileTracker, target_path: s
             if (row["row_count"] or 0) > 0
         ][:SAMPLE]
         return result
-    per_file = (
-        spark.read.format("delta").load(target_path)
-        .groupBy(SOURCE_FILE_COLUMN)
+    frame = spark.read.format("delta").load(target_path)
+    if files is not None:
+        frame = frame.where(F.col(SOURCE_FILE_COLUMN).isin(list(files)))
+    target = (
+        frame.groupBy(SOURCE_FILE_COLUMN)
         # min != max says "more than one batch" exactly, without countDistinct's extra shuffle, and names two
-        .agg(F.count(F.lit(1)).alias("rows"), F.min(BATCH_ID_COLUMN).alias("first_batch"),
+        .agg(F.count(F.lit(1)).cast("long").alias("rows"), F.min(BATCH_ID_COLUMN).alias("first_batch"),
              F.max(BATCH_ID_COLUMN).alias("last_batch"))
-        .collect()
+        .withColumnRenamed(SOURCE_FILE_COLUMN, "file_path")
+        .toArrow()  # one Arrow batch per file, not a Python object per row
     )
-    target = pa.Table.from_pylist(
-        [{"file_path": r[SOURCE_FILE_COLUMN], "rows": int(r["rows"]), "first_batch": r["first_batch"],
-          "last_batch": r["last_batch"]} for r in per_file],
-        schema=pa.schema([("file_path", pa.string()), ("rows", pa.int64()), ("first_batch", pa.string()),
-                          ("last_batch", pa.string())]),
-    )
+    target = target.cast(pa.schema([("file_path", pa.string()), ("rows", pa.int64()),
+                                    ("first_batch", pa.string()), ("last_batch", pa.string())]))
     result.target_files = target.num_rows
     duplicates = target.filter(pc.not_equal(target["first_batch"], target["last_batch"]))
     result.duplicate_loads = duplicates.select(["file_path", "first_batch", "last_batch"]).slice(0, SAMPLE).to_pylist()
@@ -131,7 +143,7 @@ def failed_files_result(tracker: FileTracker, retry_attempts: int) -> dg.AssetCh
     )
 
 
-def target_consistency_result(consistency: TargetConsistency) -> dg.AssetCheckResult:
+def target_consistency_result(consistency: TargetConsistency, scope: str = "whole table") -> dg.AssetCheckResult:
     problems = []
     if consistency.count_mismatches:
         problems.append(f"{len(consistency.count_mismatches)}+ files whose row counts differ from the tracker")
@@ -144,6 +156,7 @@ def target_consistency_result(consistency: TargetConsistency) -> dg.AssetCheckRe
         severity=dg.AssetCheckSeverity.ERROR,
         description="; ".join(problems) or "every completed file's rows are in the table exactly once",
         metadata={
+            "scope": scope,
             "completed_files": consistency.completed_files,
             "files_in_target": consistency.target_files,
             "count_mismatches": dg.MetadataValue.json(consistency.count_mismatches),
@@ -151,6 +164,23 @@ def target_consistency_result(consistency: TargetConsistency) -> dg.AssetCheckRe
             "duplicate_loads": dg.MetadataValue.json(consistency.duplicate_loads),
         },
     )
+
+
+def files_of_run(tracker: FileTracker, run_id: str) -> list[str]:
+    """Files a run claimed (its load's files). Empty for a run that loaded nothing, such as the checks job."""
+    rows = tracker.read(columns=["file_path", "run_id"])
+    return rows.filter(pc.equal(rows["run_id"], run_id))["file_path"].to_pylist()
+
+
+def batches_of_run(tracker: FileTracker, run_id: str) -> list[str]:
+    """Batch ids of the files a run completed."""
+    rows = tracker.read(columns=["batch_id", "run_id", "status"], statuses=[FileStatus.COMPLETED])
+    mine = rows.filter(pc.equal(rows["run_id"], run_id))
+    return sorted({b for b in mine["batch_id"].to_pylist() if b})
+
+
+def scope_label(files: list[str]) -> str:
+    return f"the {len(files)} files this run loaded" if files else "whole table"
 
 
 def run_ended_checker(instance: dg.DagsterInstance) -> Callable[[str], bool]:
@@ -183,11 +213,16 @@ def build_table_checks(table: TableSettings, settings: LoaderSettings) -> list[d
             "completed; no file loaded twice."
         ),
     )
-    def _target_matches_tracker(tracker: DeltaTrackerResource, spark: SparkSessionResource) -> dg.AssetCheckResult:
+    def _target_matches_tracker(
+        context: dg.AssetCheckExecutionContext, tracker: DeltaTrackerResource, spark: SparkSessionResource
+    ) -> dg.AssetCheckResult:
         table_tracker = tracker.for_table(name)
         if open_target(target_path) is None and table_tracker.status_counts()[FileStatus.COMPLETED.value] == 0:
             return dg.AssetCheckResult(passed=True, description="nothing loaded yet", metadata={"completed_files": 0})
-        return target_consistency_result(compare_target_with_tracker(spark.session, table_tracker, target_path))
+        scope = files_of_run(table_tracker, context.run.run_id)
+        return target_consistency_result(
+            compare_target_with_tracker(spark.session, table_tracker, target_path, scope or None),
+            scope_label(scope))
 
     @dg.asset_check(
         asset=name,
@@ -242,15 +277,19 @@ def build_table_checks(table: TableSettings, settings: LoaderSettings) -> list[d
                 "versions follow one another without gaps or overlaps."
             ),
         )
-        def _scd2_invariants(spark: SparkSessionResource) -> dg.AssetCheckResult:
+        def _scd2_invariants(
+            context: dg.AssetCheckExecutionContext, tracker: DeltaTrackerResource, spark: SparkSessionResource
+        ) -> dg.AssetCheckResult:
             if open_target(target_path) is None:
                 return dg.AssetCheckResult(passed=True, description="nothing loaded yet")
-            violations = scd2_violations(spark.session, target_path, table)
+            batches = batches_of_run(tracker.for_table(name), context.run.run_id)
+            violations = scd2_violations(spark.session, target_path, table, batches or None)
             return dg.AssetCheckResult(
                 passed=violations.ok,
                 severity=dg.AssetCheckSeverity.ERROR,
                 description="history is consistent" if violations.ok else "SCD2 invariants violated",
                 metadata={
+                    "scope": "keys written by this run" if batches else "whole table",
                     "keys_without_one_current": violations.keys_without_one_current,
                     "flag_end_disagreements": violations.flag_end_disagreements,
                     "interval_breaks": violations.interval_breaks,

@@ -38,7 +38,7 @@ from deltalake.exceptions import TableNotFoundError
 from loader_assets.core.discovery import TIMESTAMP, is_within, list_source_files
 from loader_assets.core.partitions import partition_keys_for
 from loader_assets.core.states import FileStatus
-from loader_assets.reading import BATCH_ID_COLUMN, SOURCE_FILE_COLUMN, ExpectedFile
+from loader_assets.reading import BATCH_ID_COLUMN, SOURCE_FILE_COLUMN, BatchRead, ExpectedFile
 from loader_assets.resources.lock import Lease
 from loader_assets.resources.tracker import FileChange, FileTracker
 from loader_assets.settings import TableSettings
@@ -81,6 +81,12 @@ def missing_tracker_message(table_name: str, tracker_path: str) -> str:
 
 def find_batch_commit(target_path: str, batch_id: str, search_depth: int = 200) -> int | None:
     """The target version whose commit carries ``batch_id`` in its userMetadata."""
+    entry = batch_commit_entry(target_path, batch_id, search_depth)
+    return int(entry["version"]) if entry is not None else None
+
+
+def batch_commit_entry(target_path: str, batch_id: str, search_depth: int = 200) -> dict[str, Any] | None:
+    """The history entry (version, operation, operationMetrics, ...) of the commit that carries ``batch_id``."""
     table = open_target(target_path)
     if table is None:
         return None
@@ -90,7 +96,7 @@ def find_batch_commit(target_path: str, batch_id: str, search_depth: int = 200) 
             continue
         try:
             if json.loads(raw).get("batch_id") == batch_id:
-                return int(entry["version"])
+                return entry
         except (ValueError, AttributeError):
             continue
     return None
@@ -310,6 +316,9 @@ class LoadBatch:
     quarantined: dict[str, int] = field(default_factory=dict)
     cached: list[DataFrame] = field(default_factory=list)
     evolve_schema: bool = False
+    # reads some of the batch's files again, on their own (a split batch re-reads each half)
+    reader: Callable[[list[str]], BatchRead] | None = None
+    footer_rows: dict[str, int] = field(default_factory=dict)  # parquet: rows per file from its footer
 
     @property
     def app_id(self) -> str:

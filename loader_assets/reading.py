@@ -22,6 +22,7 @@ escaped, so ``[``, ``{``, ``*`` and ``?`` in a name mean themselves (DESIGN.md s
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -41,7 +42,7 @@ from loader_assets.settings import (
 )
 
 if TYPE_CHECKING:
-    from pyspark.sql import DataFrame, SparkSession
+    from pyspark.sql import Column, DataFrame, SparkSession
     from pyspark.sql.types import DataType, StructType
 
 logger = logging.getLogger(__name__)
@@ -95,6 +96,7 @@ class BatchRead:
     quarantined: dict[str, int] = field(default_factory=dict)
     cached: list[DataFrame] = field(default_factory=list)
     evolves_schema: bool = False
+    footer_rows: dict[str, int] = field(default_factory=dict)  # parquet: rows per file, from its footer
 
 
 def _short(error: BaseException) -> str:
@@ -217,10 +219,23 @@ def _union_all(frames: Sequence[DataFrame]) -> DataFrame:
 
 @dataclass
 class _FileFrame:
-    expected: ExpectedFile
+    """One Spark read: a single file (``_source_file`` a literal), or a group of parquet files with the same
+    footer schema read at once (``_source_file`` mapped from Spark's ``_metadata.file_path``)."""
+
+    files: list[ExpectedFile]
     frame: DataFrame
-    data_schema: StructType  # the file's columns, without _corrupt_record
+    data_schema: StructType  # the files' columns, without _corrupt_record
     may_have_bad_rows: bool
+    source: Column | None = None  # None: the single file's path as a literal
+
+    @property
+    def paths(self) -> list[str]:
+        return [f.path for f in self.files]
+
+    def source_column(self) -> Column:
+        from pyspark.sql import functions as F
+
+        return self.source if self.source is not None else F.lit(self.files[0].path)
 
 
 def _read_file(spark: SparkSession, table: TableSettings, expected: ExpectedFile) -> _FileFrame | str:
@@ -240,7 +255,7 @@ def _read_file(spark: SparkSession, table: TableSettings, expected: ExpectedFile
                 .option("mode", "PERMISSIVE").option("columnNameOfCorruptRecord", CORRUPT_RECORD_COLUMN)
                 .schema(with_corrupt).load(escape_glob(path))
             )
-            return _FileFrame(expected, frame, inferred, True)
+            return _FileFrame([expected], frame, inferred, True)
         if table.file_format is FileFormat.JSON:
             frame = reader.option("mode", "PERMISSIVE").option(
                 "columnNameOfCorruptRecord", CORRUPT_RECORD_COLUMN).load(escape_glob(path))
@@ -248,11 +263,91 @@ def _read_file(spark: SparkSession, table: TableSettings, expected: ExpectedFile
             data = StructType([f for f in schema.fields if f.name != CORRUPT_RECORD_COLUMN])
             if not data.fields:
                 return "no line of the file is a valid JSON record"
-            return _FileFrame(expected, frame, data, CORRUPT_RECORD_COLUMN in schema.fieldNames())
+            return _FileFrame([expected], frame, data, CORRUPT_RECORD_COLUMN in schema.fieldNames())
         frame = reader.load(escape_glob(path))
-        return _FileFrame(expected, frame, frame.schema, False)
+        return _FileFrame([expected], frame, frame.schema, False)
     except (PySparkException, Py4JJavaError) as error:
         return f"Spark cannot read the file: {_short(error)}"
+
+
+def _footer(path: str) -> tuple[str, int] | None:
+    """The parquet footer's schema as text (metadata left out) and its row count, or None if unreadable."""
+    location = SourceLocation.parse(path)
+    try:
+        with location.filesystem.open_input_file(path[len(location.uri_prefix):]) as handle:
+            metadata = pq.read_metadata(handle)
+    except Exception:  # the per-file read reports the reason
+        return None
+    schema = metadata.schema.to_arrow_schema().remove_metadata()
+    return schema.to_string(show_field_metadata=False, show_schema_metadata=False), metadata.num_rows
+
+
+_LOCAL_URI = r"^file:/+"  # Spark writes file:/x in _metadata.file_path where Hadoop qualifies to file:///x
+
+
+def _spark_file_uris(spark: SparkSession, paths: Sequence[str]) -> list[str]:
+    """How Spark names each file in ``_metadata.file_path``: the qualified Hadoop path as a URI (local paths
+    normalised to ``file:///``, as the lookup side is)."""
+    jvm = spark._jvm  # type: ignore[attr-defined]
+    conf = spark._jsc.hadoopConfiguration()  # type: ignore[attr-defined]
+    uris = []
+    for path in paths:
+        hadoop_path = jvm.org.apache.hadoop.fs.Path(path)
+        uri = hadoop_path.getFileSystem(conf).makeQualified(hadoop_path).toUri().toString()
+        uris.append(re.sub(_LOCAL_URI, "file:///", uri))
+    return uris
+
+
+def _read_parquet_group(spark: SparkSession, table: TableSettings, files: list[ExpectedFile]) -> _FileFrame | None:
+    """Files with one footer schema as one Spark read, or None when that cannot be done safely (then each file
+    is read on its own). Reading 200 files as one relation instead of a 200-way union of one-file relations is
+    what makes a large append batch cost about what Spark by hand costs (benchmark P1)."""
+    from pyspark.errors import PySparkException
+    from pyspark.sql import functions as F
+    from py4j.protocol import Py4JJavaError
+
+    paths = [f.path for f in files]
+    try:
+        frame = (spark.read.format("parquet").options(**table.read_options)
+                 .load([escape_glob(p) for p in paths]))
+        uris = _spark_file_uris(spark, paths)
+        if len(frame.inputFiles()) != len(paths) or len(set(uris)) != len(paths):
+            return None
+    except (PySparkException, Py4JJavaError):
+        return None
+    mapping = F.create_map(*[F.lit(x) for pair in zip(uris, paths, strict=True) for x in pair])
+    file_path = F.regexp_replace(F.col("_metadata.file_path"), _LOCAL_URI, "file:///")
+    # A file Spark names differently than expected stops the write instead of loading rows without a source.
+    source = F.coalesce(mapping[file_path], F.raise_error(F.concat(F.lit("unmapped source file "), file_path)))
+    return _FileFrame(list(files), frame, frame.schema, False, source.cast("string"))
+
+
+def _read_files(spark: SparkSession, table: TableSettings, files: Sequence[ExpectedFile],
+                errors: dict[str, str], footer_rows: dict[str, int]) -> list[_FileFrame]:
+    """Each file as its own read; parquet files that share a footer schema as one read per schema."""
+    items: list[_FileFrame] = []
+    single: list[ExpectedFile] = list(files)
+    if table.file_format is FileFormat.PARQUET:
+        groups: dict[str, list[ExpectedFile]] = {}
+        for expected in files:
+            footer = _footer(expected.path)
+            if footer is not None:
+                footer_rows[expected.path] = footer[1]
+            groups.setdefault(footer[0] if footer else f"\x00{expected.path}", []).append(expected)
+        single = []
+        for key, members in groups.items():
+            group = _read_parquet_group(spark, table, members) if len(members) > 1 and key[:1] != "\x00" else None
+            if group is None:
+                single.extend(members)
+            else:
+                items.append(group)
+    for expected in single:
+        item = _read_file(spark, table, expected)
+        if isinstance(item, str):
+            errors[expected.path] = item
+        else:
+            items.append(item)
+    return items
 
 
 def _resolve_schema(
@@ -267,19 +362,19 @@ def _resolve_schema(
     added = False
     text = table.file_format is not FileFormat.PARQUET
     for item in files:
-        path = item.expected.path
         if schema is None:
             schema = item.data_schema
             continue
         if policy is SchemaEvolution.FAIL:
             difference = _schema_difference(schema, item.data_schema, text_format=text)
             if difference:
-                errors[path] = difference + " (schema_evolution=fail)"
+                errors.update(dict.fromkeys(item.paths, difference + " (schema_evolution=fail)"))
         elif policy is SchemaEvolution.ADD_NEW_COLUMNS:
             difference = _schema_difference(schema, item.data_schema, check_missing=False, check_extra=False,
                                             text_format=text)
             if difference:
-                errors[path] = difference + " (schema_evolution=add_new_columns adds columns, never retypes one)"
+                errors.update(dict.fromkeys(
+                    item.paths, difference + " (schema_evolution=add_new_columns adds columns, never retypes one)"))
                 continue
             new = [f for f in item.data_schema.fields if f.name not in schema.fieldNames()]
             if new:
@@ -340,7 +435,7 @@ def _project(item: _FileFrame, schema: StructType, table: TableSettings) -> Data
     if unparsed:
         corrupt = F.coalesce(corrupt, *unparsed)
     columns.append(corrupt.alias(CORRUPT_RECORD_COLUMN))
-    columns.append(F.lit(item.expected.path).alias(SOURCE_FILE_COLUMN))
+    columns.append(item.source_column().alias(SOURCE_FILE_COLUMN))
     return frame.select(*columns)
 
 
@@ -396,26 +491,24 @@ def read_batch(
     reserved = table.loader_columns() | {CORRUPT_RECORD_COLUMN}
     result = BatchRead(dataframe=None)
     readable: list[_FileFrame] = []
-    for expected in files:
-        item = _read_file(spark, table, expected)
-        if isinstance(item, str):
-            result.errors[expected.path] = item
-            continue
+    for item in _read_files(spark, table, files, result.errors, result.footer_rows):
         names = item.data_schema.fieldNames()
         missing = [c for c in required if c not in names]
         if missing:
-            result.errors[expected.path] = f"missing configured columns {missing}"
+            result.errors.update(dict.fromkeys(item.paths, f"missing configured columns {missing}"))
             continue
         clashing = sorted(reserved & set(names))
         if clashing:
-            result.errors[expected.path] = f"the file has columns {clashing}, which the loader writes itself"
+            result.errors.update(dict.fromkeys(
+                item.paths, f"the file has columns {clashing}, which the loader writes itself"))
             continue
         readable.append(item)
     schema, result.evolves_schema = _resolve_schema(table, reference_schema, readable, result.errors)
-    good = [item for item in readable if item.expected.path not in result.errors]
+    good = [item for item in readable if not set(item.paths) & set(result.errors)]
     if not good or schema is None:
         return result
-    result.loaded_paths = [item.expected.path for item in good]
+    order = {f.path: i for i, f in enumerate(files)}
+    result.loaded_paths = sorted((p for item in good for p in item.paths), key=order.__getitem__)
     union = _union_all([_project(item, schema, table) for item in good])
     text = table.file_format is not FileFormat.PARQUET
     own_types = [{f.name: f.dataType for f in item.data_schema.fields} for item in good]

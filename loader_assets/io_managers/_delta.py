@@ -26,8 +26,8 @@ from loader_assets.core import faults
 from loader_assets.core.errors import BatchWriteError
 from loader_assets.loading import (
     LoadBatch,
+    batch_commit_entry,
     batch_row_counts,
-    find_batch_commit,
     new_batch_id,
     next_batch_sequence,
     replace_predicate,
@@ -90,6 +90,11 @@ class DeltaBatchIOManager(dg.ConfigurableIOManager):
         """Strategy-specific checks that need Spark: returns the rows to write and an error per file to fail.
         The default accepts everything."""
         return PreparedRows(frame), {}
+
+    def row_counts_from_commit(self, batch: LoadBatch, commit: dict[str, Any]) -> dict[str, int] | None:
+        """Per-file row counts the strategy knows without reading the table back (None: aggregate them from
+        the target). The default knows none."""
+        return None
 
     def write_batch(self, batch: LoadBatch, prepared: PreparedRows) -> bool:
         """Write the batch as exactly one Delta commit carrying the batch's txn; False if there was nothing to
@@ -206,7 +211,8 @@ class DeltaBatchIOManager(dg.ConfigurableIOManager):
             committed = True
             context.log.warning(f"table {name}: the write raised after its commit landed: {_first_line(error)}")
         faults.crash_point(faults.AFTER_TARGET_COMMIT)
-        version = find_batch_commit(part.target_path, part.batch_id) if committed else None
+        commit = batch_commit_entry(part.target_path, part.batch_id) if committed else None
+        version = int(commit["version"]) if commit is not None else None
         if committed and version is None:
             message = (
                 f"no target commit carries batch {part.batch_id}: Delta skipped the write because txn version "
@@ -214,7 +220,10 @@ class DeltaBatchIOManager(dg.ConfigurableIOManager):
             )
             part.tracker.fail({p: message for p in part.loaded_paths})
             raise BatchWriteError(name, part.batch_id, message)
-        counts = batch_row_counts(spark, part.target_path, part.batch_id) if committed else {}
+        counts: dict[str, int] = {}
+        if committed and commit is not None:
+            counts = self.row_counts_from_commit(part, commit) or batch_row_counts(
+                spark, part.target_path, part.batch_id)
         faults.crash_during(faults.DURING_TRACKER_COMMIT)
         quarantined = {p: part.quarantined[p] for p in part.loaded_paths if p in part.quarantined}
         part.tracker.complete({p: counts.get(p, 0) for p in part.loaded_paths}, part.batch_id, version, quarantined)
@@ -252,15 +261,26 @@ class DeltaBatchIOManager(dg.ConfigurableIOManager):
                 outcome.failed.update({p: message for p in group})
                 continue
             seq = next_batch_sequence(part.tracker, part.target_path, name).next_seq
-            in_group = F.col(SOURCE_FILE_COLUMN).isin(group)
-            assert part.dataframe is not None
-            sub = replace(
-                part, batch_seq=seq, batch_id=new_batch_id(seq), dataframe=part.dataframe.where(in_group),
-                loaded_paths=list(group), failed={},
-                quarantine=part.quarantine.where(in_group) if part.quarantine is not None else None,
-                cached=[],
-            )
+            sub = replace(part, batch_seq=seq, batch_id=new_batch_id(seq), loaded_paths=list(group), failed={})
             part.tracker.claim(group, str(sub.batch_id), seq, part.run_id, reclaim=True)
+            if part.reader is not None:
+                # read the half again on its own: a filter over the whole batch's read would still read every
+                # file (a group read maps _source_file from file paths), so the bad file would fail both halves
+                read = part.reader(list(group))
+                part.cached.extend(read.cached)  # shared with the top-level batch, which unpersists them
+                sub.dataframe, sub.quarantine = read.dataframe, read.quarantine
+                sub.loaded_paths = list(read.loaded_paths)
+                if read.errors:
+                    self._fail_files(context, sub, read.errors)
+                    outcome.failed.update(read.errors)
+                    sub.loaded_paths = [p for p in read.loaded_paths if p not in read.errors]
+            else:
+                in_group = F.col(SOURCE_FILE_COLUMN).isin(group)
+                assert part.dataframe is not None
+                sub.dataframe = part.dataframe.where(in_group)
+                sub.quarantine = part.quarantine.where(in_group) if part.quarantine is not None else None
+            if sub.dataframe is None or not sub.loaded_paths:
+                continue
             self._attempt(context, sub, outcome, budget, bisecting=True)
 
     def _write_quarantine(self, part: LoadBatch) -> None:

@@ -6,6 +6,8 @@ exactly those files' rows, so the result is the same however many times the file
 """
 
 
+from typing import Any
+
 from loader_assets.io_managers._delta import DeltaBatchIOManager, PreparedRows
 from loader_assets.loading import LoadBatch, audited, replace_predicate
 
@@ -16,6 +18,17 @@ class DeltaAppendIOManager(DeltaBatchIOManager):
 
         DeltaAppendIOManager(target_root="/data/lake", spark=SparkSessionResource(master="local[*]"))
     """
+
+    def row_counts_from_commit(self, batch: LoadBatch, commit: dict[str, Any]) -> dict[str, int] | None:
+        """Parquet appends write every row of every file: the footers' row counts are the rows written, when
+        their sum equals the commit's ``numOutputRows`` (checked; otherwise they are aggregated from the table)."""
+        if not batch.loaded_paths or any(p not in batch.footer_rows for p in batch.loaded_paths):
+            return None
+        counts = {p: batch.footer_rows[p] for p in batch.loaded_paths}
+        written = (commit.get("operationMetrics") or {}).get("numOutputRows")
+        if written is None or int(written) != sum(counts.values()):
+            return None
+        return counts
 
     def write_batch(self, batch: LoadBatch, prepared: PreparedRows) -> bool:
         assert batch.batch_id is not None and batch.batch_seq is not None
