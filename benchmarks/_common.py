@@ -144,6 +144,12 @@ def tracker_rows(
             "row_count": pa.array([row_count if done else None] * n, pa.int64()),
             "target_version": pa.array([0 if done else None] * n, pa.int64()),
             "fingerprint": fingerprint(sizes, mtime),
+            "source_fingerprint": fingerprint(sizes, mtime),
+            "file_version": pa.array([1] * n, pa.int32()),
+            "content_hash": pa.nulls(n, pa.string()),
+            "next_attempt_at": pa.nulls(n, TIMESTAMP),
+            "retryable": pa.nulls(n, pa.bool_()),
+            "quarantined_rows": pa.nulls(n, pa.int64()),
         },
         schema=TRACKER_SCHEMA,
     )
@@ -264,11 +270,11 @@ def loader_phases() -> Iterator[Phases]:
     phases.wrap(assets, "next_batch_sequence", "next batch sequence")
     phases.wrap(assets, "precheck_file", "precheck files (no Spark)")
     phases.wrap(assets, "data_schema_of_target", "target schema (Spark)")
-    phases.wrap(assets, "read_batch", "read batch: per-file Spark reads + union")
+    phases.wrap(assets, "read_batch", "read batch (Spark)")
     phases.wrap(DeltaAppendIOManager, "write_batch", "target commit (append)")
     phases.wrap(DeltaScd2IOManager, "validate_batch", "scd2 validate")
     phases.wrap(DeltaScd2IOManager, "write_batch", "target commit (scd2 merge)")
-    phases.wrap(_delta, "find_batch_commit", "find batch commit (history)")
+    phases.wrap(_delta, "batch_commit_entry", "find batch commit (history)")
     phases.wrap(_delta, "batch_row_counts", "row counts per file (Spark)")
     phases.wrap(checks, "compare_target_with_tracker", "check: target matches tracker (Spark)")
     phases.wrap(checks, "scd2_violations", "check: scd2 invariants (Spark)")
