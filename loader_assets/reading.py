@@ -287,7 +287,7 @@ _LOCAL_URI = r"^file:/+"  # Spark writes file:/x in _metadata.file_path where Ha
 
 def _spark_file_uris(spark: SparkSession, paths: Sequence[str]) -> list[str]:
     """How Spark names each file in ``_metadata.file_path``: the qualified Hadoop path as a URI (local paths
-    normalised to ``file:///``, as the lookup side is)."""
+    normalised to ``file:///``; the map holds the ``file:/`` spelling too)."""
     jvm = spark._jvm  # type: ignore[attr-defined]
     conf = spark._jsc.hadoopConfiguration()  # type: ignore[attr-defined]
     uris = []
@@ -315,8 +315,11 @@ def _read_parquet_group(spark: SparkSession, table: TableSettings, files: list[E
             return None
     except (PySparkException, Py4JJavaError):
         return None
-    mapping = F.create_map(*[F.lit(x) for pair in zip(uris, paths, strict=True) for x in pair])
-    file_path = F.regexp_replace(F.col("_metadata.file_path"), _LOCAL_URI, "file:///")
+    pairs = list(zip(uris, paths, strict=True))
+    # both spellings of a local URI, so the per-row lookup is a plain map access (no regex on every row)
+    pairs += [(re.sub(_LOCAL_URI, "file:/", uri), path) for uri, path in pairs if uri.startswith("file:///")]
+    mapping = F.create_map(*[F.lit(x) for pair in pairs for x in pair])
+    file_path = F.col("_metadata.file_path")
     # A file Spark names differently than expected stops the write instead of loading rows without a source.
     source = F.coalesce(mapping[file_path], F.raise_error(F.concat(F.lit("unmapped source file "), file_path)))
     return _FileFrame(list(files), frame, frame.schema, False, source.cast("string"))

@@ -123,14 +123,11 @@ def find_pending_work(
 
 def changed_files(present: pa.Table, listing: pa.Table) -> pa.Table:
     """Known files (not processing) whose listed fingerprint differs from the newest one the tracker saw,
-    with the listed fingerprint as ``_fp``."""
+    with the listed fingerprint as ``_fp``. One hash lookup per known path (no join): benchmark P5."""
     if present.num_rows == 0:
         return present.append_column("_fp", pa.array([], pa.string()))
-    listed = pa.table({
-        "file_path": listing["file_path"],
-        "_fp": fingerprint(listing["file_size"], listing["file_modified_time"]),
-    })
-    joined = present.join(listed, "file_path", join_type="inner")
-    seen = pc.fill_null(pc.coalesce(joined["source_fingerprint"], joined["fingerprint"]), "")
-    differs = pc.and_(pc.not_equal(joined["_fp"], seen), pc.not_equal(joined["status"], FileStatus.PROCESSING.value))
-    return joined.filter(differs)
+    rows = pc.index_in(present["file_path"], value_set=listing["file_path"])
+    listed = fingerprint(pc.take(listing["file_size"], rows), pc.take(listing["file_modified_time"], rows))
+    seen = pc.fill_null(pc.coalesce(present["source_fingerprint"], present["fingerprint"]), "")
+    differs = pc.and_(pc.not_equal(listed, seen), pc.not_equal(present["status"], FileStatus.PROCESSING.value))
+    return present.append_column("_fp", listed).filter(pc.fill_null(differs, False))
