@@ -282,6 +282,7 @@ def _footer(path: str) -> tuple[str, int] | None:
     return schema.to_string(show_field_metadata=False, show_schema_metadata=False), metadata.num_rows
 
 
+_URI, _SOURCE = "__loader_assets_uri", "__loader_assets_source"
 _LOCAL_URI = r"^file:/+"  # Spark writes file:/x in _metadata.file_path where Hadoop qualifies to file:///x
 
 
@@ -310,19 +311,21 @@ def _read_parquet_group(spark: SparkSession, table: TableSettings, files: list[E
     try:
         frame = (spark.read.format("parquet").options(**table.read_options)
                  .load([escape_glob(p) for p in paths]))
+        data_schema = frame.schema
         uris = _spark_file_uris(spark, paths)
         if len(frame.inputFiles()) != len(paths) or len(set(uris)) != len(paths):
             return None
     except (PySparkException, Py4JJavaError):
         return None
     pairs = list(zip(uris, paths, strict=True))
-    # both spellings of a local URI, so the per-row lookup is a plain map access (no regex on every row)
+    # both spellings of a local URI; a broadcast hash join, not a literal map (a map lookup scans its keys for
+    # every row: 400 string comparisons x 10M rows made benchmark P1 twice as slow as Spark by hand)
     pairs += [(re.sub(_LOCAL_URI, "file:/", uri), path) for uri, path in pairs if uri.startswith("file:///")]
-    mapping = F.create_map(*[F.lit(x) for pair in pairs for x in pair])
-    file_path = F.col("_metadata.file_path")
+    lookup = spark.createDataFrame(pairs, f"{_URI} string, {_SOURCE} string")
+    frame = frame.withColumn(_URI, F.col("_metadata.file_path")).join(F.broadcast(lookup), _URI, "left")
     # A file Spark names differently than expected stops the write instead of loading rows without a source.
-    source = F.coalesce(mapping[file_path], F.raise_error(F.concat(F.lit("unmapped source file "), file_path)))
-    return _FileFrame(list(files), frame, frame.schema, False, source.cast("string"))
+    source = F.coalesce(F.col(_SOURCE), F.raise_error(F.concat(F.lit("unmapped source file "), F.col(_URI))))
+    return _FileFrame(list(files), frame, data_schema, False, source.cast("string"))
 
 
 def _read_files(spark: SparkSession, table: TableSettings, files: Sequence[ExpectedFile],
