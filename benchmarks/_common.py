@@ -307,3 +307,28 @@ def result(
         "met": met,
         **details,
     }
+
+
+def bench_main(run: Callable[..., dict[str, Any]], doc: str) -> None:
+    """The command line of one benchmark module: a flag per parameter of ``run`` (``--rows-per-file`` for
+    ``rows_per_file``, typed by its default), plus ``--workdir`` and ``--out``; prints the JSON outcome and
+    writes it to ``--out`` when given."""
+    import argparse
+    import inspect
+    import json
+
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    names = []
+    for name, parameter in inspect.signature(run).parameters.items():
+        if name == "workdir" or parameter.default is inspect.Parameter.empty:
+            continue
+        names.append(name)
+        parser.add_argument(f"--{name.replace('_', '-')}", type=type(parameter.default), default=parameter.default)
+    parser.add_argument("--workdir", type=Path)
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    outcome = run(**{name: getattr(args, name) for name in names}, workdir=args.workdir)
+    text = json.dumps(outcome, indent=2)
+    if args.out:
+        args.out.write_text(text + "\n")
+    print(text)

@@ -14,8 +14,6 @@ Peak memory is reported for the Python process and the Spark driver JVM (both wh
     python -m benchmarks.bench_p1_append --files 200 --rows 50000
 """
 
-import argparse
-import json
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -123,19 +121,7 @@ def run(
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--files", type=int, default=200)
-    parser.add_argument("--rows", type=int, default=50_000)
-    parser.add_argument("--repeats", type=int, default=1, help="both sides this many times; the best is kept")
-    parser.add_argument("--workdir", type=Path)
-    parser.add_argument("--out", type=Path)
-    args = parser.parse_args()
-    outcome = run(args.files, args.rows, args.repeats, workdir=args.workdir)
-    text = json.dumps(outcome, indent=2)
-    if args.out:
-        args.out.write_text(text + "\n")
-    print(text)
-
+    common.bench_main(run, __doc__)
 
 if __name__ == "__main__":
     main()

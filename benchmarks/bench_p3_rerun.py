@@ -14,7 +14,6 @@ commits, as the loader's own transitions would have left them.
     python -m benchmarks.bench_p3_rerun --files 10000
 """
 
-import argparse
 import json
 import os
 import subprocess
@@ -142,18 +141,7 @@ def run(
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--files", type=int, default=10_000)
-    parser.add_argument("--first-load", type=int, default=100)
-    parser.add_argument("--workdir", type=Path)
-    parser.add_argument("--out", type=Path)
-    args = parser.parse_args()
-    outcome = run(args.files, args.first_load, workdir=args.workdir)
-    text = json.dumps(outcome, indent=2)
-    if args.out:
-        args.out.write_text(text + "\n")
-    print(text)
-
+    common.bench_main(run, __doc__)
 
 if __name__ == "__main__":
     main()

@@ -17,8 +17,6 @@ Target: <= 1.2x.
     python -m benchmarks.bench_p4_batch_cost --batches 100 --batch-files 10
 """
 
-import argparse
-import json
 import statistics
 import tempfile
 from pathlib import Path
@@ -179,20 +177,7 @@ def run(
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batches", type=int, default=100)
-    parser.add_argument("--batch-files", type=int, default=10)
-    parser.add_argument("--rows", type=int, default=1_000)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--workdir", type=Path)
-    parser.add_argument("--out", type=Path)
-    args = parser.parse_args()
-    outcome = run(args.batches, args.batch_files, args.rows, args.repeats, workdir=args.workdir)
-    text = json.dumps(outcome, indent=2)
-    if args.out:
-        args.out.write_text(text + "\n")
-    print(text)
-
+    common.bench_main(run, __doc__)
 
 if __name__ == "__main__":
     main()

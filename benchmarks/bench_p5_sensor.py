@@ -1,4 +1,4 @@
-"""P5: one sensor tick over a landing directory of ``--files`` files, ``--new`` of them not tracked yet.
+"""P5: one sensor tick over a landing directory of ``--files`` files, ``--new-fraction`` of them not tracked yet.
 
 Measured (median of ``--repeats`` ticks, the directory listing warm in the page cache for both sides):
 - loader: the table's real sensor (``<table>_files_sensor`` from ``build_definitions``) evaluated with
@@ -10,11 +10,9 @@ Target: <= 3x the listing, and < 5 s.
 The files are empty (only listed) in directories of 1,000; the tracker holds the others as completed, written
 with delta-rs in one commit and compacted, as a long-lived tracker would be.
 
-    python -m benchmarks.bench_p5_sensor --files 100000 --new 0.01
+    python -m benchmarks.bench_p5_sensor --files 100000 --new-fraction 0.01
 """
 
-import argparse
-import json
 import os
 import tempfile
 from pathlib import Path
@@ -136,19 +134,7 @@ def run(
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--files", type=int, default=100_000)
-    parser.add_argument("--new", type=float, default=0.01, help="fraction of the files not tracked yet")
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--workdir", type=Path)
-    parser.add_argument("--out", type=Path)
-    args = parser.parse_args()
-    outcome = run(args.files, args.new, args.repeats, workdir=args.workdir)
-    text = json.dumps(outcome, indent=2)
-    if args.out:
-        args.out.write_text(text + "\n")
-    print(text)
-
+    common.bench_main(run, __doc__)
 
 if __name__ == "__main__":
     main()

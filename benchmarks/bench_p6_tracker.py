@@ -15,8 +15,6 @@ a read with the status filter pushed into the scan (delta-rs QueryBuilder, DataF
     python -m benchmarks.bench_p6_tracker --rows 1000000 --base-rows 10000
 """
 
-import argparse
-import json
 import statistics
 import tempfile
 from pathlib import Path
@@ -158,20 +156,7 @@ def run(
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", type=int, default=1_000_000)
-    parser.add_argument("--base-rows", type=int, default=10_000)
-    parser.add_argument("--claim", type=int, default=1_000)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--workdir", type=Path)
-    parser.add_argument("--out", type=Path)
-    args = parser.parse_args()
-    outcome = run(args.rows, args.base_rows, args.claim, args.repeats, workdir=args.workdir)
-    text = json.dumps(outcome, indent=2)
-    if args.out:
-        args.out.write_text(text + "\n")
-    print(text)
-
+    common.bench_main(run, __doc__)
 
 if __name__ == "__main__":
     main()

@@ -17,7 +17,6 @@ result.
     python -m benchmarks.bench_p7_validate --files 100000
 """
 
-import argparse
 import json
 import tempfile
 from pathlib import Path
@@ -164,19 +163,7 @@ def run(
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--files", type=int, default=100_000)
-    parser.add_argument("--rows-per-file", type=int, default=10)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--workdir", type=Path)
-    parser.add_argument("--out", type=Path)
-    args = parser.parse_args()
-    outcome = run(args.files, args.rows_per_file, args.repeats, workdir=args.workdir)
-    text = json.dumps(outcome, indent=2)
-    if args.out:
-        args.out.write_text(text + "\n")
-    print(text)
-
+    common.bench_main(run, __doc__)
 
 if __name__ == "__main__":
     main()

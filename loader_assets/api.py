@@ -76,9 +76,9 @@ def _outcome(tracker: FileTracker, run_ids: list[str]) -> tuple[int, int, int, d
 
 def _untried_pending(tracker: FileTracker, run_ids: list[str]) -> int:
     """Pending files that none of this invocation's runs has claimed yet."""
-    rows = tracker.read(columns=["status", "run_id"], statuses=[FileStatus.PENDING])
-    tried = pc.is_in(rows["run_id"], pc.cast(run_ids, "string")) if run_ids else pa.nulls(rows.num_rows, pa.bool_())
-    return int(rows.num_rows - pc.sum(pc.fill_null(tried, False)).as_py() or 0) if rows.num_rows else 0
+    pending = tracker.read(columns=["run_id"], statuses=[FileStatus.PENDING])["run_id"]
+    tried = pc.sum(pc.is_in(pending, pa.array(run_ids, pa.string()))).as_py() if len(pending) else 0
+    return len(pending) - int(tried or 0)
 
 
 def _release_stale_lock(lock: TableLock) -> None:

@@ -21,7 +21,7 @@ from loader_assets.core.partitions import group_into_ranges, partition_keys_for
 from loader_assets.core.states import FileStatus
 from loader_assets.loading import eligible_files
 from loader_assets.resources.lock import TableLock
-from loader_assets.resources.tracker import FileTracker
+from loader_assets.resources.tracker import FileTracker, changed_files
 from loader_assets.settings import TableSettings
 
 
@@ -119,15 +119,3 @@ def find_pending_work(
         ranges=tuple(group_into_ranges(keys, table.partitioning.granularity.value)),
         digest=digest.hexdigest()[:16],
     )
-
-
-def changed_files(present: pa.Table, listing: pa.Table) -> pa.Table:
-    """Known files (not processing) whose listed fingerprint differs from the newest one the tracker saw,
-    with the listed fingerprint as ``_fp``. One hash lookup per known path (no join): benchmark P5."""
-    if present.num_rows == 0:
-        return present.append_column("_fp", pa.array([], pa.string()))
-    rows = pc.index_in(present["file_path"], value_set=listing["file_path"])
-    listed = fingerprint(pc.take(listing["file_size"], rows), pc.take(listing["file_modified_time"], rows))
-    seen = pc.fill_null(pc.coalesce(present["source_fingerprint"], present["fingerprint"]), "")
-    differs = pc.and_(pc.not_equal(listed, seen), pc.not_equal(present["status"], FileStatus.PROCESSING.value))
-    return present.append_column("_fp", listed).filter(pc.fill_null(differs, False))

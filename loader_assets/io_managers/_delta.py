@@ -243,7 +243,6 @@ class DeltaBatchIOManager(dg.ConfigurableIOManager):
     def _bisect(
         self, context: dg.OutputContext, part: LoadBatch, error: Exception, outcome: "_Outcome", budget: list[int]
     ) -> None:
-        from pyspark.sql import functions as F
 
         name = part.table.table_name
         outcome.isolated = True
@@ -263,22 +262,16 @@ class DeltaBatchIOManager(dg.ConfigurableIOManager):
             seq = next_batch_sequence(part.tracker, part.target_path, name).next_seq
             sub = replace(part, batch_seq=seq, batch_id=new_batch_id(seq), loaded_paths=list(group), failed={})
             part.tracker.claim(group, str(sub.batch_id), seq, part.run_id, reclaim=True)
-            if part.reader is not None:
-                # read the half again on its own: a filter over the whole batch's read would still read every
-                # file (a group read maps _source_file from file paths), so the bad file would fail both halves
-                read = part.reader(list(group))
-                part.cached.extend(read.cached)  # shared with the top-level batch, which unpersists them
-                sub.dataframe, sub.quarantine = read.dataframe, read.quarantine
-                sub.loaded_paths = list(read.loaded_paths)
-                if read.errors:
-                    self._fail_files(context, sub, read.errors)
-                    outcome.failed.update(read.errors)
-                    sub.loaded_paths = [p for p in read.loaded_paths if p not in read.errors]
-            else:
-                in_group = F.col(SOURCE_FILE_COLUMN).isin(group)
-                assert part.dataframe is not None
-                sub.dataframe = part.dataframe.where(in_group)
-                sub.quarantine = part.quarantine.where(in_group) if part.quarantine is not None else None
+            # Read the half again on its own: a filter over the whole batch's read would still read every
+            # file (a group read maps _source_file from file paths), so the bad file would fail both halves.
+            assert part.reader is not None
+            read = part.reader(list(group))
+            part.cached.extend(read.cached)  # shared with the top-level batch, which unpersists them
+            sub.dataframe, sub.quarantine = read.dataframe, read.quarantine
+            sub.loaded_paths = [p for p in read.loaded_paths if p not in read.errors]
+            if read.errors:
+                self._fail_files(context, sub, read.errors)
+                outcome.failed.update(read.errors)
             if sub.dataframe is None or not sub.loaded_paths:
                 continue
             self._attempt(context, sub, outcome, budget, bisecting=True)

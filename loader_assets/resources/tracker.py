@@ -135,6 +135,23 @@ def _replace(table: pa.Table, **columns: object) -> pa.Table:
     return table
 
 
+def changed_files(known: pa.Table, listing: pa.Table) -> pa.Table:
+    """Tracked rows (not processing) whose listed fingerprint differs from the newest one the tracker saw, with
+    the listing's ``_fp``, ``_size`` and ``_mtime`` appended. One hash lookup per known path, no join; rows
+    not in the listing drop out. Shared by ``register`` and the read-only sensor diff (benchmark P5)."""
+    if known.num_rows == 0:
+        return known.append_column("_fp", pa.array([], pa.string())).append_column(
+            "_size", pa.array([], pa.int64())).append_column("_mtime", pa.array([], TIMESTAMP))
+    rows = pc.index_in(known["file_path"], value_set=listing["file_path"])
+    sizes = pc.take(listing["file_size"], rows)
+    mtimes = pc.take(listing["file_modified_time"], rows)
+    listed = fingerprint(sizes, mtimes)
+    seen = pc.fill_null(pc.coalesce(known["source_fingerprint"], known["fingerprint"]), "")
+    differs = pc.and_(pc.not_equal(listed, seen), pc.not_equal(known["status"], FileStatus.PROCESSING.value))
+    return (known.append_column("_fp", listed).append_column("_size", sizes).append_column("_mtime", mtimes)
+            .filter(pc.fill_null(differs, False)))
+
+
 class FileTracker:
     """The tracker table of one target table. Cheap to create; opens the Delta table per operation.
 
@@ -340,19 +357,7 @@ class FileTracker:
         self, current: pa.Table, candidates: pa.Table, policy: OnFileChange, now: datetime
     ) -> tuple[pa.Table, list[FileChange]]:
         """Updated tracker rows for known files whose fingerprint differs from the newest one seen."""
-        if current.num_rows == 0:
-            return TRACKER_SCHEMA.empty_table(), []
-        seen = pc.coalesce(current["source_fingerprint"], current["fingerprint"])
-        known = current.append_column("_seen", seen)
-        listed = candidates.select(["file_path", "file_size", "file_modified_time", "fingerprint"]).rename_columns(
-            ["file_path", "_size", "_mtime", "_fp"]
-        )
-        joined = known.join(listed, "file_path", join_type="inner")
-        differs = pc.and_(
-            pc.not_equal(joined["_fp"], pc.fill_null(joined["_seen"], "")),
-            pc.not_equal(joined["status"], FileStatus.PROCESSING.value),
-        )
-        joined = joined.filter(differs)
+        joined = changed_files(current, candidates)
         if joined.num_rows == 0:
             return TRACKER_SCHEMA.empty_table(), []
         rows_out: list[dict[str, object]] = []
