@@ -1,6 +1,6 @@
 """Finding which partitions of a table have work, without writing anything (sensor and CLI share it).
 
-One listing of the source, one read of the tracker, and vectorised set operations (pyarrow joins and masks, no
+One listing of the source, one read of the tracker, and vectorised set operations (pyarrow hash lookups and masks, no
 per-file Python work): a file needs loading when the tracker does not know it yet, knows it as pending, or as
 failed with retries left and its backoff over, or when its fingerprint changed in the source since the tracker
 last saw it (the run applies ``on_file_change``). Unknown files get the partition their modification time gives
