@@ -159,12 +159,14 @@ def write_tracker(tracker: FileTracker, parts: list[pa.Table], compact: bool = T
     """Write fixture rows into a tracker directly with delta-rs, one commit per part (not through the
     transitions: building a million rows one batch at a time would be the benchmark itself). ``compact``
     then runs the compaction and checkpoint that the tracker's maintenance runs (a long-lived tracker's)."""
+    from loader_assets.resources.tracker import COMPACT_TARGET_BYTES
+
     tracker.create_empty()
     for part in parts:
         write_deltalake(tracker.path, part, mode="append")
     if compact:
         table = DeltaTable(tracker.path)
-        table.optimize.compact()
+        table.optimize.compact(target_size=COMPACT_TARGET_BYTES)
         DeltaTable(tracker.path).create_checkpoint()
 
 

@@ -9,7 +9,7 @@ Measured for each size (the same code on two trackers that differ only in how ma
 Loader = the large tracker, baseline = the small one. Target: <= 2x, and < 200 ms (each operation).
 
 Fixture rows are written with delta-rs (10 commits), then compacted and checkpointed as the tracker's own
-maintenance does every 200 / 50 commits. Also timed, to locate the cost: opening the table, a full read, and
+maintenance does (8 MB target files, checkpoint). Also timed, to locate the cost: opening the table, a full read, and
 a read with the status filter pushed into the scan (delta-rs QueryBuilder, DataFusion).
 
     python -m benchmarks.bench_p6_tracker --rows 1000000 --base-rows 10000

@@ -241,7 +241,7 @@ def plan_batch(
     )
     registered = tracker.register(listing, keys, table.on_file_change)
     record_changes(tracker, registered.changes, table.on_file_change.value)
-    rows = tracker.read()
+    rows = tracker.read(statuses=[FileStatus.PENDING, FileStatus.FAILED])
     rows = eligible_files(rows, retry_attempts, now, table.min_file_age_seconds)
     if partition_keys is not None:
         rows = rows.filter(pc.is_in(rows["partition_key"], pa.array(partition_keys, pa.string())))

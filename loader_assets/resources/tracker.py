@@ -25,8 +25,17 @@ Crash windows: each transition is one commit, so a crash leaves the tracker at t
 between the claim and the completion leaves rows in ``processing``; recovery resolves them from the target's
 txn version (``loading.recover_interrupted``).
 
-Maintenance: every ``CHECKPOINT_EVERY`` commits a Delta checkpoint is written, and every ``COMPACT_EVERY``
-commits the small files are compacted, so reads stay fast after thousands of commits (DESIGN.md section 5).
+Layout (tracker schema 3): the table is partitioned by ``status``. Files move through pending -> processing ->
+completed, so the rows a run touches (pending, failed, processing) sit in small partitions apart from the
+completed rows, which only grow. Each transition reads only the partitions it may move rows from and its MERGE
+names them in its predicate, so a claim of 1,000 files rewrites the small pending partition, never the
+million completed rows (benchmark P6). A tracker written by an older version is rewritten into this layout by
+its next writer (one overwrite commit: a crash leaves the old layout, which every read still understands).
+
+Maintenance: after each commit, when more than ``MAX_SMALL_FILES`` files under ``SMALL_FILE_BYTES`` have piled
+up, they are compacted (files already ``COMPACT_TARGET_BYTES`` or larger are left as they are, so compaction
+never rewrites the completed rows it already packed); every ``CHECKPOINT_EVERY`` commits a Delta checkpoint is
+written. Reads stay fast after thousands of commits (DESIGN.md section 5).
 """
 
 
@@ -35,11 +44,12 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import dagster as dg
 import pyarrow as pa
 import pyarrow.compute as pc
-from deltalake import CommitProperties, DeltaTable
+from deltalake import CommitProperties, DeltaTable, write_deltalake
 from deltalake.exceptions import CommitFailedError
 from deltalake.schema import Field as DeltaField
 
@@ -55,9 +65,13 @@ from loader_assets.settings import OnFileChange
 logger = logging.getLogger(__name__)
 
 TRACKER_DIR = "file_processing_tracker"
-TRACKER_SCHEMA_VERSION = "2"
-CHECKPOINT_EVERY = 50
-COMPACT_EVERY = 200
+TRACKER_SCHEMA_VERSION = "3"
+SCHEMA_VERSION_PROPERTY = "loader_assets.tracker_schema_version"
+PARTITION_COLUMNS = ["status"]
+CHECKPOINT_EVERY = 20
+SMALL_FILE_BYTES = 1024 * 1024
+MAX_SMALL_FILES = 8
+COMPACT_TARGET_BYTES = 8 * 1024 * 1024
 MAX_CONFLICT_RETRIES = 8
 
 TRACKER_SCHEMA = pa.schema(
@@ -193,37 +207,112 @@ class FileTracker:
                 table = DeltaTable(self.path)
         return table
 
-    def read(self, columns: Sequence[str] | None = None, statuses: Sequence[FileStatus] | None = None) -> pa.Table:
-        """All rows (or the given columns / statuses). An absent tracker reads as empty."""
+    def _open_for_write(self) -> DeltaTable:
+        """The tracker, created if absent and in the current layout (a writer migrates an older one)."""
+        table = self._open()  # raises TrackerError for a damaged tracker rather than recreating it
+        if table is None:
+            self._create()
+            table = DeltaTable(self.path)
+        if table.metadata().partition_columns != PARTITION_COLUMNS:
+            table = self._partition_by_status(table)
+        if table.metadata().configuration.get(SCHEMA_VERSION_PROPERTY) != TRACKER_SCHEMA_VERSION:
+            table.alter.set_table_properties({SCHEMA_VERSION_PROPERTY: TRACKER_SCHEMA_VERSION},
+                                             raise_if_not_exists=False)
+            table = DeltaTable(self.path)
+        return table
+
+    def _partition_by_status(self, table: DeltaTable) -> DeltaTable:
+        """Rewrite a tracker of schema 1 or 2 (not partitioned) into schema 3's layout: one overwrite commit
+        holding every row, so a crash leaves either layout whole. Runs under the table's lock (writers hold it)."""
+        rows = table.to_pyarrow_table().select(TRACKER_SCHEMA.names).cast(TRACKER_SCHEMA)
+        write_deltalake(
+            table, rows, mode="overwrite", partition_by=PARTITION_COLUMNS, schema_mode="overwrite",
+            commit_properties=CommitProperties(custom_metadata={
+                "loader_assets.operation": f"migrate to tracker schema {TRACKER_SCHEMA_VERSION} (partitioned by status)",
+                "loader_assets.table": self.table_name,
+            }),
+        )
+        logger.info("tracker %s: partitioned by status (%d rows rewritten)", self.table_name, rows.num_rows)
+        return DeltaTable(self.path)
+
+    def _scan(
+        self,
+        table: DeltaTable,
+        columns: Sequence[str] | None = None,
+        statuses: Sequence[FileStatus] | None = None,
+        paths: Sequence[str] | None = None,
+    ) -> pa.Table:
+        """Rows of ``table``: ``statuses`` prunes the scan to those partitions (a filter after the read on a
+        tracker still in the old layout), ``paths`` keeps only those files."""
+        names = list(columns) if columns else TRACKER_SCHEMA.names
+        if paths is not None and not paths:
+            return TRACKER_SCHEMA.empty_table().select(names)
+        wanted = list(dict.fromkeys([*names, *(["file_path"] if paths is not None else [])]))
+        partitioned = table.metadata().partition_columns == PARTITION_COLUMNS
+        values = [s.value for s in statuses] if statuses is not None else None
+        if values is not None and not partitioned and "status" not in wanted:
+            wanted.append("status")
+        if values is not None and partitioned:
+            result = table.to_pyarrow_table(columns=wanted, filters=[("status", "in", values)])
+        else:
+            result = table.to_pyarrow_table(columns=wanted)
+            if values is not None:
+                result = result.filter(pc.is_in(result["status"], pa.array(values, pa.string())))
+        if paths is not None:
+            result = result.filter(pc.is_in(result["file_path"], pa.array(list(paths), pa.string())))
+        return result.select(names).cast(pa.schema([TRACKER_SCHEMA.field(name) for name in names]))
+
+    def read(
+        self,
+        columns: Sequence[str] | None = None,
+        statuses: Sequence[FileStatus] | None = None,
+        paths: Sequence[str] | None = None,
+    ) -> pa.Table:
+        """All rows (or the given columns; only rows of the given statuses or paths). An absent tracker reads as
+        empty. Filters are pushed into the scan: a status filter reads only those partitions."""
         table = self._open()
         if table is None:
             empty = TRACKER_SCHEMA.empty_table()
             return empty.select(list(columns)) if columns else empty
-        names = list(columns) if columns else TRACKER_SCHEMA.names
-        wanted = [c for c in names]
-        if statuses and "status" not in wanted:
-            wanted.append("status")
-        result = table.to_pyarrow_table(columns=wanted)
-        result = result.cast(pa.schema([TRACKER_SCHEMA.field(name) for name in wanted]))
-        if statuses:
-            result = result.filter(pc.is_in(result["status"], pa.array([s.value for s in statuses], pa.string())))
-        return result.select(names)
+        return self._scan(table, columns, statuses, paths)
+
+    def _file_stats(self, table: DeltaTable) -> pa.Table:
+        """The data files' statistics from the Delta log (no data read)."""
+        return pa.table(table.get_add_actions(flatten=True))
 
     def max_batch_seq(self) -> int:
-        seqs = self.read(columns=["batch_seq"])["batch_seq"]
-        value = pc.max(seqs).as_py() if len(seqs) else None
+        """The highest batch_seq in the tracker, from the files' statistics when they all have them."""
+        table = self._open()
+        if table is None:
+            return 0
+        stats = self._file_stats(table)
+        if "max.batch_seq" in stats.column_names and stats.num_rows and stats["num_records"].null_count == 0:
+            # a file whose batch_seq values are all NULL has a NULL max: it adds nothing
+            value = pc.max(stats["max.batch_seq"]).as_py()
+        else:
+            value = pc.max(self._scan(table, ["batch_seq"])["batch_seq"]).as_py()
         return int(value) if value is not None else 0
 
     def status_counts(self) -> dict[str, int]:
-        statuses = self.read(columns=["status"])["status"]
+        """Files per status. From the Delta log's per-file record counts of the status partitions when the
+        tracker is partitioned (no data read), else from the status column."""
         counts = {status.value: 0 for status in ALL_STATUSES}
-        for item in pc.value_counts(statuses).to_pylist():
-            counts[item["values"]] = item["counts"]
+        table = self._open()
+        if table is None:
+            return counts
+        stats = self._file_stats(table)
+        if "partition.status" in stats.column_names and stats["num_records"].null_count == 0:
+            grouped = stats.group_by("partition.status").aggregate([("num_records", "sum")])
+            pairs = zip(grouped["partition.status"].to_pylist(), grouped["num_records_sum"].to_pylist(), strict=True)
+        else:
+            values = pc.value_counts(self._scan(table, ["status"])["status"]).to_pylist()
+            pairs = ((item["values"], item["counts"]) for item in values)
+        for status, count in pairs:
+            counts[status] = counts.get(status, 0) + int(count)
         return counts
 
     def rows_for(self, paths: Sequence[str]) -> pa.Table:
-        table = self.read()
-        return table.filter(pc.is_in(table["file_path"], pa.array(list(paths), pa.string())))
+        return self.read(paths=list(paths))
 
     # ---------------------------------------------------------------------------------------------- writes
     def create_empty(self) -> None:
@@ -236,49 +325,63 @@ class FileTracker:
                 self.path,
                 schema=TRACKER_SCHEMA,
                 mode="ignore",
+                partition_by=PARTITION_COLUMNS,
                 name=f"file_processing_tracker_{self.table_name}",
                 description=f"loader-assets file tracker of table {self.table_name}",
-                configuration={"loader_assets.tracker_schema_version": TRACKER_SCHEMA_VERSION},
+                configuration={SCHEMA_VERSION_PROPERTY: TRACKER_SCHEMA_VERSION},
                 raise_if_key_not_exists=False,
             )
         except CommitFailedError:
             pass  # created by a racing process a moment ago: that is the table we wanted
 
-    def _upsert(self, make_rows: Callable[[pa.Table], pa.Table], operation: str, insert_only: bool = False) -> int:
-        """Merge the rows ``make_rows(current)`` returns into the tracker, keyed by ``file_path``.
+    def _merge(
+        self,
+        make_rows: Callable[[DeltaTable], pa.Table],
+        operation: str,
+        from_statuses: Sequence[FileStatus] | None = None,
+    ) -> int:
+        """Merge the rows ``make_rows(table)`` returns into the tracker, keyed by ``file_path``. One commit.
 
-        On a commit conflict the current state is re-read and ``make_rows`` runs again, so no update is lost.
-        Returns the number of rows written.
+        ``from_statuses`` (a transition): the rows are updates of existing rows in those statuses; the MERGE's
+        predicate names those partitions, so it reads and rewrites only them, and every row must match (a row
+        that does not means the state moved underneath: an error, never an insert). Without it (registration),
+        rows that match update and the others are inserted. On a commit conflict the current state is read
+        again and ``make_rows`` runs again, so no update is lost. Returns the number of rows written.
         """
-        table = self._open()  # raises TrackerError for a damaged tracker rather than recreating it
-        if table is None:
-            self._create()
+        predicate = "t.file_path = s.file_path"
+        if from_statuses is not None:
+            predicate += " AND t.status IN (" + ", ".join(f"'{s.value}'" for s in from_statuses) + ")"
+        table: DeltaTable | None = None
         for attempt in range(MAX_CONFLICT_RETRIES):
-            table = table if attempt == 0 and table is not None else self._open()
-            assert table is not None
-            current = table.to_pyarrow_table()
-            rows = make_rows(current)
+            table = self._open_for_write() if table is None else DeltaTable(self.path)
+            rows = make_rows(table)
             if rows.num_rows == 0:
                 return 0
             rows = rows.select(TRACKER_SCHEMA.names).cast(TRACKER_SCHEMA)
             merger = table.merge(
                 source=rows,
-                predicate="t.file_path = s.file_path",
+                predicate=predicate,
                 source_alias="s",
                 target_alias="t",
                 commit_properties=CommitProperties(
                     custom_metadata={"loader_assets.operation": operation, "loader_assets.table": self.table_name},
                     max_commit_retries=0,
                 ),
-            )
-            if not insert_only:
-                merger = merger.when_matched_update_all()
+            ).when_matched_update_all()
+            if from_statuses is None:
+                merger = merger.when_not_matched_insert_all()
             try:
-                merger.when_not_matched_insert_all().execute()
+                metrics = merger.execute()
             except CommitFailedError:
                 logger.info("tracker %s: commit conflict on %s, retrying (%d)", self.table_name, operation, attempt)
                 time.sleep(0.05 * (attempt + 1))
                 continue
+            if from_statuses is not None and metrics.get("num_target_rows_updated") != rows.num_rows:
+                raise TrackerError(
+                    f"tracker of table {self.table_name!r}: {operation} updated "
+                    f"{metrics.get('num_target_rows_updated')} of {rows.num_rows} rows (their status changed "
+                    "while it ran); run `loader-assets status` and retry"
+                )
             self._maintain()
             return rows.num_rows
         raise TrackerError(
@@ -287,13 +390,16 @@ class FileTracker:
         )
 
     def _maintain(self) -> None:
-        """Checkpoint and compact on a commit-count cadence so reads stay fast (best effort)."""
+        """Compact small files when they pile up, checkpoint on a commit-count cadence (best effort)."""
         try:
             table = DeltaTable(self.path)
             version = table.version()
-            if version and version % COMPACT_EVERY == 0:
-                table.optimize.compact()
+            sizes = self._file_stats(table)["size_bytes"]
+            small = pc.sum(pc.less(sizes, SMALL_FILE_BYTES)).as_py() or 0
+            if small > MAX_SMALL_FILES:
+                table.optimize.compact(target_size=COMPACT_TARGET_BYTES)
                 table = DeltaTable(self.path)
+                version = table.version()
             if version and version % CHECKPOINT_EVERY == 0:
                 table.create_checkpoint()
                 table.cleanup_metadata()
@@ -344,13 +450,17 @@ class FileTracker:
             schema=TRACKER_SCHEMA,
         )
 
-        def make_rows(current: pa.Table) -> pa.Table:
-            new = candidates.filter(pc.invert(pc.is_in(candidates["file_path"], current["file_path"])))
+        def make_rows(table: DeltaTable) -> pa.Table:
+            # what change detection needs, for every row; whole rows only for the files that changed
+            known = self._scan(table, ["file_path", "status", "fingerprint", "source_fingerprint"])
+            new = candidates.filter(pc.invert(pc.is_in(candidates["file_path"], known["file_path"])))
+            changed = changed_files(known, candidates)["file_path"].to_pylist()
+            current = self._scan(table, paths=changed) if changed else TRACKER_SCHEMA.empty_table()
             changed_rows, changes = self._changed(current, candidates, on_file_change, now)
             result.new_files, result.changes = new.num_rows, changes
             return pa.concat_tables([new, changed_rows]) if changed_rows.num_rows else new
 
-        self._upsert(make_rows, "register")
+        self._merge(make_rows, "register")
         return result
 
     def _changed(
@@ -407,23 +517,24 @@ class FileTracker:
         allowed_from: Sequence[FileStatus],
         change: Callable[[pa.Table], pa.Table],
     ) -> int:
-        wanted = pa.array(list(paths), pa.string())
+        wanted = list(dict.fromkeys(paths))
 
-        def make_rows(current: pa.Table) -> pa.Table:
-            rows = current.filter(pc.is_in(current["file_path"], wanted))
-            bad = rows.filter(pc.invert(pc.is_in(rows["status"], pa.array([s.value for s in allowed_from]))))
-            if bad.num_rows:
-                first = bad.slice(0, 1).to_pylist()[0]
-                raise TrackerError(
-                    f"tracker of table {self.table_name!r}: cannot {operation} {first['file_path']!r} "
-                    f"from status {first['status']!r}"
-                )
-            missing = len(set(paths)) - rows.num_rows
-            if missing:
+        def make_rows(table: DeltaTable) -> pa.Table:
+            rows = self._scan(table, statuses=allowed_from, paths=wanted)
+            if rows.num_rows < len(wanted):
+                found = set(rows["file_path"].to_pylist())
+                others = self._scan(table, ["file_path", "status"], paths=[p for p in wanted if p not in found])
+                if others.num_rows:
+                    first = others.slice(0, 1).to_pylist()[0]
+                    raise TrackerError(
+                        f"tracker of table {self.table_name!r}: cannot {operation} {first['file_path']!r} "
+                        f"from status {first['status']!r}"
+                    )
+                missing = len(wanted) - rows.num_rows
                 raise TrackerError(f"tracker of table {self.table_name!r}: {operation} of {missing} unknown files")
             return change(rows)
 
-        return self._upsert(make_rows, operation)
+        return self._merge(make_rows, operation, from_statuses=allowed_from)
 
     def claim(
         self,

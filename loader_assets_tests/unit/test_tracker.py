@@ -1,9 +1,11 @@
 import pyarrow as pa
 import pytest
+from deltalake import DeltaTable
 
 from loader_assets.core.discovery import list_source_files
 from loader_assets.core.errors import TrackerError
 from loader_assets.core.partitions import partition_keys_for
+from loader_assets.core.states import FileStatus
 from loader_assets.resources.tracker import DeltaTrackerResource
 
 
@@ -79,7 +81,7 @@ def test_damaged_tracker_is_reported_not_recreated(tmp_path):
 def test_a_tracker_written_by_schema_version_1_gains_the_new_columns(tmp_path, files):
     from deltalake import write_deltalake
 
-    from loader_assets.resources.tracker import TRACKER_SCHEMA
+    from loader_assets.resources.tracker import TRACKER_SCHEMA, TRACKER_SCHEMA_VERSION
 
     listing, keys = files
     tracker = DeltaTrackerResource(checkpoint_path=str(tmp_path / "ckpt")).for_table("t")
@@ -91,10 +93,48 @@ def test_a_tracker_written_by_schema_version_1_gains_the_new_columns(tmp_path, f
     legacy = type(tracker)(str(old), "t")
     assert legacy.read().column_names == TRACKER_SCHEMA.names  # columns added on open
     assert legacy.read(columns=["file_version"])["file_version"].null_count == 3
+    # reads understand the old (unpartitioned) layout; the first write moves it to schema 3's
+    assert DeltaTable(str(old)).metadata().partition_columns == []
+    assert legacy.read(statuses=[FileStatus.PENDING]).num_rows == 3 and legacy.status_counts()["pending"] == 3
     a = listing["file_path"][0].as_py()
     legacy.claim([a], "b1", 1, "r")
+    migrated = DeltaTable(str(old))
+    assert migrated.metadata().partition_columns == ["status"]
+    assert migrated.metadata().configuration["loader_assets.tracker_schema_version"] == TRACKER_SCHEMA_VERSION
     legacy.complete({a: 1}, "b1", 0)
-    assert legacy.status_counts()["completed"] == 1
+    assert legacy.status_counts() == {"pending": 2, "processing": 0, "completed": 1, "failed": 0, "skipped": 0}
+    assert legacy.read().num_rows == 3 and legacy.max_batch_seq() == 1
+
+
+def test_a_transition_rewrites_only_the_partitions_it_moves_rows_from(tmp_path, files):
+    """Completed rows are never rewritten by a claim or a completion (benchmark P6's layout)."""
+    listing, keys = files
+    tracker = DeltaTrackerResource(checkpoint_path=str(tmp_path / "ckpt")).for_table("t")
+    tracker.register(listing, keys)
+    a, b, c = listing["file_path"].to_pylist()
+    tracker.claim([a], "b1", 1, "r")
+    tracker.complete({a: 5}, "b1", 0)
+
+    def completed_files() -> set[str]:
+        actions = pa.table(DeltaTable(tracker.path).get_add_actions(flatten=True))
+        return {p for p, s in zip(actions["path"].to_pylist(), actions["partition.status"].to_pylist(),
+                                  strict=True) if s == "completed"}
+
+    before = completed_files()
+    tracker.claim([b, c], "b2", 2, "r")
+    tracker.fail({c: "boom"})
+    assert completed_files() == before
+    tracker.complete({b: 7}, "b2", 1)
+    assert before < completed_files()  # the new completed rows are a new file; the old one stays
+    rows = {r["file_path"]: (r["status"], r["row_count"]) for r in tracker.read().to_pylist()}
+    assert rows == {a: ("completed", 5), b: ("completed", 7), c: ("failed", None)}
+    # a transition from a status the file is not in names it, and writes nothing
+    version = DeltaTable(tracker.path).version()
+    with pytest.raises(TrackerError, match="cannot complete .* from status 'failed'"):
+        tracker.complete({c: 1}, "b3", 2)
+    with pytest.raises(TrackerError, match="claim of 1 unknown files"):
+        tracker.claim(["/nowhere.csv"], "b3", 3, "r")
+    assert DeltaTable(tracker.path).version() == version
 
 
 def test_changed_fingerprints_follow_the_policy_and_are_reported_once(tmp_path, files):
