@@ -24,6 +24,13 @@ DELTA_CONFS = {
     "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
     "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
 }
+# Defaults for every master; any key the user sets wins. Delta keeps only a 32-character prefix of a string
+# column in its file statistics, and landing paths share longer prefixes than that, so `_source_file IN (...)`
+# (the post-load check, a reload's replaceWhere) could skip no file; with 256 characters it skips every file
+# whose paths cannot match.
+DELTA_DEFAULTS = {
+    "spark.databricks.io.skipping.stringPrefixLength": "256",
+}
 # Defaults for a local master; any key the user sets wins.
 LOCAL_DEFAULTS = {
     "spark.ui.showConsoleProgress": "false",
@@ -51,7 +58,8 @@ def get_or_create_spark(master: str, app_name: str, conf: Mapping[str, str]) -> 
         active = SparkSession.getActiveSession()
         if active is None:
             builder = SparkSession.builder.master(master).appName(app_name)
-            settings = {**(LOCAL_DEFAULTS if master.startswith("local") else {}), **DELTA_CONFS, **dict(conf)}
+            settings = {**DELTA_DEFAULTS, **(LOCAL_DEFAULTS if master.startswith("local") else {}), **DELTA_CONFS,
+                        **dict(conf)}
             for key, value in settings.items():
                 builder = builder.config(key, value)
             logger.info("starting Spark session (master=%s)", master)

@@ -190,3 +190,27 @@ def test_consistency_check_detects_duplicates_untracked_rows_and_count_mismatche
     assert [d["file_path"] for d in result.duplicate_loads] == [str(a)]
     assert result.untracked_files == ["/elsewhere/x.parquet"]
     assert result.count_mismatches == [{"file": str(a), "tracker_rows": 2, "target_rows": 4}]
+
+
+def test_whole_table_check_catches_rows_moved_between_files_of_one_batch(spark, lake, instance):
+    """Per-batch totals still match when a row is attributed to the wrong file of the same batch; the batch's
+    file-path hash sums do not, so the file-by-file comparison runs and names both files."""
+    from delta.tables import DeltaTable
+    from pyspark.sql import functions as F
+
+    a = lake.write_parquet("events", "a.parquet", [1, 2], days_ago=1)
+    b = lake.write_parquet("events", "b.parquet", [3, 4], days_ago=1)
+    settings = lake.config()
+    run_pipeline(settings, instance=instance)
+    path = settings.table_path("events")
+    tracker = DeltaTrackerResource(checkpoint_path=settings.checkpoint_path).for_table("events")
+    clean = compare_target_with_tracker(spark, tracker, path)
+    assert clean.consistent and (clean.completed_files, clean.target_files) == (2, 2)
+    DeltaTable.forPath(spark, path).update(F.col("id") == 3, {"_source_file": F.lit(str(a))})
+    assert spark.read.format("delta").load(path).groupBy("_batch_id").count().count() == 1  # one batch
+    result = compare_target_with_tracker(spark, tracker, path)
+    assert sorted(result.count_mismatches, key=lambda m: m["file"]) == [
+        {"file": str(a), "tracker_rows": 2, "target_rows": 3},
+        {"file": str(b), "tracker_rows": 2, "target_rows": 1},
+    ]
+    assert not result.duplicate_loads and not result.untracked_files and result.target_files == 2
