@@ -185,3 +185,24 @@ def test_eligibility_honours_backoff_retryable_and_file_age():
     table = pa.Table.from_pylist([{**dict.fromkeys(TRACKER_SCHEMA.names), **r} for r in rows], schema=TRACKER_SCHEMA)
     chosen = eligible_files(table, retry_attempts=3, now=now, min_file_age_seconds=60)["file_path"].to_pylist()
     assert sorted(chosen) == ["due", "pending"]
+
+
+def test_small_files_are_compacted_as_they_pile_up(tmp_path):
+    """A long-lived tracker stays a handful of files per status (reads stay fast after many commits)."""
+    from loader_assets.resources.tracker import MAX_SMALL_FILES, PARTITION_COLUMNS
+
+    (tmp_path / "in").mkdir()
+    tracker = DeltaTrackerResource(checkpoint_path=str(tmp_path / "ckpt")).for_table("t")
+    for n in range(30):  # one file per batch: register, claim, complete (3 commits each)
+        path = tmp_path / "in" / f"f{n:03d}.csv"
+        path.write_text("h\n1\n")
+        listing = list_source_files(str(path.parent))
+        listing = listing.filter(pa.compute.equal(listing["file_path"], str(path)))
+        tracker.register(listing, partition_keys_for(listing["file_modified_time"], "day", "2024-01-01"))
+        tracker.claim([str(path)], f"b{n}", n + 1, "r")
+        tracker.complete({str(path): 1}, f"b{n}", n)
+    table = DeltaTable(tracker.path)
+    assert table.metadata().partition_columns == PARTITION_COLUMNS
+    assert len(table.file_uris()) <= MAX_SMALL_FILES + 1, len(table.file_uris())
+    assert tracker.status_counts()["completed"] == 30 and tracker.max_batch_seq() == 30
+    assert sorted(tracker.read(columns=["batch_id"])["batch_id"].to_pylist()) == sorted(f"b{n}" for n in range(30))
