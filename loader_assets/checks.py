@@ -16,6 +16,7 @@ would load every partition). They run after each materialisation of the table an
 
 
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +24,7 @@ import dagster as dg
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from loader_assets.core.spark_hash import spark_hash, weighted_sums
 from loader_assets.core.states import FileStatus
 from loader_assets.loading import open_target
 from loader_assets.reading import BATCH_ID_COLUMN, SOURCE_FILE_COLUMN
@@ -62,12 +64,12 @@ def compare_target_with_tracker(
     wrote: their counts, and that none of them is in the table twice); rows of other files are not looked at.
 
     Without ``files`` (the whole table) the comparison first goes per batch: for each ``_batch_id`` the
-    target's rows are summarised as (rows, and two sums of a 31-bit hash of ``_source_file``), and so are the
-    completed files the tracker puts in that batch, each weighted by its row count (``_batch_fingerprints``).
-    Equal summaries for every batch mean the target holds exactly the tracker's rows per (batch, file), so
-    every count matches, no file has two batch ids and no rows are untracked. A different pair of multisets
-    with equal summaries needs two independent 31-bit hash sums to collide at once (about 1 in 2^62; a sum
-    that would overflow is NULL, which counts as different). Batches that differ, and files waiting for a
+    target's rows are summarised as (rows, and the sums of two 32-bit hashes of ``_source_file``), and so are
+    the completed files the tracker puts in that batch, each weighted by its row count
+    (``_batch_fingerprints``). Equal summaries for every batch mean the target holds exactly the tracker's rows
+    per (batch, file), so every count matches, no file has two batch ids and no rows are untracked. A
+    different pair of multisets with equal summaries needs both hash sums to collide at once (about 1 in 2^64
+    for unrelated hashes; a sum that would overflow is NULL, which counts as different). Batches that differ, and files waiting for a
     reload (their rows carry the batch that loaded them before, not the one the tracker names now), are then
     compared file by file, so what is reported is the same as a per-file comparison of the whole table.
     """
@@ -118,39 +120,47 @@ def compare_target_with_tracker(
     return result
 
 
-HASH_MODULUS = 2_147_483_647  # 2^31 - 1: a row's hash part is below 2^31, so sums of 2^32 rows fit in a long
-
-
 def _batch_fingerprints(
     spark: Any, frame: Any, settled: pa.Table, excluded: list[str]  # noqa: ANN401
 ) -> list[str | None]:
     """Batch ids whose target rows differ from the tracker's completed files of that batch, compared by
-    (rows, sum of h1, sum of h2) with two independent hashes of the file path (see compare_target_with_tracker).
-    Rows of ``excluded`` files (waiting for a reload) are left out on both sides. One Spark job."""
+    (rows, sum of h1, sum of h2) with h1 = Spark's ``hash(_source_file)`` and h2 = ``hash(_source_file,
+    _source_file)`` (see compare_target_with_tracker). The target side is one Spark aggregation that returns a
+    row per batch; the tracker side is computed on the driver with the same hash (``core.spark_hash``), so no
+    tracker row goes to the JVM. Rows of ``excluded`` files (waiting for a reload) are left out of the target
+    side; the tracker side holds completed files only."""
     from pyspark.sql import functions as F
-
-    def parts(path: Any, weight: Any) -> list[Any]:  # noqa: ANN401
-        h1 = F.pmod(F.xxhash64(path), F.lit(HASH_MODULUS))
-        h2 = F.pmod(F.hash(path).cast("long"), F.lit(HASH_MODULUS))
-        return [F.try_sum(weight).alias("rows"), F.try_sum(weight * h1).alias("h1"),
-                F.try_sum(weight * h2).alias("h2")]
 
     target = frame
     if excluded:
         target = target.where(~F.col(SOURCE_FILE_COLUMN).isin(excluded))
-    target = target.groupBy(F.col(BATCH_ID_COLUMN).alias("batch")).agg(
-        *parts(F.col(SOURCE_FILE_COLUMN), F.lit(1).cast("long")))
-    expected_rows = settled.filter(pc.greater(pc.fill_null(settled["row_count"], 0), 0)).select(
-        ["batch_id", "file_path", "row_count"])
-    tracked = spark.createDataFrame(expected_rows.cast(pa.schema(
-        [("batch_id", pa.string()), ("file_path", pa.string()), ("row_count", pa.int64())])))
-    tracked = tracked.groupBy(F.col("batch_id").alias("batch")).agg(*parts(F.col("file_path"), F.col("row_count")))
-    joined = target.alias("t").join(tracked.alias("e"), F.col("t.batch").eqNullSafe(F.col("e.batch")), "full_outer")
-    # a side that is missing, or a sum that overflowed (NULL), compares as different
-    same = F.coalesce((F.col("t.rows") == F.col("e.rows")) & (F.col("t.h1") == F.col("e.h1"))
-                      & (F.col("t.h2") == F.col("e.h2")), F.lit(False))
-    differing = joined.where(~same).select(F.coalesce(F.col("t.batch"), F.col("e.batch")).alias("batch")).toArrow()
-    return differing["batch"].to_pylist()
+    path = F.col(SOURCE_FILE_COLUMN)
+    aggregation = (
+        target.groupBy(F.col(BATCH_ID_COLUMN).alias("batch"))
+        .agg(F.count(F.lit(1)).cast("long").alias("rows"), F.try_sum(F.hash(path).cast("long")).alias("h1"),
+             F.try_sum(F.hash(path, path).cast("long")).alias("h2"))
+    )
+    with ThreadPoolExecutor(max_workers=1) as pool:  # the driver hashes the tracker while Spark scans
+        spark_side = pool.submit(aggregation.toArrow)
+        expected = _tracker_fingerprints(settled)
+        sums = spark_side.result()
+    found = {row["batch"]: (row["rows"], row["h1"], row["h2"]) for row in sums.to_pylist()}
+    # a batch on one side only, or a sum that overflowed (NULL), differs
+    return sorted((b for b in {*found, *expected} if found.get(b) != expected.get(b) or None in found.get(b, ())),
+                  key=lambda b: (b is None, b or ""))
+
+
+def _tracker_fingerprints(settled: pa.Table) -> dict[str | None, tuple[int, int, int]]:
+    """(rows, sum of h1, sum of h2) per batch of the tracker's completed files, each weighted by its rows."""
+    tracked = settled.filter(pc.greater(pc.fill_null(settled["row_count"], 0), 0))
+    h1 = spark_hash(tracked["file_path"])
+    h2 = spark_hash(tracked["file_path"], h1)
+    counts = tracked["row_count"]
+    ones = pa.array([1] * tracked.num_rows, pa.int64())
+    expected_rows = weighted_sums(tracked["batch_id"], ones, counts)
+    expected_h1 = weighted_sums(tracked["batch_id"], h1, counts)
+    expected_h2 = weighted_sums(tracked["batch_id"], h2, counts)
+    return {b: (expected_rows[b], expected_h1[b], expected_h2[b]) for b in expected_rows}
 
 
 def _compare_per_file(result: TargetConsistency, frame: Any, expected: pa.Table) -> None:  # noqa: ANN401
