@@ -77,8 +77,15 @@ def compare_target_with_tracker(
 
     result = TargetConsistency()
     rows = tracker.read(columns=["file_path", "row_count", "status", "target_version", "batch_id"])
+    whole_table = files is None
     if files is not None:
-        rows = rows.filter(pc.is_in(rows["file_path"], pa.array(list(files), pa.string())))
+        chosen = pc.is_in(rows["file_path"], pa.array(list(files), pa.string()))
+        # the files are every file the table should hold (a first load): compare the whole table file by file,
+        # without a filter on every row (which also finds rows of any other file)
+        whole_table = pc.all(pc.or_(chosen, pc.and_(
+            pc.not_equal(rows["status"], FileStatus.COMPLETED.value), pc.invert(pc.is_valid(rows["target_version"]))
+        ))).as_py() is not False
+        rows = rows.filter(chosen)
     # Files whose rows the target should hold: completed ones, and those loaded before and now waiting for a
     # reload (changed in the source, reprocess, skip of a new version): until it commits, the old rows stay.
     completed = pc.equal(rows["status"], FileStatus.COMPLETED.value)
@@ -93,7 +100,8 @@ def compare_target_with_tracker(
         return result
     frame = spark.read.format("delta").load(target_path)
     if files is not None:
-        _compare_per_file(result, frame.where(F.col(SOURCE_FILE_COLUMN).isin(list(files))), expected)
+        _compare_per_file(result, frame if whole_table else frame.where(F.col(SOURCE_FILE_COLUMN).isin(list(files))),
+                          expected)
         return result
     settled = expected.filter(pc.equal(expected["status"], FileStatus.COMPLETED.value))
     waiting = expected.filter(pc.not_equal(expected["status"], FileStatus.COMPLETED.value))["file_path"]
