@@ -66,7 +66,8 @@ class FileEvents:
             {**{name: None for name in EVENT_SCHEMA.names}, "event_time": now, "table_name": self.table_name, **e}
             for e in events
         ]
-        write_deltalake(self.path, pa.Table.from_pylist(rows, schema=EVENT_SCHEMA), mode="append")
+        write_deltalake(self.path, pa.Table.from_pylist(rows, schema=EVENT_SCHEMA), mode="append",
+                        configuration={"delta.checkpointInterval": "10"})  # applies when this creates it
         return len(rows)
 
     def read(self, file_paths: Sequence[str] | None = None) -> pa.Table:

@@ -229,7 +229,9 @@ class TableLock:
         if table is not None:
             return table
         try:
-            write_deltalake(self.path, _row(self._free_state()), mode="error")
+            # every acquire, renewal and release is a commit: a checkpoint every 10 keeps opening it cheap
+            write_deltalake(self.path, _row(self._free_state()), mode="error",
+                            configuration={"delta.checkpointInterval": "10"})
         except (CommitFailedError, DeltaError) as error:
             logger.debug("lock %s: created concurrently (%s)", self.table_name, error)
         table = self._open()
