@@ -34,8 +34,9 @@ its next writer (one overwrite commit: a crash leaves the old layout, which ever
 
 Maintenance: after each commit, when more than ``MAX_SMALL_FILES`` files under ``SMALL_FILE_BYTES`` have piled
 up, they are compacted (files already ``COMPACT_TARGET_BYTES`` or larger are left as they are, so compaction
-never rewrites the completed rows it already packed); a Delta checkpoint is written by delta-rs itself (``delta.checkpointInterval`` = 10: opening the table replays at most 9 JSON commits,
-about 5 ms instead of 13 ms with 20; DESIGN.md section 5).
+never rewrites the completed rows it already packed). delta-rs writes a Delta checkpoint itself every 10
+commits (``delta.checkpointInterval``): opening the table replays at most 9 JSON commits, about 5 ms instead
+of 13 ms with 20 (DESIGN.md section 5).
 """
 
 
@@ -44,7 +45,6 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import dagster as dg
 import pyarrow as pa
