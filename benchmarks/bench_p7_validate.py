@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import _common as common
+from loader_assets.checks import batch_fingerprint_frame
 from loader_assets.core.states import FileStatus
 from loader_assets.loading import app_id
 from loader_assets.operations import validate_consistency
@@ -122,14 +123,7 @@ def run(
         )
 
     def per_batch() -> Any:  # noqa: ANN401
-        modulus = F.lit(2_147_483_647)
-        return (
-            spark.read.format("delta")
-            .load(target)
-            .groupBy("_batch_id")
-            .agg(F.try_sum(F.lit(1)), F.try_sum(F.pmod(F.xxhash64("_source_file"), modulus)),
-                 F.try_sum(F.pmod(F.hash("_source_file").cast("long"), modulus)))
-        )
+        return batch_fingerprint_frame(spark.read.format("delta").load(target))
 
     collect_seconds = common.median_seconds(lambda: per_file().collect(), repeats)
     arrow_seconds = common.median_seconds(lambda: per_file().toArrow(), repeats)

@@ -69,27 +69,24 @@ def compare_target_with_tracker(
     (``_batch_fingerprints``). Equal summaries for every batch mean the target holds exactly the tracker's rows
     per (batch, file), so every count matches, no file has two batch ids and no rows are untracked. A
     different pair of multisets with equal summaries needs both hash sums to collide at once (about 1 in 2^64
-    for unrelated hashes; a sum that would overflow is NULL, which counts as different). Batches that differ, and files waiting for a
-    reload (their rows carry the batch that loaded them before, not the one the tracker names now), are then
-    compared file by file, so what is reported is the same as a per-file comparison of the whole table.
+    for unrelated hashes; a sum that would overflow is NULL, which counts as different). Batches that differ,
+    and files waiting for a reload (their rows carry the batch that loaded them before, not the one the tracker
+    names now), are then compared file by file, so what is reported is the same as a per-file comparison of the
+    whole table.
     """
     from pyspark.sql import functions as F
 
     result = TargetConsistency()
     rows = tracker.read(columns=["file_path", "row_count", "status", "target_version", "batch_id"])
-    whole_table = files is None
-    if files is not None:
-        chosen = pc.is_in(rows["file_path"], pa.array(list(files), pa.string()))
-        # the files are every file the table should hold (a first load): compare the whole table file by file,
-        # without a filter on every row (which also finds rows of any other file)
-        whole_table = pc.all(pc.or_(chosen, pc.and_(
-            pc.not_equal(rows["status"], FileStatus.COMPLETED.value), pc.invert(pc.is_valid(rows["target_version"]))
-        ))).as_py() is not False
-        rows = rows.filter(chosen)
     # Files whose rows the target should hold: completed ones, and those loaded before and now waiting for a
     # reload (changed in the source, reprocess, skip of a new version): until it commits, the old rows stay.
-    completed = pc.equal(rows["status"], FileStatus.COMPLETED.value)
-    expected = rows.filter(pc.or_(completed, pc.is_valid(rows["target_version"])))
+    expected = rows.filter(pc.or_(pc.equal(rows["status"], FileStatus.COMPLETED.value),
+                                  pc.is_valid(rows["target_version"])))
+    every_file = True  # the files named are every file the table should hold
+    if files is not None:
+        chosen = pc.is_in(expected["file_path"], pa.array(list(files), pa.string()))
+        every_file = pc.all(chosen).as_py() is not False
+        expected = expected.filter(chosen)
     result.completed_files = expected.num_rows
     if open_target(target_path) is None:
         result.count_mismatches = [
@@ -100,13 +97,16 @@ def compare_target_with_tracker(
         return result
     frame = spark.read.format("delta").load(target_path)
     if files is not None:
-        _compare_per_file(result, frame if whole_table else frame.where(F.col(SOURCE_FILE_COLUMN).isin(list(files))),
-                          expected)
+        # a first load names every file: the whole table is compared file by file, without a filter on each row
+        # (which also finds rows of any other file)
+        scoped = frame if every_file else frame.where(F.col(SOURCE_FILE_COLUMN).isin(list(files)))
+        _compare_per_file(result, scoped, expected)
         return result
-    settled = expected.filter(pc.equal(expected["status"], FileStatus.COMPLETED.value))
-    waiting = expected.filter(pc.not_equal(expected["status"], FileStatus.COMPLETED.value))["file_path"]
-    differing = _batch_fingerprints(spark, frame, settled, waiting.to_pylist())
+    is_settled = pc.equal(expected["status"], FileStatus.COMPLETED.value)
+    settled = expected.filter(is_settled)
+    waiting = expected.filter(pc.invert(is_settled))["file_path"]
     with_rows = settled.filter(pc.greater(pc.fill_null(settled["row_count"], 0), 0))
+    differing = _batch_fingerprints(frame, with_rows, waiting.to_pylist())
     if not differing and len(waiting) == 0:
         result.target_files = with_rows.num_rows
         return result
@@ -128,29 +128,30 @@ def compare_target_with_tracker(
     return result
 
 
-def _batch_fingerprints(
-    spark: Any, frame: Any, settled: pa.Table, excluded: list[str]  # noqa: ANN401
-) -> list[str | None]:
-    """Batch ids whose target rows differ from the tracker's completed files of that batch, compared by
-    (rows, sum of h1, sum of h2) with h1 = Spark's ``hash(_source_file)`` and h2 = ``hash(_source_file,
-    _source_file)`` (see compare_target_with_tracker). The target side is one Spark aggregation that returns a
-    row per batch; the tracker side is computed on the driver with the same hash (``core.spark_hash``), so no
-    tracker row goes to the JVM. Rows of ``excluded`` files (waiting for a reload) are left out of the target
-    side; the tracker side holds completed files only."""
+def batch_fingerprint_frame(frame: Any) -> Any:  # noqa: ANN401
+    """The target side of the per-batch fingerprint: one row per ``_batch_id`` (as ``batch``) with its rows and
+    the sums of ``hash(_source_file)`` and ``hash(_source_file, _source_file)`` (NULL when a sum overflows)."""
     from pyspark.sql import functions as F
 
-    target = frame
-    if excluded:
-        target = target.where(~F.col(SOURCE_FILE_COLUMN).isin(excluded))
     path = F.col(SOURCE_FILE_COLUMN)
-    aggregation = (
-        target.groupBy(F.col(BATCH_ID_COLUMN).alias("batch"))
-        .agg(F.count(F.lit(1)).cast("long").alias("rows"), F.try_sum(F.hash(path).cast("long")).alias("h1"),
-             F.try_sum(F.hash(path, path).cast("long")).alias("h2"))
-    )
+    return frame.groupBy(F.col(BATCH_ID_COLUMN).alias("batch")).agg(
+        F.count(F.lit(1)).cast("long").alias("rows"), F.try_sum(F.hash(path).cast("long")).alias("h1"),
+        F.try_sum(F.hash(path, path).cast("long")).alias("h2"))
+
+
+def _batch_fingerprints(frame: Any, tracked: pa.Table, excluded: list[str]) -> list[str | None]:  # noqa: ANN401
+    """Batch ids whose target rows differ from ``tracked`` (the tracker's completed files that have rows) in
+    that batch, compared by (rows, sum of h1, sum of h2) with h1 = Spark's ``hash(_source_file)`` and h2 =
+    ``hash(_source_file, _source_file)`` (see compare_target_with_tracker). The target side is one Spark
+    aggregation (``batch_fingerprint_frame``) that returns a row per batch; the tracker side is computed on the
+    driver with the same hash (``core.spark_hash``), so no tracker row goes to the JVM. Rows of ``excluded``
+    files (waiting for a reload) are left out of the target side."""
+    from pyspark.sql import functions as F
+
+    target = frame.where(~F.col(SOURCE_FILE_COLUMN).isin(excluded)) if excluded else frame
     with ThreadPoolExecutor(max_workers=1) as pool:  # the driver hashes the tracker while Spark scans
-        spark_side = pool.submit(aggregation.toArrow)
-        expected = _tracker_fingerprints(settled)
+        spark_side = pool.submit(batch_fingerprint_frame(target).toArrow)
+        expected = _tracker_fingerprints(tracked)
         sums = spark_side.result()
     found = {row["batch"]: (row["rows"], row["h1"], row["h2"]) for row in sums.to_pylist()}
     # a batch on one side only, or a sum that overflowed (NULL), differs
@@ -158,9 +159,8 @@ def _batch_fingerprints(
                   key=lambda b: (b is None, b or ""))
 
 
-def _tracker_fingerprints(settled: pa.Table) -> dict[str | None, tuple[int, int, int]]:
+def _tracker_fingerprints(tracked: pa.Table) -> dict[str | None, tuple[int, int, int]]:
     """(rows, sum of h1, sum of h2) per batch of the tracker's completed files, each weighted by its rows."""
-    tracked = settled.filter(pc.greater(pc.fill_null(settled["row_count"], 0), 0))
     h1 = spark_hash(tracked["file_path"])
     h2 = spark_hash(tracked["file_path"], h1)
     counts = tracked["row_count"]

@@ -40,7 +40,7 @@ from loader_assets.core.partitions import partition_keys_for
 from loader_assets.core.states import FileStatus
 from loader_assets.reading import BATCH_ID_COLUMN, SOURCE_FILE_COLUMN, BatchRead, ExpectedFile
 from loader_assets.resources.lock import Lease
-from loader_assets.resources.tracker import FileChange, FileTracker
+from loader_assets.resources.tracker import ACTIVE_STATUSES, FileChange, FileTracker
 from loader_assets.settings import TableSettings
 
 if TYPE_CHECKING:
@@ -241,7 +241,7 @@ def plan_batch(
     )
     registered = tracker.register(listing, keys, table.on_file_change)
     record_changes(tracker, registered.changes, table.on_file_change.value)
-    rows = tracker.read(statuses=[FileStatus.PENDING, FileStatus.FAILED])
+    rows = tracker.read(statuses=ACTIVE_STATUSES)
     rows = eligible_files(rows, retry_attempts, now, table.min_file_age_seconds)
     if partition_keys is not None:
         rows = rows.filter(pc.is_in(rows["partition_key"], pa.array(partition_keys, pa.string())))

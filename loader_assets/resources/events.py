@@ -22,6 +22,8 @@ import pyarrow.compute as pc
 from deltalake import DeltaTable, write_deltalake
 from deltalake.exceptions import TableNotFoundError
 
+from loader_assets.resources._state_tables import STATE_TABLE_PROPERTIES
+
 TIMESTAMP = pa.timestamp("us", tz="UTC")
 EVENT_SCHEMA = pa.schema(
     [
@@ -67,7 +69,7 @@ class FileEvents:
             for e in events
         ]
         write_deltalake(self.path, pa.Table.from_pylist(rows, schema=EVENT_SCHEMA), mode="append",
-                        configuration={"delta.checkpointInterval": "10"})  # applies when this creates it
+                        configuration=STATE_TABLE_PROPERTIES)  # applies when this write creates the table
         return len(rows)
 
     def read(self, file_paths: Sequence[str] | None = None) -> pa.Table:

@@ -41,7 +41,7 @@ from deltalake.exceptions import CommitFailedError, DeltaError
 
 from loader_assets.core.discovery import TIMESTAMP
 from loader_assets.core.errors import LockHeldError, LockLostError, TrackerError
-from loader_assets.resources._state_tables import open_state_table
+from loader_assets.resources._state_tables import STATE_TABLE_PROPERTIES, open_state_table
 
 logger = logging.getLogger(__name__)
 
@@ -229,9 +229,8 @@ class TableLock:
         if table is not None:
             return table
         try:
-            # every acquire, renewal and release is a commit: a checkpoint every 10 keeps opening it cheap
             write_deltalake(self.path, _row(self._free_state()), mode="error",
-                            configuration={"delta.checkpointInterval": "10"})
+                            configuration=STATE_TABLE_PROPERTIES)
         except (CommitFailedError, DeltaError) as error:
             logger.debug("lock %s: created concurrently (%s)", self.table_name, error)
         table = self._open()

@@ -58,7 +58,7 @@ import pyarrow.fs as pafs
 from loader_assets.core.discovery import TIMESTAMP, SourceLocation, fingerprint
 from loader_assets.core.errors import TrackerError
 from loader_assets.core.states import ALL_STATUSES, FileStatus
-from loader_assets.resources._state_tables import open_state_table
+from loader_assets.resources._state_tables import STATE_TABLE_PROPERTIES, open_state_table
 from loader_assets.resources.events import FileEvents
 from loader_assets.settings import OnFileChange
 
@@ -68,7 +68,6 @@ TRACKER_DIR = "file_processing_tracker"
 TRACKER_SCHEMA_VERSION = "3"
 SCHEMA_VERSION_PROPERTY = "loader_assets.tracker_schema_version"
 PARTITION_COLUMNS = ["status"]
-CHECKPOINT_INTERVAL = "10"  # delta.checkpointInterval: delta-rs checkpoints after every 10th commit
 SMALL_FILE_BYTES = 1024 * 1024
 MAX_SMALL_FILES = 8
 COMPACT_TARGET_BYTES = 8 * 1024 * 1024
@@ -104,7 +103,7 @@ TRACKER_SCHEMA = pa.schema(
     ]
 )
 ACTIVE_STATUSES = (FileStatus.PENDING, FileStatus.FAILED)
-TABLE_PROPERTIES = {SCHEMA_VERSION_PROPERTY: TRACKER_SCHEMA_VERSION, "delta.checkpointInterval": CHECKPOINT_INTERVAL}
+TABLE_PROPERTIES = {SCHEMA_VERSION_PROPERTY: TRACKER_SCHEMA_VERSION, **STATE_TABLE_PROPERTIES}
 
 
 @dataclass(frozen=True)
@@ -229,7 +228,8 @@ class FileTracker:
         write_deltalake(
             table, rows, mode="overwrite", partition_by=PARTITION_COLUMNS, schema_mode="overwrite",
             commit_properties=CommitProperties(custom_metadata={
-                "loader_assets.operation": f"migrate to tracker schema {TRACKER_SCHEMA_VERSION} (partitioned by status)",
+                "loader_assets.operation":
+                    f"migrate to tracker schema {TRACKER_SCHEMA_VERSION} (partitioned by status)",
                 "loader_assets.table": self.table_name,
             }),
         )
@@ -277,7 +277,8 @@ class FileTracker:
             return empty.select(list(columns)) if columns else empty
         return self._scan(table, columns, statuses, paths)
 
-    def _file_stats(self, table: DeltaTable) -> pa.Table:
+    @staticmethod
+    def _file_stats(table: DeltaTable) -> pa.Table:
         """The data files' statistics from the Delta log (no data read)."""
         return pa.table(table.get_add_actions(flatten=True))
 
@@ -304,7 +305,8 @@ class FileTracker:
         stats = self._file_stats(table)
         if "partition.status" in stats.column_names and stats["num_records"].null_count == 0:
             grouped = stats.group_by("partition.status").aggregate([("num_records", "sum")])
-            pairs = zip(grouped["partition.status"].to_pylist(), grouped["num_records_sum"].to_pylist(), strict=True)
+            pairs = zip(grouped["partition.status"].to_pylist(), grouped["num_records_sum"].to_pylist(),
+                        strict=True)
         else:
             values = pc.value_counts(self._scan(table, ["status"])["status"]).to_pylist()
             pairs = ((item["values"], item["counts"]) for item in values)
