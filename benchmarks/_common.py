@@ -161,7 +161,7 @@ def write_tracker(tracker: FileTracker, parts: list[pa.Table], compact: bool = T
     then runs the compaction and checkpoint that the tracker's maintenance runs (a long-lived tracker's)."""
     from loader_assets.resources.tracker import COMPACT_TARGET_BYTES
 
-    tracker.create_empty()
+    tracker.create(baseline_txn=0)
     for part in parts:
         write_deltalake(tracker.path, part, mode="append")
     if compact:
@@ -249,37 +249,38 @@ class Phases:
 
 @contextmanager
 def loader_phases() -> Iterator[Phases]:
-    """Time the steps of one load (see docs/ARCHITECTURE.md, "One batch, step by step")."""
+    """Time the steps of one load (see docs/ARCHITECTURE.md, "A batch")."""
     import dagster as dg
 
-    from loader_assets import api, assets, checks, operations
-    from loader_assets.io_managers import _delta
-    from loader_assets.io_managers.append import DeltaAppendIOManager
-    from loader_assets.io_managers.scd2 import DeltaScd2IOManager
+    from loader_assets import api, checks, load, operations
     from loader_assets.resources.lock import TableLock
+    from loader_assets.writers import append, base, scd2
 
     phases = Phases()
     phases.wrap(dg.JobDefinition, "execute_in_process", "dagster run (whole)", starts_run=True)
-    phases.wrap(api, "find_pending_work", "find pending work (api)")
+    phases.wrap(api, "pending_work", "find pending work (api)")
     phases.wrap(api, "_outcome", "summary from tracker (api)")
     phases.wrap(TableLock, "acquire", "lock acquire")
     phases.wrap(TableLock, "release", "lock release")
-    phases.wrap(assets, "recover_interrupted", "recover interrupted")
-    phases.wrap(assets, "plan_batch", "plan: list + register + read tracker")
+    phases.wrap(load, "recover_interrupted", "recover interrupted")
+    phases.wrap(load, "plan_batch", "plan: list + register + read tracker")
     phases.wrap(FileTracker, "register", "tracker register")
     phases.wrap(FileTracker, "claim", "tracker claim")
     phases.wrap(FileTracker, "complete", "tracker complete")
-    phases.wrap(assets, "next_batch_sequence", "next batch sequence")
-    phases.wrap(assets, "precheck_file", "precheck files (no Spark)")
-    phases.wrap(assets, "data_schema_of_target", "target schema (Spark)")
-    phases.wrap(assets, "read_batch", "read batch (Spark)")
-    phases.wrap(DeltaAppendIOManager, "write_batch", "target commit (append)")
-    phases.wrap(DeltaScd2IOManager, "validate_batch", "scd2 validate")
-    phases.wrap(DeltaScd2IOManager, "write_batch", "target commit (scd2 merge)")
-    phases.wrap(_delta, "batch_commit_entry", "find batch commit (history)")
-    phases.wrap(_delta, "batch_row_counts", "row counts per file (Spark)")
+    phases.wrap(load, "next_batch_sequence", "next batch sequence")
+    phases.wrap(load, "precheck_file", "precheck files (no Spark)")
+    phases.wrap(load, "data_schema_of_target", "target schema (Spark)")
+    phases.wrap(load, "read_batch", "read batch (Spark)")
+    phases.wrap(append.AppendWriter, "write", "target commit (append)")
+    phases.wrap(scd2.Scd2Writer, "prepare", "scd2 validate")
+    phases.wrap(scd2.Scd2Writer, "write", "target commit (scd2: change record + merge)")
+    phases.wrap(load, "batch_commit", "find batch commit (history)")
+    phases.wrap(base, "batch_row_counts", "row counts per file (Spark)")
+    phases.wrap(scd2.Scd2Writer, "row_counts", "row counts per file (scd2 change record)")
     phases.wrap(checks, "compare_target_with_tracker", "check: target matches tracker (Spark)")
+    phases.wrap(checks, "compare_record_with_tracker", "check: change record matches tracker (Spark)")
     phases.wrap(checks, "scd2_violations", "check: scd2 invariants (Spark)")
+    phases.wrap(checks, "history_difference", "check: history matches changes (Spark)")
     phases.wrap(operations, "compare_target_with_tracker", "validate: target vs tracker (Spark)")
     try:
         yield phases

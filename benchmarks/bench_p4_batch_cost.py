@@ -28,21 +28,17 @@ import pyarrow.compute as pc
 
 from benchmarks import _common as common
 from loader_assets.api import run_pipeline
+from loader_assets.batch import ClaimedBatch, PreparedRows
 from loader_assets.core.discovery import list_source_files
 from loader_assets.core.partitions import partition_keys_for
-from loader_assets.io_managers._delta import PreparedRows
-from loader_assets.io_managers.append import DeltaAppendIOManager
-from loader_assets.loading import (
-    LoadBatch,
-    batch_row_counts,
-    expected_files,
-    find_batch_commit,
-    new_batch_id,
-)
+from loader_assets.load import expected_files, new_batch_id
 from loader_assets.reading import read_batch
 from loader_assets.resources.lock import DeltaLockResource
 from loader_assets.resources.tracker import DeltaTrackerResource
 from loader_assets.settings import LoaderSettings
+from loader_assets.target import batch_commit
+from loader_assets.writers.append import AppendWriter
+from loader_assets.writers.base import batch_row_counts
 
 TARGET_RATIO = 1.2
 
@@ -59,7 +55,9 @@ def build_history(
     table = settings.table("events")
     source = Path(table.source_path)
     tracker = DeltaTrackerResource(checkpoint_path=settings.checkpoint_path).for_table("events")
+    tracker.create(baseline_txn=0)
     locks = DeltaLockResource(checkpoint_path=settings.checkpoint_path).for_table("events")
+    writer = AppendWriter(table, settings)
     for seq in range(1, batches + 1):
         paths = common.write_data_files(
             source / f"b{seq:04d}", files, rows, moment - 86400 * 2, first_offset=seq * files * rows
@@ -68,28 +66,17 @@ def build_history(
         listing = list_source_files(str(source))
         listing = listing.filter(pc.is_in(listing["file_path"], pa.array([str(p) for p in paths])))
         tracker.register(listing, partition_keys_for(listing["file_modified_time"], "day", "2024-01-01"))
-        rows_of_batch = tracker.rows_for([str(p) for p in paths])
+        rows_of_batch = tracker.read(paths=[str(p) for p in paths])
         batch_id = new_batch_id(seq)
         tracker.claim([str(p) for p in paths], batch_id, seq, f"history-{seq}")
         read = read_batch(spark, table, expected_files(rows_of_batch), None)
-        batch = LoadBatch(
-            table=table,
-            target_path=settings.table_path("events"),
-            run_id=f"history-{seq}",
-            tracker=tracker,
-            lease=None,
-            discovered=0,
-            batch_id=batch_id,
-            batch_seq=seq,
-            dataframe=read.dataframe,
-            loaded_paths=read.loaded_paths,
-        )
         assert read.dataframe is not None and not read.errors, read.errors
-        # The IO manager's own commit code (it uses nothing of the manager's configuration).
-        DeltaAppendIOManager.write_batch(None, batch, PreparedRows(read.dataframe))  # type: ignore[arg-type]
-        version = find_batch_commit(batch.target_path, batch_id)
+        batch = ClaimedBatch(table, settings.table_path("events"), f"history-{seq}", batch_id, seq,
+                             tuple(expected_files(rows_of_batch)), replace=False)
+        writer.write(batch, PreparedRows(read.dataframe), evolve_schema=False)  # the loader's own commit code
+        commit = batch_commit(batch.target_path, batch_id)
         counts = batch_row_counts(spark, batch.target_path, batch_id)
-        tracker.complete(counts, batch_id, version)
+        tracker.complete(counts, batch_id, int(commit["version"]) if commit else None)
         lease.release()
 
 

@@ -2,7 +2,7 @@
 
 Measured (median of ``--repeats`` ticks, the directory listing warm in the page cache for both sides):
 - loader: the table's real sensor (``<table>_files_sensor`` from ``build_definitions``) evaluated with
-  ``dagster.build_sensor_context`` on a real (sqlite) ``DagsterInstance``; its ``find_pending_work`` (list,
+  ``dagster.build_sensor_context`` on a real (sqlite) ``DagsterInstance``; its ``pending_work`` (list,
   read the tracker, diff, digest) is also timed alone;
 - baseline: listing the directory alone, ``os.scandir`` recursively (names, sizes, mtimes).
 Target: <= 3x the listing, and < 5 s.
@@ -24,9 +24,9 @@ from benchmarks import _common as common
 from loader_assets.core.discovery import list_source_files
 from loader_assets.core.states import FileStatus
 from loader_assets.definitions import build_definitions
+from loader_assets.planning import pending_work
 from loader_assets.resources.lock import DeltaLockResource
 from loader_assets.resources.tracker import DeltaTrackerResource
-from loader_assets.scheduling import find_pending_work
 
 TARGET_RATIO = 3.0
 TARGET_SECONDS = 5.0
@@ -86,10 +86,10 @@ def run(
         ),
         repeats,
     )
-    work = find_pending_work(table, tracker, settings.retry_attempts, lock)
-    assert work.new_files == new and work.discovered == files, work
+    work = pending_work(table, tracker, settings.retry_attempts)
+    assert work.count("new") == new and work.discovered == files, work
     find_seconds = common.median_seconds(
-        lambda: find_pending_work(table, tracker, settings.retry_attempts, lock), repeats
+        lambda: pending_work(table, tracker, settings.retry_attempts), repeats
     )
 
     sensor = build_definitions(settings).get_sensor_def("events_files_sensor")
@@ -119,14 +119,14 @@ def run(
         "<= 3x; < 5 s",
         ratio <= TARGET_RATIO and sensor_seconds < TARGET_SECONDS,
         files=files,
-        new_files=work.new_files,
+        new_files=work.count("new"),
         run_requests=len(run_keys),
         find_pending_work_seconds=round(find_seconds, 3),
         phases={
             "pyarrow listing (list_source_files)": round(pyarrow_listing_seconds, 3),
             "tracker read (6 columns)": round(tracker_read_seconds, 3),
-            "find_pending_work (listing + tracker + diff + digest)": round(find_seconds, 3),
-            "sensor tick (find_pending_work + run query + requests)": round(sensor_seconds, 3),
+            "pending_work (listing + tracker + diff + digest)": round(find_seconds, 3),
+            "sensor tick (pending_work + run query + requests)": round(sensor_seconds, 3),
         },
         baseline="os.scandir recursive listing (size + mtime)",
         repeats=repeats,

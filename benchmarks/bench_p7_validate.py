@@ -25,9 +25,9 @@ from typing import Any
 from benchmarks import _common as common
 from loader_assets.checks import batch_fingerprint_frame
 from loader_assets.core.states import FileStatus
-from loader_assets.loading import app_id
 from loader_assets.operations import validate_consistency
 from loader_assets.resources.tracker import DeltaTrackerResource
+from loader_assets.target import app_id
 
 TARGET_RATIO = 3.0
 FILES_PER_BATCH = 1_000

@@ -16,13 +16,20 @@ import dagster as dg
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from loader_assets.core.errors import LockHeldError
 from loader_assets.core.states import FileStatus
 from loader_assets.definitions import build_definitions, load_job_name
+from loader_assets.planning import pending_work
 from loader_assets.resources import spark as spark_resource
-from loader_assets.core.errors import LockHeldError
-from loader_assets.resources.lock import DeltaLockResource, TableLock
+from loader_assets.resources.lock import (
+    DeltaLockResource,
+    RunEnded,
+    TableLock,
+    holder_is_live,
+    lock_stale_reason,
+    run_ended_checker,
+)
 from loader_assets.resources.tracker import DeltaTrackerResource, FileTracker
-from loader_assets.scheduling import find_pending_work
 from loader_assets.sensors import range_tags
 from loader_assets.settings import LoaderSettings
 
@@ -81,20 +88,20 @@ def _untried_pending(tracker: FileTracker, run_ids: list[str]) -> int:
     return len(pending) - int(tried or 0)
 
 
-def _release_stale_lock(lock: TableLock) -> None:
+def _release_stale_lock(lock: TableLock, run_ended: RunEnded) -> None:
     """A holder that died after completing its batch leaves a stale lock and no work behind, so no run would
     ever take it over; take it over (conditional commit) and free it, so the pipeline reads as consistent."""
     state = lock.read()
-    if state is None or not state.held or state.stale_reason() is None:
+    if lock_stale_reason(state, run_ended) is None or state is None:
         return
     try:
-        lock.acquire(None, wait_seconds=0, heartbeat=False).release()
+        lock.acquire(None, wait_seconds=0, heartbeat=False, run_ended=run_ended).release()
         logger.warning("table %s: released a stale lock (%s)", lock.table_name, state.describe())
     except LockHeldError:
         pass  # somebody else took it over first: it is theirs now
 
 
-def _root_cause(error: Any) -> str:  # noqa: ANN401 - dagster SerializableErrorInfo
+def _root_cause(error: Any) -> str:
     """The innermost error of a step failure: the loader's own message rather than Dagster's wrapper."""
     while getattr(error, "cause", None) is not None:
         error = error.cause
@@ -114,25 +121,27 @@ def run_pipeline(
     instance = instance or dg.DagsterInstance.get()
     started_before = spark_resource.sessions_started()
     summary = RunSummary()
-    tracker_resource = DeltaTrackerResource(checkpoint_path=settings.checkpoint_path)
-    locks = DeltaLockResource(checkpoint_path=settings.checkpoint_path, lease_seconds=settings.timeout_minutes * 60)
+    tracker_resource = DeltaTrackerResource.from_settings(settings)
+    locks = DeltaLockResource.from_settings(settings)
+    run_ended = run_ended_checker(instance)
     try:
         for table in selected:
             name = table.table_name
             result = TableRunSummary(table_name=name)
             job = definitions.resolve_job_def(load_job_name(name))
-            _release_stale_lock(locks.for_table(name))
+            _release_stale_lock(locks.for_table(name), run_ended)
             last_digest = None
             for round_number in range(MAX_ROUNDS_PER_TABLE):
-                work = find_pending_work(table, tracker_resource.for_table(name), settings.retry_attempts, locks.for_table(name))
+                live = holder_is_live(locks.for_table(name).read(), run_ended)
+                work = pending_work(table, tracker_resource.for_table(name), settings.retry_attempts, live)
                 if round_number == 0:
                     result.files_discovered = work.discovered
                 # Later rounds only drain files left pending by max_files_per_run; a file that failed in this
                 # invocation, or went back to pending because it was still being written, waits for the next
                 # invocation (or sensor tick) instead of a tight loop here.
-                fresh = work.new_files + (
+                fresh = work.count("new") + (
                     _untried_pending(tracker_resource.for_table(name), result.run_ids) if round_number
-                    else work.pending_files + work.changed_files
+                    else work.count("pending", "changed")
                 )
                 if not work.has_work or work.digest == last_digest or (round_number and not fresh):
                     break
@@ -179,8 +188,8 @@ class TableStatus:
 
 def pipeline_status(settings: LoaderSettings) -> list[TableStatus]:
     """Per table: file counts by status and the lock holder (if any). Reads only; no Spark."""
-    trackers = DeltaTrackerResource(checkpoint_path=settings.checkpoint_path)
-    locks = DeltaLockResource(checkpoint_path=settings.checkpoint_path, lease_seconds=settings.timeout_minutes * 60)
+    trackers = DeltaTrackerResource.from_settings(settings)
+    locks = DeltaLockResource.from_settings(settings)
     out = []
     for table in settings.tables:
         state = locks.for_table(table.table_name).read()
@@ -190,7 +199,7 @@ def pipeline_status(settings: LoaderSettings) -> list[TableStatus]:
                 table_name=table.table_name,
                 status_counts=trackers.for_table(table.table_name).status_counts(),
                 lock=state.to_json() if held and state else None,
-                lock_stale_reason=state.stale_reason() if held and state else None,
+                lock_stale_reason=lock_stale_reason(state, None),
             )
         )
     return out

@@ -1,4 +1,4 @@
-"""Consistency checks per table, shown on the asset's Checks tab (DESIGN.md section 7).
+"""Consistency checks per table, shown on the asset's Checks tab (docs/CONTRACT.md, "Consistency").
 
 The checks read the tracker and the Delta table themselves instead of taking the asset as an input (which
 would load every partition). They run after each materialisation of the table and alone, through the table's
@@ -6,16 +6,19 @@ would load every partition). They run after each materialisation of the table an
 
 - ``<table>_no_failed_files``: files that failed. WARN while retries remain, ERROR once any file exhausted them.
 - ``<table>_target_matches_tracker``: every completed file's row count equals its rows in the target, no rows
-  come from a file that is not completed, and no file's rows carry two batch ids (a duplicate load).
-- ``<table>_scd2_invariants`` and ``<table>_target_matches_tracker`` check, after a load, what that run wrote
-  (its files; the keys of its batches), so their cost follows the batch, not the table; run alone (the checks
-  job, a run that loaded nothing) and in ``validate-consistency`` they check the whole table.
+  come from a file that is not completed, and no file's rows carry two batch ids (a duplicate load). For an
+  scd2 table the count is the file's change rows in the change record, and no change row may come from a file
+  the tracker does not count as loaded.
 - ``<table>_scd2_invariants`` (scd2 tables): one current row per key, flag agrees with end date, intervals of a
   key neither overlap nor leave gaps.
+- ``<table>_history_matches_changes`` (scd2 tables): the versions are exactly those the change record defines.
+- After a load, the table checks look at what that run wrote (its files; the keys of its batches), so their
+  cost follows the batch, not the table; run alone (the checks job, a run that loaded nothing) and in
+  ``validate-consistency`` they check the whole table.
 """
 
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,15 +27,21 @@ import dagster as dg
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from loader_assets.changes import ChangeRecord, changes_location
 from loader_assets.core.spark_hash import spark_hash, weighted_sums
 from loader_assets.core.states import FileStatus
-from loader_assets.loading import open_target
 from loader_assets.reading import BATCH_ID_COLUMN, SOURCE_FILE_COLUMN
-from loader_assets.resources.lock import DeltaLockResource, lock_stale_reason
+from loader_assets.resources.lock import (
+    DeltaLockResource,
+    holder_is_live,
+    lock_stale_reason,
+    run_ended_checker,
+)
 from loader_assets.resources.spark import SparkSessionResource
 from loader_assets.resources.tracker import DeltaTrackerResource, FileTracker
-from loader_assets.scd2 import scd2_violations
+from loader_assets.scd2 import SCOPED_CHECK_MAX_KEYS, HistoryDifference, compare_history, scd2_violations
 from loader_assets.settings import LoaderSettings, TableSettings
+from loader_assets.target import open_target
 
 SAMPLE = 20
 
@@ -53,7 +62,7 @@ class TargetConsistency:
 
 
 def compare_target_with_tracker(
-    spark: Any,  # noqa: ANN401
+    spark: Any,
     tracker: FileTracker,
     target_path: str,
     files: Sequence[str] | None = None,
@@ -77,11 +86,7 @@ def compare_target_with_tracker(
     from pyspark.sql import functions as F
 
     result = TargetConsistency()
-    rows = tracker.read(columns=["file_path", "row_count", "status", "target_version", "batch_id"])
-    # Files whose rows the target should hold: completed ones, and those loaded before and now waiting for a
-    # reload (changed in the source, reprocess, skip of a new version): until it commits, the old rows stay.
-    expected = rows.filter(pc.or_(pc.equal(rows["status"], FileStatus.COMPLETED.value),
-                                  pc.is_valid(rows["target_version"])))
+    expected = files_with_rows(tracker)
     every_file = True  # the files named are every file the table should hold
     if files is not None:
         chosen = pc.is_in(expected["file_path"], pa.array(list(files), pa.string()))
@@ -128,7 +133,75 @@ def compare_target_with_tracker(
     return result
 
 
-def batch_fingerprint_frame(frame: Any) -> Any:  # noqa: ANN401
+def files_with_rows(tracker: FileTracker) -> pa.Table:
+    """Tracker rows of the files whose rows the table should hold: completed ones, and those loaded before and
+    now waiting for a reload (changed in the source, reprocess, skip of a new version): until the reload
+    commits, the old rows stay, with the row count recorded when they loaded."""
+    rows = tracker.read(columns=["file_path", "row_count", "status", "target_version", "batch_id"])
+    return rows.filter(pc.or_(pc.equal(rows["status"], FileStatus.COMPLETED.value),
+                              pc.is_valid(rows["target_version"])))
+
+
+def compare_record_with_tracker(
+    spark: Any, tracker: FileTracker, record: ChangeRecord, files: Sequence[str] | None = None,
+) -> TargetConsistency:
+    """For an scd2 table: each file's row count in the tracker against the change rows the record holds of it
+    (across all its batches: a file's rows are recorded once, however often it is replayed), and no change rows
+    from a file the tracker does not count as loaded. With ``files``, only those files."""
+    from pyspark.sql import functions as F
+
+    result = TargetConsistency()
+    expected = files_with_rows(tracker)
+    if files is not None:
+        expected = expected.filter(pc.is_in(expected["file_path"], pa.array(list(files), pa.string())))
+    result.completed_files = expected.num_rows
+    counts = pa.table({"file_path": pa.array([], pa.string()), "rows": pa.array([], pa.int64())})
+    if record.exists():
+        frame = record.committed(spark)
+        if files is not None:
+            frame = frame.where(F.col(SOURCE_FILE_COLUMN).isin(list(files)))
+        counts = (frame.groupBy(F.col(SOURCE_FILE_COLUMN).alias("file_path"))
+                  .agg(F.count(F.lit(1)).cast("long").alias("rows")).toArrow())
+        counts = counts.cast(pa.schema([("file_path", pa.string()), ("rows", pa.int64())]))
+    result.target_files = counts.num_rows
+    result.untracked_files = counts.filter(pc.invert(pc.is_in(counts["file_path"], expected["file_path"])))[
+        "file_path"].to_pylist()[:SAMPLE]
+    joined = expected.select(["file_path", "row_count"]).join(counts, "file_path", join_type="left outer")
+    mismatched = joined.filter(pc.not_equal(pc.fill_null(joined["row_count"], 0), pc.fill_null(joined["rows"], 0)))
+    result.count_mismatches = [
+        {"file": r["file_path"], "tracker_rows": r["row_count"], "target_rows": r["rows"] or 0}
+        for r in mismatched.slice(0, SAMPLE).to_pylist()
+    ]
+    return result
+
+
+def history_difference(
+    spark: Any, table: TableSettings, settings: LoaderSettings, batch_ids: Sequence[str] | None = None,
+) -> HistoryDifference:
+    """The scd2 table's versions against the history its change record defines. With ``batch_ids``, only the
+    keys those batches recorded change rows of (their whole history), unless they are more than
+    ``SCOPED_CHECK_MAX_KEYS`` (then the whole table, cheaper than the join at that size)."""
+    from pyspark.sql import functions as F
+
+    name = table.table_name
+    record = ChangeRecord(changes_location(settings.target_root, name), settings.table_path(name), name)
+    target = spark.read.format("delta").load(settings.table_path(name))
+    if not record.exists():
+        changes = target.limit(0)  # no record: every version of the table is unexpected
+        return HistoryDifference(unexpected=int(target.count()), samples={"unexpected": ["(no change record)"]})
+    changes = record.committed(spark)
+    if batch_ids:
+        touched = (changes.where(F.col(BATCH_ID_COLUMN).isin(list(batch_ids))).select(*table.primary_keys)
+                   .distinct().cache())
+        try:
+            if touched.count() <= SCOPED_CHECK_MAX_KEYS:
+                return compare_history(target, changes, table, F.broadcast(touched))
+        finally:
+            touched.unpersist()
+    return compare_history(target, changes, table)
+
+
+def batch_fingerprint_frame(frame: Any) -> Any:
     """The target side of the per-batch fingerprint: one row per ``_batch_id`` (as ``batch``) with its rows and
     the sums of ``hash(_source_file)`` and ``hash(_source_file, _source_file)`` (NULL when a sum overflows)."""
     from pyspark.sql import functions as F
@@ -139,7 +212,7 @@ def batch_fingerprint_frame(frame: Any) -> Any:  # noqa: ANN401
         F.try_sum(F.hash(path, path).cast("long")).alias("h2"))
 
 
-def _batch_fingerprints(frame: Any, tracked: pa.Table, excluded: list[str]) -> list[str | None]:  # noqa: ANN401
+def _batch_fingerprints(frame: Any, tracked: pa.Table, excluded: list[str]) -> list[str | None]:
     """Batch ids whose target rows differ from ``tracked`` (the tracker's completed files that have rows) in
     that batch, compared by (rows, sum of h1, sum of h2) with h1 = Spark's ``hash(_source_file)`` and h2 =
     ``hash(_source_file, _source_file)`` (see compare_target_with_tracker). The target side is one Spark
@@ -171,7 +244,7 @@ def _tracker_fingerprints(tracked: pa.Table) -> dict[str | None, tuple[int, int,
     return {b: (expected_rows[b], expected_h1[b], expected_h2[b]) for b in expected_rows}
 
 
-def _compare_per_file(result: TargetConsistency, frame: Any, expected: pa.Table) -> None:  # noqa: ANN401
+def _compare_per_file(result: TargetConsistency, frame: Any, expected: pa.Table) -> None:
     """Per-file row counts and batch ids of ``frame`` (aggregated in Spark) against ``expected`` rows."""
     from pyspark.sql import functions as F
 
@@ -246,6 +319,18 @@ def failed_files_result(tracker: FileTracker, retry_attempts: int) -> dg.AssetCh
     )
 
 
+def history_result(difference: HistoryDifference, scope: str) -> dg.AssetCheckResult:
+    return dg.AssetCheckResult(
+        passed=difference.ok,
+        severity=dg.AssetCheckSeverity.ERROR,
+        description=("every version is the one the change record defines" if difference.ok else
+                     f"{difference.missing} versions the change record defines are missing, "
+                     f"{difference.unexpected} versions are not defined by it"),
+        metadata={"scope": scope, "missing_versions": difference.missing,
+                  "unexpected_versions": difference.unexpected, "sample_keys": dg.MetadataValue.json(difference.samples)},
+    )
+
+
 def target_consistency_result(consistency: TargetConsistency, scope: str = "whole table") -> dg.AssetCheckResult:
     problems = []
     if consistency.count_mismatches:
@@ -286,19 +371,10 @@ def scope_label(files: list[str]) -> str:
     return f"the {len(files)} files this run loaded" if files else "whole table"
 
 
-def run_ended_checker(instance: dg.DagsterInstance) -> Callable[[str], bool]:
-    """True for a Dagster run id whose run has finished (a lock it still holds is stale)."""
-
-    def ended(run_id: str) -> bool:
-        run = instance.get_run_by_id(run_id)
-        return run is not None and run.is_finished
-
-    return ended
-
-
 def build_table_checks(table: TableSettings, settings: LoaderSettings) -> list[dg.AssetChecksDefinition]:
     name = table.table_name
     target_path = settings.table_path(name)
+    record = ChangeRecord(changes_location(settings.target_root, name), target_path, name) if table.is_scd2 else None
 
     @dg.asset_check(
         asset=name,
@@ -312,8 +388,8 @@ def build_table_checks(table: TableSettings, settings: LoaderSettings) -> list[d
         asset=name,
         name=f"{name}_target_matches_tracker",
         description=(
-            "Every completed file's row count equals its rows in the table; no rows from files that are not "
-            "completed; no file loaded twice."
+            "Every completed file's row count equals its rows in the table (for scd2: its change rows in the change "
+            "record); no rows from files that are not completed; no file loaded twice."
         ),
     )
     def _target_matches_tracker(
@@ -323,9 +399,11 @@ def build_table_checks(table: TableSettings, settings: LoaderSettings) -> list[d
         if open_target(target_path) is None and table_tracker.status_counts()[FileStatus.COMPLETED.value] == 0:
             return dg.AssetCheckResult(passed=True, description="nothing loaded yet", metadata={"completed_files": 0})
         scope = files_of_run(table_tracker, context.run.run_id)
-        return target_consistency_result(
-            compare_target_with_tracker(spark.session, table_tracker, target_path, scope or None),
-            scope_label(scope))
+        if record is not None:
+            consistency = compare_record_with_tracker(spark.session, table_tracker, record, scope or None)
+        else:
+            consistency = compare_target_with_tracker(spark.session, table_tracker, target_path, scope or None)
+        return target_consistency_result(consistency, scope_label(scope))
 
     @dg.asset_check(
         asset=name,
@@ -335,9 +413,7 @@ def build_table_checks(table: TableSettings, settings: LoaderSettings) -> list[d
     def _no_orphaned_processing(
         context: dg.AssetCheckExecutionContext, tracker: DeltaTrackerResource, lock: DeltaLockResource
     ) -> dg.AssetCheckResult:
-        state = lock.for_table(name).read()
-        reason = lock_stale_reason(state, run_ended_checker(context.instance))
-        live = state is not None and state.held and reason is None
+        live = holder_is_live(lock.for_table(name).read(), run_ended_checker(context.instance))
         processing = tracker.for_table(name).read(columns=["file_path", "batch_id"],
                                                   statuses=[FileStatus.PROCESSING])
         orphans = processing if not live else processing.slice(0, 0)
@@ -400,5 +476,22 @@ def build_table_checks(table: TableSettings, settings: LoaderSettings) -> list[d
                 },
             )
 
-        checks.append(_scd2_invariants)
+        @dg.asset_check(
+            asset=name,
+            name=f"{name}_history_matches_changes",
+            description=(
+                "Every version is the one the change record defines: per key, the runs of equal tracked values "
+                "over every change row applied, in sequence order."
+            ),
+        )
+        def _history_matches_changes(
+            context: dg.AssetCheckExecutionContext, tracker: DeltaTrackerResource, spark: SparkSessionResource
+        ) -> dg.AssetCheckResult:
+            if open_target(target_path) is None:
+                return dg.AssetCheckResult(passed=True, description="nothing loaded yet")
+            batches = batches_of_run(tracker.for_table(name), context.run.run_id)
+            difference = history_difference(spark.session, table, settings, batches or None)
+            return history_result(difference, "keys written by this run" if batches else "whole table")
+
+        checks += [_scd2_invariants, _history_matches_changes]
     return checks

@@ -314,7 +314,7 @@ def scd2_history_counts(target_path: str, current_column: str) -> tuple[int, int
     """(all versions, current versions) of an SCD2 table, counted with delta-rs (no Spark)."""
     import pyarrow.compute as pc
 
-    from loader_assets.loading import open_target
+    from loader_assets.target import open_target
 
     table = open_target(target_path)
     if table is None:

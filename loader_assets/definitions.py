@@ -12,8 +12,7 @@ import dagster as dg
 
 from loader_assets.assets import TABLE_TAG, build_table_asset
 from loader_assets.checks import build_table_checks
-from loader_assets.io_managers.append import DeltaAppendIOManager
-from loader_assets.io_managers.scd2 import DeltaScd2IOManager
+from loader_assets.io_managers.table import DeltaAppendIOManager, DeltaScd2IOManager
 from loader_assets.resources.lock import DeltaLockResource
 from loader_assets.resources.spark import SparkSessionResource
 from loader_assets.resources.tracker import DeltaTrackerResource
@@ -33,18 +32,15 @@ def checks_job_name(table_name: str) -> str:
 
 
 def build_resources(settings: LoaderSettings) -> dict[str, object]:
-    spark = SparkSessionResource(master=settings.spark.master, app_name=settings.spark.app_name,
-                                 conf=dict(settings.spark.conf))
+    spark = SparkSessionResource.from_settings(settings)
+    tracker = DeltaTrackerResource.from_settings(settings)
+    lock = DeltaLockResource.from_settings(settings)
     return {
-        "tracker": DeltaTrackerResource(checkpoint_path=settings.checkpoint_path),
-        "lock": DeltaLockResource(
-            checkpoint_path=settings.checkpoint_path,
-            lease_seconds=settings.timeout_minutes * 60,
-            wait_seconds=settings.lock_wait_seconds,
-        ),
+        "tracker": tracker,
+        "lock": lock,
         "spark": spark,
-        "append_io_manager": DeltaAppendIOManager(target_root=settings.target_root, spark=spark),
-        "scd2_io_manager": DeltaScd2IOManager(target_root=settings.target_root, spark=spark),
+        "append_io_manager": DeltaAppendIOManager(tracker=tracker, lock=lock, spark=spark),
+        "scd2_io_manager": DeltaScd2IOManager(tracker=tracker, lock=lock, spark=spark),
     }
 
 

@@ -31,15 +31,33 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow.compute as pc
 
-from loader_assets.checks import TargetConsistency, compare_target_with_tracker, exhausted_failures
-from loader_assets.core.discovery import SourceLocation
+from loader_assets.changes import ChangeRecord, changes_location
+from loader_assets.checks import (
+    TargetConsistency,
+    compare_record_with_tracker,
+    compare_target_with_tracker,
+    exhausted_failures,
+    files_with_rows,
+    history_difference,
+)
+from loader_assets.core.discovery import list_source_files, resolve
 from loader_assets.core.errors import LockHeldError, TrackerError
-from loader_assets.core.states import FileStatus
-from loader_assets.loading import missing_tracker_message, open_target, recover_interrupted, target_txn_version
-from loader_assets.resources.lock import DeltaLockResource, LockState, RunEnded, lock_stale_reason
-from loader_assets.resources.tracker import DeltaTrackerResource
-from loader_assets.scd2 import Scd2Violations, scd2_violations
+from loader_assets.core.states import FileStatus, sources_of
+from loader_assets.load import missing_tracker_message
+from loader_assets.reading import BATCH_ID_COLUMN, SOURCE_FILE_COLUMN
+from loader_assets.recovery import recover_interrupted
+from loader_assets.resources.lock import (
+    DeltaLockResource,
+    LockState,
+    RunEnded,
+    holder_is_live,
+    lock_stale_reason,
+)
+from loader_assets.resources.tracker import DeltaTrackerResource, FileTracker
+from loader_assets.scd2 import HistoryDifference, Scd2Violations, scd2_violations
 from loader_assets.settings import LoaderSettings, TableSettings
+from loader_assets.target import batch_commit, open_target, target_txn_version
+from loader_assets.writers import writer_for
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -47,11 +65,11 @@ if TYPE_CHECKING:
 
 
 def _locks(settings: LoaderSettings) -> DeltaLockResource:
-    return DeltaLockResource(checkpoint_path=settings.checkpoint_path, lease_seconds=settings.timeout_minutes * 60)
+    return DeltaLockResource.from_settings(settings)
 
 
 def _trackers(settings: LoaderSettings) -> DeltaTrackerResource:
-    return DeltaTrackerResource(checkpoint_path=settings.checkpoint_path)
+    return DeltaTrackerResource.from_settings(settings)
 
 
 @dataclass
@@ -65,6 +83,7 @@ class TableConsistency:
     state_error: str | None = None
     target: TargetConsistency | None = None
     scd2: Scd2Violations | None = None
+    history: HistoryDifference | None = None
 
     def tracker_issues(self) -> list[str]:
         issues = [f"Orphaned processing record: {path}" for path in self.orphaned]
@@ -92,6 +111,9 @@ class TableConsistency:
             issues.append(f"SCD2 history broken: {self.scd2.keys_without_one_current} keys without exactly one "
                           f"current row, {self.scd2.flag_end_disagreements} rows whose flag disagrees with "
                           f"their end date, {self.scd2.interval_breaks} gaps or overlaps")
+        if self.history is not None and not self.history.ok:
+            issues.append(f"SCD2 history differs from its change record: {self.history.missing} versions missing, "
+                          f"{self.history.unexpected} unexpected (e.g. {self.history.samples})")
         return issues
 
     @property
@@ -147,7 +169,7 @@ def check_table(
         lock_state = None
     result.lock = lock_state
     result.lock_stale_reason = lock_stale_reason(lock_state, run_ended)
-    live_holder = lock_state is not None and lock_state.held and result.lock_stale_reason is None
+    live_holder = holder_is_live(lock_state, run_ended)
     try:
         rows = tracker.read(columns=["file_path", "status", "retry_count", "retryable"])
     except TrackerError as error:
@@ -167,10 +189,18 @@ def check_table(
     result.failed_beyond_retry = sorted(failed["file_path"].to_pylist())
     if open_target(target_path) is not None:
         spark = spark_provider()
-        result.target = compare_target_with_tracker(spark, tracker, target_path)
         if table.is_scd2:
+            result.target = compare_record_with_tracker(spark, tracker, _record(settings, table))
             result.scd2 = scd2_violations(spark, target_path, table)
+            result.history = history_difference(spark, table, settings)
+        else:
+            result.target = compare_target_with_tracker(spark, tracker, target_path)
     return result
+
+
+def _record(settings: LoaderSettings, table: TableSettings) -> ChangeRecord:
+    name = table.table_name
+    return ChangeRecord(changes_location(settings.target_root, name), settings.table_path(name), name)
 
 
 def validate_consistency(
@@ -200,6 +230,9 @@ def fix_inconsistencies(
     tables: list[str] | None = None,
     run_ended: RunEnded | None = None,
 ) -> FixReport:
+    """Per table, under its lock (a stale one is taken over): resolve orphaned ``processing`` records exactly as
+    a run's recovery does, and adopt rows no run would account for (``adopt_untracked``). What needs a person
+    (files failed beyond retries, a missing tracker, a table that disagrees with its tracker) is listed."""
     report = FixReport()
     selected = [settings.table(n) for n in tables] if tables else settings.tables
     for table in selected:
@@ -218,13 +251,19 @@ def fix_inconsistencies(
             if stale_reason:
                 report.applied.append(f"Released stale lock of {name} ({stale_reason})")
             tracker = _trackers(settings).for_table(name)
-            recovered = recover_interrupted(tracker, settings.table_path(name), name, spark_provider)
-            if recovered.completed:
-                report.applied.append(f"Fixed {len(recovered.completed)} orphaned processing records of {name}: "
-                                      "their batch had committed, marked completed")
-            if recovered.failed:
-                report.applied.append(f"Fixed {len(recovered.failed)} orphaned processing records of {name}: "
-                                      "their batch had not committed, marked failed for retry")
+            if tracker.exists():
+                recovered = recover_interrupted(tracker, writer_for(table, settings), spark_provider)
+                if recovered.completed:
+                    report.applied.append(f"Fixed {len(recovered.completed)} orphaned processing records of "
+                                          f"{name}: their batch had committed, marked completed")
+                if recovered.failed:
+                    report.applied.append(f"Fixed {len(recovered.failed)} orphaned processing records of {name}: "
+                                          "their batch had not committed, marked failed for retry")
+                adopted = adopt_untracked(settings, table, tracker, spark_provider)
+                if adopted:
+                    report.applied.append(
+                        f"Recorded {len(adopted)} files of {name} as completed whose rows the table held but the "
+                        f"tracker did not know, and which are no longer in the source (e.g. {adopted[0]})")
         except TrackerError as error:
             report.failed.append(f"{name}: {error}")
         finally:
@@ -233,6 +272,53 @@ def fix_inconsistencies(
         for issue in remaining.table_issues() + ([remaining.state_error] if remaining.state_error else []):
             report.needs_operator.append(f"{name}: {issue}")
     return report
+
+
+ADOPTED_MESSAGE = ("recorded by fix-inconsistencies: the table held rows of this file that the tracker did not "
+                   "know (loaded before the tracker was reset or lost), and the file is no longer in the source")
+
+
+def adopt_untracked(
+    settings: LoaderSettings, table: TableSettings, tracker: FileTracker, spark_provider: Callable[[], SparkSession]
+) -> list[str]:
+    """Files whose rows the table holds (for scd2: whose change rows the record holds) although the tracker does
+    not count them as loaded, and which are no longer in the source, so no run will ever reload them: typically
+    files loaded before ``reset-state`` and archived since. Each is recorded as ``completed`` with the rows and
+    batch the table holds, which makes the tracker describe the table again. Files still in the source are left
+    alone: the next run reloads them, replacing their rows. Call under the table's lock. Returns the paths."""
+    from pyspark.sql import functions as F
+
+    name = table.table_name
+    if table.is_scd2:
+        record = _record(settings, table)
+        if not record.exists():
+            return []
+        frame = record.committed(spark_provider())
+    else:
+        if open_target(settings.table_path(name)) is None:
+            return []
+        frame = spark_provider().read.format("delta").load(settings.table_path(name))
+    found = (frame.groupBy(F.col(SOURCE_FILE_COLUMN).alias("file_path"))
+             .agg(F.count(F.lit(1)).cast("long").alias("rows"), F.max(BATCH_ID_COLUMN).alias("batch_id"))
+             .toArrow())
+    known = files_with_rows(tracker)["file_path"]
+    present = list_source_files(table.source_path)["file_path"]
+    orphans = found.filter(pc.and_(pc.invert(pc.is_in(found["file_path"], known)),
+                                   pc.invert(pc.is_in(found["file_path"], present))))
+    if orphans.num_rows == 0:
+        return []
+    adopted: dict[str, tuple[int, str | None, int | None]] = {}
+    versions: dict[str | None, int | None] = {}
+    for row in orphans.to_pylist():
+        batch_id = row["batch_id"]
+        if batch_id not in versions:
+            commit = batch_commit(settings.table_path(name), batch_id) if batch_id else None
+            versions[batch_id] = int(commit["version"]) if commit else None
+        adopted[row["file_path"]] = (int(row["rows"]), batch_id, versions[batch_id])
+    tracker.adopt(adopted, ADOPTED_MESSAGE)
+    tracker.events.record([{"file_path": p, "event": "adopted", "detail": ADOPTED_MESSAGE,
+                            "actor": "fix-inconsistencies"} for p in adopted])
+    return sorted(adopted)
 
 
 @dataclass
@@ -249,13 +335,6 @@ class FileAction:
                 "refused": [{"file": p, "reason": r} for p, r in self.refused.items()]}
 
 
-_ACTION_SOURCES = {
-    "retry": (FileStatus.FAILED,),
-    "reprocess": (FileStatus.COMPLETED, FileStatus.SKIPPED, FileStatus.FAILED),
-    "skip": (FileStatus.PENDING, FileStatus.FAILED),
-}
-
-
 def _file_action(
     settings: LoaderSettings,
     table_name: str,
@@ -269,7 +348,7 @@ def _file_action(
 
     table = settings.table(table_name)
     result = FileAction(table_name, action)
-    allowed = _ACTION_SOURCES[action]
+    allowed = sources_of(action)
     lease = _locks(settings).for_table(table_name).acquire(None, wait_seconds=lock_wait_seconds, heartbeat=False)
     try:
         tracker = _trackers(settings).for_table(table_name)
@@ -296,7 +375,7 @@ def _file_action(
             else:
                 message = (f"{action} requested by {actor}" + (f": {reason}" if reason else "")
                            + ("; the reload replaces the rows the file has" if action == "reprocess" else ""))
-                tracker.requeue(result.changed, allowed, message, _stat_files(result.changed))
+                tracker.requeue(result.changed, action, message, _stat_files(result.changed))
             tracker.events.record([
                 {"file_path": p, "event": action, "detail": message + (f" (last error: {errors[p]})"
                                                                        if errors.get(p) else ""),
@@ -316,9 +395,9 @@ def _stat_files(paths: list[str]) -> dict[str, tuple[int, datetime]]:
 
     seen: dict[str, tuple[int, datetime]] = {}
     for path in paths:
-        location = SourceLocation.parse(path)
+        filesystem, fs_path = resolve(path)
         try:
-            info = location.filesystem.get_file_info(path[len(location.uri_prefix):])
+            info = filesystem.get_file_info(fs_path)
         except OSError:
             continue
         if info.type == pafs.FileType.File:
@@ -363,23 +442,31 @@ def force_unlock(settings: LoaderSettings, table_name: str) -> LockState | None:
 
 
 def reset_state(settings: LoaderSettings, table_name: str) -> tuple[int, bool]:
-    """Forget every file of the table (the tracker is replaced by an empty one) while holding its lock.
+    """Forget every file of the table while holding its lock: the tracker is emptied (or, when it is missing or
+    damaged, made anew).
 
-    The target table is kept. Files then load again, and that reload cannot duplicate rows: the new tracker is
-    behind the target's txn version, so append batches replace their files' rows, and SCD2 rows already in the
-    history are recognised as applied. Returns (files forgotten, target kept)."""
+    The target table (and an scd2 table's change record) is kept. The tracker records the target's txn version
+    as its baseline, so every file it has not completed itself is written with replace semantics: the reload of
+    a file replaces the rows it has (append), and an scd2 reload finds its change rows in the record and adds
+    nothing, however many batches the reload takes and whatever kills it. Returns (files forgotten, target
+    kept)."""
     lock = _locks(settings).for_table(table_name)
     lease = lock.acquire(None, wait_seconds=0, heartbeat=False)
     try:
         tracker = _trackers(settings).for_table(table_name)
+        baseline = target_txn_version(settings.table_path(table_name), table_name)
         try:
-            forgotten = tracker.read(columns=["file_path"]).num_rows
-        except TrackerError:
+            readable = tracker.exists() and tracker.read(columns=["file_path"]) is not None
+        except TrackerError:  # damaged
+            readable = False
+        if readable:
+            forgotten = tracker.reset(baseline)
+        else:  # missing or damaged: a new one (a crash in between leaves it missing: run reset-state again)
             forgotten = 0
-        if tracker.exists():
-            location = SourceLocation.parse(tracker.path)
-            location.filesystem.delete_dir(tracker.path[len(location.uri_prefix):])
-        tracker.create_empty()
+            if tracker.exists():
+                filesystem, fs_path = resolve(tracker.path)
+                filesystem.delete_dir(fs_path)
+            tracker.create(baseline_txn=baseline)
     finally:
         lease.release()
     return forgotten, open_target(settings.table_path(table_name)) is not None

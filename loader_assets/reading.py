@@ -1,9 +1,13 @@
 """Reading a batch of source files into one Spark DataFrame, failing bad files one by one.
 
 Each file is checked before Spark sees it (exists, readable, unchanged since discovery, not empty, a readable
-parquet footer), then read on its own so that a file Spark cannot read, or whose columns differ from the table's,
-fails alone with an error naming the file, the table and the cause. The good files are unioned (as a balanced
-tree, so the plan stays shallow for a thousand files) with ``_source_file`` set to the exact path as a literal.
+parquet footer). Parquet files that share a footer schema are then read as one relation, with ``_source_file``
+mapped from Spark's ``_metadata.file_path`` back to the exact path through a broadcast join (a row whose file
+cannot be mapped stops the write); that group read falls back, with a note, to one read per file when Spark
+names the files in a way the mapping cannot trust. csv and json files, and a parquet file alone in its schema,
+are read on their own with ``_source_file`` as a literal of the exact path, so a file Spark cannot read, or
+whose columns differ from the table's, fails alone with an error naming the file, the table and the cause.
+The reads are unioned as a balanced tree, so the plan stays shallow for a thousand files.
 
 Per table policies (settings.py):
 - ``schema_evolution``: fail (a file with new, missing or retyped columns fails, naming them), add_new_columns
@@ -14,8 +18,8 @@ Per table policies (settings.py):
   ``_corrupt_record`` column in PERMISSIVE mode, counted per file in one aggregation over the batch (which is
   cached for it), and either fail their file or go to the quarantine table while the file's good rows load.
 
-Why per-file literals and not ``input_file_name()``: Spark returns a URL-encoded URI there (``a%20b``), while the
-tracker and operators use the path as it is. File names also reach the reader with Hadoop glob characters
+Why not ``input_file_name()`` as it is: Spark returns a URL-encoded URI there (``a%20b``), while the tracker and
+operators use the path as it is. File names also reach the reader with Hadoop glob characters
 escaped, so ``[``, ``{``, ``*`` and ``?`` in a name mean themselves (DESIGN.md section 9).
 """
 
@@ -31,7 +35,8 @@ from typing import TYPE_CHECKING
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from loader_assets.core.discovery import SourceLocation, micros_to_datetime
+from loader_assets.core.discovery import micros_to_datetime, resolve
+from loader_assets.core.errors import root_cause
 from loader_assets.settings import (
     AUDIT_COLUMNS,
     RESCUED_DATA_COLUMN,
@@ -97,12 +102,7 @@ class BatchRead:
     cached: list[DataFrame] = field(default_factory=list)
     evolves_schema: bool = False
     footer_rows: dict[str, int] = field(default_factory=dict)  # parquet: rows per file, from its footer
-
-
-def _short(error: BaseException) -> str:
-    text = str(error).strip()
-    first = text.splitlines()[0] if text else type(error).__name__
-    return first[:500]
+    notes: list[str] = field(default_factory=list)  # what the read did that the operator should know
 
 
 def _csv_has_header(table: TableSettings) -> bool:
@@ -112,14 +112,13 @@ def _csv_has_header(table: TableSettings) -> bool:
 def precheck_file(expected: ExpectedFile, table: TableSettings) -> Precheck:
     """Look at the file before Spark does. No Spark involved; one stat and one small read."""
     file_format = table.file_format
-    location = SourceLocation.parse(expected.path)
-    fs_path = expected.path[len(location.uri_prefix):]
+    filesystem, fs_path = resolve(expected.path)
     try:
-        info = location.filesystem.get_file_info(fs_path)
+        info = filesystem.get_file_info(fs_path)
     except PermissionError as error:
-        return Precheck(problem=f"permission denied looking up the file: {_short(error)}")
+        return Precheck(problem=f"permission denied looking up the file: {root_cause(error)}")
     except OSError as error:
-        return Precheck(problem=f"cannot stat the file: {_short(error)}")
+        return Precheck(problem=f"cannot stat the file: {root_cause(error)}")
     if info.type == pafs.FileType.NotFound:
         return Precheck(problem="file vanished between discovery and load (it is no longer in the source)")
     if info.type != pafs.FileType.File:
@@ -128,12 +127,12 @@ def precheck_file(expected: ExpectedFile, table: TableSettings) -> Precheck:
     if info.size != expected.size or mtime_us != expected.modified_micros:
         return Precheck(now_size=int(info.size or 0), now_mtime=micros_to_datetime(mtime_us))
     try:
-        with location.filesystem.open_input_file(fs_path) as handle:
+        with filesystem.open_input_file(fs_path) as handle:
             handle.read(min(int(info.size or 0), 4096))
     except PermissionError as error:
-        return Precheck(problem=f"permission denied reading the file: {_short(error)}")
+        return Precheck(problem=f"permission denied reading the file: {root_cause(error)}")
     except OSError as error:
-        return Precheck(problem=f"cannot read the file: {_short(error)}")
+        return Precheck(problem=f"cannot read the file: {root_cause(error)}")
     if info.size == 0:
         if file_format is FileFormat.PARQUET:
             return Precheck(problem="file is empty (0 bytes), which is not a valid parquet file")
@@ -142,10 +141,10 @@ def precheck_file(expected: ExpectedFile, table: TableSettings) -> Precheck:
         return Precheck(empty=True)  # an empty json-lines (or header-less csv) file: a valid file of no rows
     if file_format is FileFormat.PARQUET:
         try:
-            with location.filesystem.open_input_file(fs_path) as handle:
+            with filesystem.open_input_file(fs_path) as handle:
                 pq.read_metadata(handle)
         except Exception as error:  # pyarrow raises several types for a bad footer
-            return Precheck(problem=f"not a readable parquet file (corrupt or truncated): {_short(error)}")
+            return Precheck(problem=f"not a readable parquet file (corrupt or truncated): {root_cause(error)}")
     return Precheck()
 
 
@@ -153,10 +152,10 @@ def content_hash(path: str, chunk_bytes: int = 8 << 20) -> str | None:
     """sha256 of the file's bytes (streamed), or None when it cannot be read (its precheck then says why)."""
     import hashlib
 
-    location = SourceLocation.parse(path)
+    filesystem, fs_path = resolve(path)
     digest = hashlib.sha256()
     try:
-        with location.filesystem.open_input_stream(path[len(location.uri_prefix):]) as stream:
+        with filesystem.open_input_stream(fs_path) as stream:
             while chunk := stream.read(chunk_bytes):
                 digest.update(chunk)
     except OSError:
@@ -240,9 +239,9 @@ class _FileFrame:
 
 def _read_file(spark: SparkSession, table: TableSettings, expected: ExpectedFile) -> _FileFrame | str:
     """One file as a DataFrame (csv/json with ``_corrupt_record``), or the reason Spark cannot read it."""
+    from py4j.protocol import Py4JJavaError
     from pyspark.errors import PySparkException
     from pyspark.sql.types import StringType, StructField, StructType
-    from py4j.protocol import Py4JJavaError
 
     path = expected.path
     reader = spark.read.format(table.file_format.value).options(**table.read_options)
@@ -267,14 +266,14 @@ def _read_file(spark: SparkSession, table: TableSettings, expected: ExpectedFile
         frame = reader.load(escape_glob(path))
         return _FileFrame([expected], frame, frame.schema, False)
     except (PySparkException, Py4JJavaError) as error:
-        return f"Spark cannot read the file: {_short(error)}"
+        return f"Spark cannot read the file: {root_cause(error)}"
 
 
 def _footer(path: str) -> tuple[str, int] | None:
     """The parquet footer's schema as text (metadata left out) and its row count, or None if unreadable."""
-    location = SourceLocation.parse(path)
+    filesystem, fs_path = resolve(path)
     try:
-        with location.filesystem.open_input_file(path[len(location.uri_prefix):]) as handle:
+        with filesystem.open_input_file(fs_path) as handle:
             metadata = pq.read_metadata(handle)
     except Exception:  # the per-file read reports the reason
         return None
@@ -299,13 +298,13 @@ def _spark_file_uris(spark: SparkSession, paths: Sequence[str]) -> list[str]:
     return uris
 
 
-def _read_parquet_group(spark: SparkSession, table: TableSettings, files: list[ExpectedFile]) -> _FileFrame | None:
-    """Files with one footer schema as one Spark read, or None when that cannot be done safely (then each file
-    is read on its own). Reading 200 files as one relation instead of a 200-way union of one-file relations is
+def _read_parquet_group(spark: SparkSession, table: TableSettings, files: list[ExpectedFile]) -> _FileFrame | str:
+    """Files with one footer schema as one Spark read, or why that cannot be done safely (then each file is
+    read on its own). Reading 200 files as one relation instead of a 200-way union of one-file relations is
     what makes a large append batch cost about what Spark by hand costs (benchmark P1)."""
+    from py4j.protocol import Py4JJavaError
     from pyspark.errors import PySparkException
     from pyspark.sql import functions as F
-    from py4j.protocol import Py4JJavaError
 
     paths = [f.path for f in files]
     try:
@@ -314,9 +313,9 @@ def _read_parquet_group(spark: SparkSession, table: TableSettings, files: list[E
         data_schema = frame.schema
         uris = _spark_file_uris(spark, paths)
         if len(frame.inputFiles()) != len(paths) or len(set(uris)) != len(paths):
-            return None
-    except (PySparkException, Py4JJavaError):
-        return None
+            return f"Spark lists {len(frame.inputFiles())} input files and {len(set(uris))} names for {len(paths)}"
+    except (PySparkException, Py4JJavaError) as error:
+        return f"the group read failed: {root_cause(error)}"
     pairs = list(zip(uris, paths, strict=True))
     # both spellings of a local URI; a broadcast hash join, not a literal map (a map lookup scans its keys for
     # every row: 400 string comparisons x 10M rows made benchmark P1 twice as slow as Spark by hand)
@@ -329,7 +328,7 @@ def _read_parquet_group(spark: SparkSession, table: TableSettings, files: list[E
 
 
 def _read_files(spark: SparkSession, table: TableSettings, files: Sequence[ExpectedFile],
-                errors: dict[str, str], footer_rows: dict[str, int]) -> list[_FileFrame]:
+                errors: dict[str, str], footer_rows: dict[str, int], notes: list[str]) -> list[_FileFrame]:
     """Each file as its own read; parquet files that share a footer schema as one read per schema."""
     items: list[_FileFrame] = []
     single: list[ExpectedFile] = list(files)
@@ -342,8 +341,13 @@ def _read_files(spark: SparkSession, table: TableSettings, files: Sequence[Expec
             groups.setdefault(footer[0] if footer else f"\x00{expected.path}", []).append(expected)
         single = []
         for key, members in groups.items():
-            group = _read_parquet_group(spark, table, members) if len(members) > 1 and key[:1] != "\x00" else None
-            if group is None:
+            if len(members) == 1 or key[:1] == "\x00":
+                single.extend(members)
+                continue
+            group = _read_parquet_group(spark, table, members)
+            if isinstance(group, str):
+                notes.append(f"{len(members)} parquet files with one footer schema are read one by one, which is "
+                             f"slower: {group}")
                 single.extend(members)
             else:
                 items.append(group)
@@ -497,7 +501,7 @@ def read_batch(
     reserved = table.loader_columns() | {CORRUPT_RECORD_COLUMN}
     result = BatchRead(dataframe=None)
     readable: list[_FileFrame] = []
-    for item in _read_files(spark, table, files, result.errors, result.footer_rows):
+    for item in _read_files(spark, table, files, result.errors, result.footer_rows, result.notes):
         names = item.data_schema.fieldNames()
         missing = [c for c in required if c not in names]
         if missing:

@@ -1,21 +1,28 @@
-"""SCD2 in Spark: validate a batch, work out its versions, and express them as one Delta MERGE (DESIGN.md s. 6).
+"""SCD2 in Spark: validate a batch against the change record, work out its versions, express them as one MERGE.
 
 Terms: keys = ``primary_keys``; the *sequence* of a row is its ``scd2_sequence_column`` value, or, without one,
 its file's modification time; a row's *tracked values* are its ``tracking_columns``, compared null-safely as one
-struct (Spark's struct equality: a null field equals a null field and differs from a value).
+struct (Spark's struct equality: a null field equals a null field and differs from a value). A *change row* is a
+source row as applied; the change record (``changes.py``) keeps every change row ever applied, including those
+that repeated the key's current values and so started no version.
 
-Validation (each problem fails the files involved, naming file and key; nothing is written for them):
+The definition (docs/CONTRACT.md, "SCD2"): for a key, the versions are the maximal runs of equal tracked values
+in sequence order over every change row in the record; each version carries the values of the row that starts
+it, starts at that row's sequence and ends where the next version starts (NULL, and current, for the last).
+
+Validation of a batch (each problem fails the files involved, naming file and key; nothing is written for them):
 - a null key or a null sequence value;
-- rows of one key with the same sequence but different values, inside the batch (identical rows collapse);
-- a row whose key already has a version starting at the same sequence with other tracked values;
-- a late-arriving change: a row older than its key's current version that is not already in the table.
-A row whose key already has a version starting at its sequence with the same tracked values was applied
-before (a replayed batch, the same content under a new name): it is dropped, so replays add nothing.
+- rows of one key with the same sequence but different values, inside the batch (identical rows collapse onto the
+  first in load order), or against a change row of the record (``clash``);
+- a late-arriving change: a row older than its key's newest change row in the record, not in the record itself.
+A row equal to a change row of the record (same key, sequence and values) was applied before (a replayed batch, a
+reload after ``reset-state``, the same content under a new name with the same sequence): it is dropped, so replays
+add nothing; this holds for rows that started no version too, since the record has them.
 
-Versions: per key, in sequence order (then file time, then path), a row whose tracked values differ from the
-key's previous state (its current version, or the previous row of the batch) starts a new version; other rows
-write nothing (changes to non-tracking columns only are not versions). A version ends where the key's next
-version starts; the key's current version, if it has a new one, is closed at the first new version's start.
+Versions: per key, in sequence order (then file time, then path), a new row whose tracked values differ from the
+key's previous state (its newest recorded change row, or the previous new row of the batch) starts a version;
+other new rows are recorded and write no version (changes to non-tracked columns only are not versions). The
+key's current version, if it gets a new one, is closed at the first new version's start.
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from loader_assets.reading import AUDIT_COLUMNS, BATCH_ID_COLUMN, SOURCE_FILE_COLUMN
-from loader_assets.settings import TableSettings
+from loader_assets.settings import CHANGE_RECORD_COLUMNS, TableSettings
 
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame, SparkSession
@@ -55,7 +62,14 @@ def _struct(columns: Sequence[str]) -> Column:
 
 
 def data_columns(frame: DataFrame) -> list[str]:
-    return [c for c in frame.columns if c not in AUDIT_COLUMNS and not c.startswith("__")]
+    """The source columns of a frame: not the audit columns, not the loader's ``_``/``__`` working columns."""
+    return [c for c in frame.columns if c not in AUDIT_COLUMNS and not c.startswith("__")
+            and c not in RECORD_COLUMNS]
+
+
+# the change record's own columns beside the source columns (changes.py writes them)
+RECORD_COLUMNS = CHANGE_RECORD_COLUMNS
+RECORD_SEQUENCE, RECORD_FILE_TIME, RECORD_BATCH_SEQ = CHANGE_RECORD_COLUMNS
 
 
 def with_sequence(
@@ -77,29 +91,31 @@ def with_sequence(
     )
 
 
-def versions_of_keys(target: DataFrame, rows: DataFrame, table: TableSettings) -> DataFrame:
-    """Per key of the batch, what the target knows: its versions as a map start -> tracked values, the current
-    version's start (``__t_current_start``) and tracked values (``__cur``). One row per key; keys new to the table
-    are absent."""
+def as_change_rows(record: DataFrame, table: TableSettings, columns: Sequence[str]) -> DataFrame:
+    """Rows of the change record in the shape ``with_sequence`` gives batch rows (``SEQ``, ``FILE_TIME``,
+    ``VALUES`` over ``columns``, ``TRACKED``), so the two compare field by field. A column the record does not
+    have yet (the batch adds it) is NULL there."""
     from pyspark.sql import functions as F
 
-    keys = table.primary_keys
-    start, _, current = table.scd2_output_columns
-    tracked = _struct(table.tracking_columns)
-    return (
-        target.join(rows.select(*keys).distinct(), keys, "left_semi")
-        .groupBy(*keys)
-        .agg(
-            F.map_from_entries(F.collect_list(F.struct(F.col(start), tracked))).alias("__t_versions"),
-            F.max(F.when(F.col(current), F.col(start))).alias("__t_current_start"),
-            F.max(F.when(F.col(current), tracked)).alias("__cur"),
-        )
+    present = set(record.columns)
+    values = F.struct(*[(F.col(c) if c in present else F.lit(None)).alias(c) for c in columns])
+    return record.select(
+        *table.primary_keys, F.col(RECORD_SEQUENCE).alias(SEQ), F.col(RECORD_FILE_TIME).alias(FILE_TIME),
+        values.alias(VALUES), _struct(table.tracking_columns).alias(TRACKED), SOURCE_FILE_COLUMN,
     )
+
+
+def known_of_keys(record: DataFrame, rows: DataFrame, table: TableSettings) -> DataFrame:
+    """The record's change rows of the batch's keys (a semi-join), shaped by ``as_change_rows``; cache it:
+    the annotation reads it twice."""
+    keys = table.primary_keys
+    wanted = rows.select(*keys).distinct()
+    return as_change_rows(record.join(wanted, keys, "left_semi"), table, rows.schema[VALUES].dataType.names)
 
 
 @dataclass
 class Scd2Validation:
-    """Files to fail with their error, and the rows left to apply (with the target's view of their key)."""
+    """Files to fail with their error, and the rows left to apply (annotated, see ``annotate``)."""
 
     errors: dict[str, str] = field(default_factory=dict)
     rows: DataFrame | None = None
@@ -109,52 +125,55 @@ def _add_error(errors: dict[str, str], path: str, message: str) -> None:
     errors[path] = f"{errors[path]}; {message}" if path in errors else message
 
 
-def annotate(rows: DataFrame, table: TableSettings, key_versions: DataFrame | None) -> DataFrame:
-    """Join each row with its key's versions (one join) and, over each key in load order (one window), flag it:
+def annotate(rows: DataFrame, table: TableSettings, known: DataFrame | None) -> DataFrame:
+    """Join each row with what the record knows of its key (its change row at the row's sequence, if any; its
+    newest change row) and, over each key in load order (one window), flag it:
 
-    - ``__applied``: a version of the key starts at the row's sequence with the same tracked values;
-    - ``__clash``: ... with other tracked values;
-    - ``__late``: older than the key's current version, and not applied;
-    - ``__ambiguous``: the previous row of the key has the same sequence but other values
+    - ``__applied``: the record has this change row (same key, sequence and values): a replay, dropped;
+    - ``__clash``: the record has a change row of the key at this sequence with other values;
+    - ``__late``: older than the key's newest recorded change row, and neither applied nor a clash;
+    - ``__ambiguous``: the previous row of the key in the batch has the same sequence but other values
       (``__prev_file`` names that row's file);
-    - ``__changed``: not applied, and its tracked values differ from the previous not-applied row's, or, for the
-      first, from the current version's (NULL for a new key). An identical duplicate of the previous row is not
-      a change, so duplicates collapse onto the first in load order.
+    - ``__new``: to be recorded: not applied, and not an identical duplicate of the previous row of the batch;
+    - ``__changed``: new, and its tracked values differ from the previous new row's, or, for the first, from the
+      key's newest recorded change row (``__cur``, NULL for a new key): it starts a version.
     """
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
     keys = table.primary_keys
-    if key_versions is None:
+    if known is None:
         joined = rows.select(
             "*",
             F.lit(None).cast(rows.schema[TRACKED].dataType).alias("__cur"),
-            F.lit(None).cast(rows.schema[SEQ].dataType).alias("__t_current_start"),
-            F.lit(False).alias("__applied"),
-            F.lit(False).alias("__clash"),
+            F.lit(None).cast(rows.schema[SEQ].dataType).alias("__last_seq"),
+            F.lit(None).cast(rows.schema[VALUES].dataType).alias("__rec_values"),
         )
     else:
-        at_seq = F.try_element_at(F.col("__t_versions"), F.col(SEQ))
-        joined = (
-            rows.join(key_versions, keys, "left")
-            .withColumn("__applied", F.coalesce(at_seq == F.col(TRACKED), F.lit(False)))
-            .withColumn("__clash", F.coalesce(at_seq != F.col(TRACKED), F.lit(False)))
-            .drop("__t_versions")
-        )
+        latest = known.groupBy(*keys).agg(F.max(SEQ).alias("__last_seq"), F.max_by(TRACKED, SEQ).alias("__cur"))
+        at_seq = known.select(*keys, SEQ, F.col(VALUES).alias("__rec_values"))
+        joined = rows.join(latest, list(keys), "left").join(at_seq, [*keys, SEQ], "left")
+    applied = F.coalesce(F.col("__rec_values") == F.col(VALUES), F.lit(False))
+    clash = F.coalesce(F.col("__rec_values") != F.col(VALUES), F.lit(False))
     in_order = Window.partitionBy(*keys).orderBy(SEQ, FILE_TIME, SOURCE_FILE_COLUMN)
     before = in_order.rowsBetween(Window.unboundedPreceding, -1)
-    previous_state = F.coalesce(
-        F.last(F.when(~F.col("__applied"), F.col(TRACKED)), ignorenulls=True).over(before), F.col("__cur")
-    )
-    return (
-        joined.withColumn("__late", F.coalesce(F.col(SEQ) < F.col("__t_current_start"), F.lit(False))
-                          & ~F.col("__applied"))
-        .withColumn("__ambiguous", F.coalesce((F.lag(SEQ).over(in_order) == F.col(SEQ))
-                                              & (F.lag(VALUES).over(in_order) != F.col(VALUES)), F.lit(False)))
+    same_seq_as_previous = F.coalesce(F.lag(SEQ).over(in_order) == F.col(SEQ), F.lit(False))
+    duplicate = same_seq_as_previous & F.coalesce(F.lag(VALUES).over(in_order) == F.col(VALUES), F.lit(False))
+    flagged = (
+        joined.withColumn("__applied", applied)
+        .withColumn("__clash", clash)
+        .withColumn("__late", F.coalesce(F.col(SEQ) < F.col("__last_seq"), F.lit(False))
+                    & ~F.col("__applied") & ~F.col("__clash"))
+        .withColumn("__ambiguous", same_seq_as_previous
+                    & F.coalesce(F.lag(VALUES).over(in_order) != F.col(VALUES), F.lit(False)))
         .withColumn("__prev_file", F.lag(SOURCE_FILE_COLUMN).over(in_order))
-        .withColumn("__changed", ~F.col("__applied")
-                    & (previous_state.isNull() | (previous_state != F.col(TRACKED))))
+        .withColumn("__new", ~F.col("__applied") & ~duplicate)
     )
+    previous_state = F.coalesce(
+        F.last(F.when(F.col("__new"), F.col(TRACKED)), ignorenulls=True).over(before), F.col("__cur")
+    )
+    return flagged.withColumn(
+        "__changed", F.col("__new") & (previous_state.isNull() | (previous_state != F.col(TRACKED))))
 
 
 def _problems(annotated: DataFrame, table: TableSettings) -> dict[str, str]:
@@ -167,7 +186,7 @@ def _problems(annotated: DataFrame, table: TableSettings) -> dict[str, str]:
     kind = (F.when(F.col("__ambiguous"), F.lit("ambiguous"))
             .when(F.col("__clash"), F.lit("clash")).otherwise(F.lit("late")))
     what = F.when(F.col("__late") & ~F.col("__ambiguous") & ~F.col("__clash"),
-                  F.concat(at, F.lit(" (current version from "), F.col("__t_current_start").cast("string"),
+                  F.concat(at, F.lit(" (newest change of the key at "), F.col("__last_seq").cast("string"),
                            F.lit(")"))).otherwise(at)
     # an ambiguity involves the row's file and the previous row's file
     files = F.when(F.col("__ambiguous"), F.array(SOURCE_FILE_COLUMN, "__prev_file")).otherwise(
@@ -185,10 +204,10 @@ def _problems(annotated: DataFrame, table: TableSettings) -> dict[str, str]:
             message = (f"ambiguous: {row['n']} rows have the same key and the same sequence value but different "
                        f"values as another row of the batch, e.g. {sample}")
         elif row["kind"] == "clash":
-            message = (f"ambiguous: {row['n']} rows start at the same sequence value as an existing version "
-                       f"of their key but with different tracked values, e.g. {sample}")
+            message = (f"ambiguous: {row['n']} rows have the same key and sequence value as a change already "
+                       f"applied to the table but different values, e.g. {sample}")
         else:
-            message = (f"late-arriving change: {row['n']} rows are older than their key's current version "
+            message = (f"late-arriving change: {row['n']} rows are older than their key's newest applied change "
                        f"and are refused, e.g. {sample}")
         _add_error(errors, row["file"], message)
     return errors
@@ -197,12 +216,12 @@ def _problems(annotated: DataFrame, table: TableSettings) -> dict[str, str]:
 def validate_batch(
     rows: DataFrame,
     table: TableSettings,
-    key_versions: DataFrame | None,
+    known: DataFrame | None,
     keep: Callable[[DataFrame], DataFrame] = lambda frame: frame,
 ) -> Scd2Validation:
     """Find the files with bad rows (see the module docstring); return the good files' rows, annotated
-    (``annotate``), ready for ``compute_changes``. ``key_versions`` comes from ``versions_of_keys``, None for a
-    new table. ``keep`` may persist the annotated rows, which the problem search and the changes both read.
+    (``annotate``), ready for ``compute_changes``. ``known`` comes from ``known_of_keys``, None when the record
+    is empty. ``keep`` may persist the annotated rows, which the problem search and the writes all read.
 
     Happy path: one join and one window. When some files fail, the annotation is computed again without them,
     because a failed file's rows must not take part in the other files' change detection.
@@ -231,13 +250,22 @@ def validate_batch(
             _add_error(errors, row[SOURCE_FILE_COLUMN],
                        f"{row['null_seq']} rows with a null {table.scd2_sequence_column}")
     good = rows.where(~F.col(SOURCE_FILE_COLUMN).isin(list(errors))) if errors else rows
-    annotated = keep(annotate(good, table, key_versions))
+    annotated = keep(annotate(good, table, known))
     problems = _problems(annotated, table)
     if problems:
         for path, message in problems.items():
             _add_error(errors, path, message)
-        annotated = annotate(rows.where(~F.col(SOURCE_FILE_COLUMN).isin(list(errors))), table, key_versions)
+        annotated = keep(annotate(rows.where(~F.col(SOURCE_FILE_COLUMN).isin(list(errors))), table, known))
     return Scd2Validation(errors=errors, rows=annotated)
+
+
+def change_rows(annotated: DataFrame) -> DataFrame:
+    """The rows a batch adds to the change record (new ones), with their sequence and file time."""
+    from pyspark.sql import functions as F
+
+    return annotated.where("__new").select(
+        *data_columns(annotated), F.col(SEQ).alias(RECORD_SEQUENCE), F.col(FILE_TIME).alias(RECORD_FILE_TIME),
+        SOURCE_FILE_COLUMN)
 
 
 @dataclass(frozen=True)
@@ -385,3 +413,66 @@ def _violations(frame: DataFrame, keys: Sequence[str], table: TableSettings) -> 
     result.interval_breaks = count_and_sample(breaks, "interval_breaks")
     return result
 
+
+def history_from_changes(changes: DataFrame, table: TableSettings) -> DataFrame:
+    """The SCD2 history the definition gives for change rows shaped by ``as_change_rows``: per key, in sequence
+    order, each row whose tracked values differ from the previous row's starts a version, which ends where the
+    key's next version starts. Columns: keys, start, end, current, ``VALUES``, ``_source_file``."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    keys = table.primary_keys
+    start, end, current = table.scd2_output_columns
+    in_order = Window.partitionBy(*keys).orderBy(SEQ, FILE_TIME, SOURCE_FILE_COLUMN)
+    starts = (changes.withColumn("__starts", F.coalesce(F.lag(TRACKED).over(in_order) != F.col(TRACKED),
+                                                          F.lit(True)))
+              .where("__starts"))
+    by_start = Window.partitionBy(*keys).orderBy(SEQ)
+    return starts.select(
+        *keys, F.col(SEQ).alias(start), F.lead(SEQ).over(by_start).alias(end),
+        F.lead(SEQ).over(by_start).isNull().alias(current), VALUES, SOURCE_FILE_COLUMN,
+    )
+
+
+@dataclass
+class HistoryDifference:
+    """Versions the change record implies but the table lacks (``missing``) or has without the record implying
+    them (``unexpected``), counted, with a few keys of each."""
+
+    missing: int = 0
+    unexpected: int = 0
+    samples: dict[str, list[str]] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not (self.missing or self.unexpected)
+
+
+def compare_history(
+    target: DataFrame, changes: DataFrame, table: TableSettings, keys_frame: DataFrame | None = None
+) -> HistoryDifference:
+    """Compare the table's versions with ``history_from_changes`` of the record (``changes``, already filtered to
+    the rows that count), on every column that defines a version: keys, start, end, current flag, the source
+    values and ``_source_file``. With ``keys_frame``, only those keys."""
+    from pyspark.sql import functions as F
+
+    keys = list(table.primary_keys)
+    start, end, current = table.scd2_output_columns
+    columns = [c for c in target.columns if c not in AUDIT_COLUMNS and c not in table.scd2_output_columns]
+    if keys_frame is not None:
+        target = target.join(keys_frame, keys, "left_semi")
+        changes = changes.join(keys_frame, keys, "left_semi")
+    expected = history_from_changes(as_change_rows(changes, table, columns), table)
+    actual = target.select(*keys, start, end, current, _struct(columns).alias(VALUES), SOURCE_FILE_COLUMN)
+    shape = [*keys, start, end, current, VALUES, SOURCE_FILE_COLUMN]
+    result = HistoryDifference()
+    for name, left, right in (("missing", expected, actual), ("unexpected", actual, expected)):
+        extra = left.select(*shape).exceptAll(right.select(*shape))
+        summary = extra.agg(F.count(F.lit(1)).alias("n"),
+                            F.slice(F.collect_list(F.concat(_json(keys), F.lit(" from "),
+                                                            F.col(start).cast("string"))), 1, SAMPLE)
+                            .alias("sample")).collect()[0]
+        setattr(result, name, int(summary["n"]))
+        if summary["n"]:
+            result.samples[name] = list(summary["sample"])
+    return result

@@ -1,6 +1,7 @@
 """File-discovery sensors: one per table, a trigger for ranged runs over the partitions that have files to load.
 
-A tick lists the landing directory once, diffs it against the tracker (``scheduling.find_pending_work``) and
+A tick lists the landing directory once, diffs it against the tracker (``planning.pending_work``, the same
+definition of work a run's planner uses) and
 requests one run per contiguous group of partitions with work, at most ``sensor_max_runs_per_tick`` of them
 (each run loads at most ``max_files_per_run`` files, so a tick's work is bounded; what is left is requested by
 later ticks). It writes nothing: the run registers and claims
@@ -17,9 +18,9 @@ import dagster as dg
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
 from loader_assets.assets import TABLE_TAG
-from loader_assets.resources.lock import DeltaLockResource
+from loader_assets.planning import pending_work
+from loader_assets.resources.lock import DeltaLockResource, holder_is_live, run_ended_checker
 from loader_assets.resources.tracker import DeltaTrackerResource
-from loader_assets.scheduling import find_pending_work
 from loader_assets.settings import LoaderSettings, TableSettings
 
 IN_FLIGHT = [
@@ -53,7 +54,8 @@ def build_table_sensor(table: TableSettings, settings: LoaderSettings, job_name:
         )
         if in_flight:
             return dg.SkipReason(f"run {in_flight[0].run_id} of {name} is still queued or in progress")
-        work = find_pending_work(table, tracker.for_table(name), settings.retry_attempts, lock.for_table(name))
+        live = holder_is_live(lock.for_table(name).read(), run_ended_checker(context.instance))
+        work = pending_work(table, tracker.for_table(name), settings.retry_attempts, holder_live=live)
         if not work.has_work:
             return dg.SkipReason(f"no new or retryable files among {work.discovered} in {table.source_path}")
         requests = []
@@ -61,11 +63,8 @@ def build_table_sensor(table: TableSettings, settings: LoaderSettings, job_name:
         for start, end in ranges:
             tags = {TABLE_TAG: name, "dagster/max_retries": str(settings.retry_attempts), **range_tags(start, end)}
             requests.append(dg.RunRequest(run_key=f"{name}:{start}...{end}:{work.digest}", tags=tags))
-        cursor = json.dumps(
-            {"discovered": work.discovered, "new": work.new_files, "retryable": work.retryable_files,
-             "changed": work.changed_files, "ranges_deferred": len(work.ranges) - len(ranges),
-             "digest": work.digest}
-        )
+        cursor = json.dumps({"discovered": work.discovered, **work.counts,
+                             "ranges_deferred": len(work.ranges) - len(ranges), "digest": work.digest})
         return dg.SensorResult(run_requests=requests, cursor=cursor)
 
     return _files_sensor

@@ -15,14 +15,17 @@ import re
 from datetime import datetime
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import yaml
+from dagster_deltalake import AzureConfig, GcsConfig, LocalConfig, S3Config
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from loader_assets.core.errors import ConfigError
 
 AUDIT_COLUMNS = ("_source_file", "_load_timestamp", "_batch_id")
+# the SCD2 change record's own columns (changes.py): a row's sequence, its file's time, the batch that recorded it
+CHANGE_RECORD_COLUMNS = ("_change_sequence", "_change_file_time", "_change_batch_seq")
 
 _TABLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -82,7 +85,7 @@ class PartitionGranularity(str, Enum):
     HOUR = "hour"
 
 
-def _string_mapping(value: Any) -> Any:  # noqa: ANN401 - raw YAML value
+def _string_mapping(value: Any) -> Any:
     """YAML gives booleans and numbers; Spark options are strings (``true``, not ``True``)."""
     if isinstance(value, dict):
         return {str(k): str(v).lower() if isinstance(v, bool) else str(v) for k, v in value.items()}
@@ -192,10 +195,11 @@ class TableSettings(_Frozen):
         return (self.scd2_effective_date_column, self.scd2_end_date_column, self.scd2_current_flag_column)
 
     def loader_columns(self) -> set[str]:
-        """Columns the loader writes itself: the audit columns, the SCD2 columns of an scd2 table, and
-        ``_rescued_data`` when ``schema_evolution`` is rescue."""
+        """Columns the loader writes itself: the audit columns, the SCD2 columns and the change record's columns
+        of an scd2 table, and ``_rescued_data`` when ``schema_evolution`` is rescue."""
         rescue = (RESCUED_DATA_COLUMN,) if self.schema_evolution is SchemaEvolution.RESCUE else ()
-        return {*AUDIT_COLUMNS, *(self.scd2_output_columns if self.is_scd2 else ()), *rescue}
+        scd2 = (*self.scd2_output_columns, *CHANGE_RECORD_COLUMNS) if self.is_scd2 else ()
+        return {*AUDIT_COLUMNS, *scd2, *rescue}
 
     @model_validator(mode="after")
     def _strategy_fields(self) -> TableSettings:
@@ -263,6 +267,14 @@ class LoaderSettings(_Frozen):
         description="A sensor tick requests runs for at most this many partition ranges; the rest wait a tick.",
     )
     spark: SparkSettings = Field(default_factory=SparkSettings)
+    state_storage: Annotated[LocalConfig | S3Config | AzureConfig | GcsConfig, Field(discriminator="provider")] = Field(
+        default_factory=LocalConfig,
+        description=(
+            "Where checkpoint_path's state tables (tracker, lock, event log) are stored, as a dagster-deltalake "
+            "storage config: {provider: local} (default), s3, azure or gcs with that store's options. Leave "
+            "secrets out: delta-rs reads the store's usual environment variables."
+        ),
+    )
     tables: list[TableSettings] = Field(min_length=1, description="The target tables.")
 
     @model_validator(mode="after")
@@ -314,7 +326,7 @@ def _is_uri(value: str) -> bool:
 def _resolve_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
     """Resolve relative local paths against the config file's directory (object-store URIs stay as they are)."""
 
-    def resolve(value: Any) -> Any:  # noqa: ANN401 - raw YAML value
+    def resolve(value: Any) -> Any:
         if isinstance(value, str) and value and not _is_uri(value):
             return str((base / Path(value).expanduser()).resolve())
         return value

@@ -103,3 +103,12 @@ def target_rows(spark: Any, settings: LoaderSettings, table: str) -> list[tuple[
     frame = spark.read.format("delta").load(settings.table_path(table))
     data_columns = [c for c in frame.columns if c not in ("_load_timestamp", "_batch_id")]
     return sorted(tuple(row) for row in frame.select(*data_columns).collect())
+
+
+def new_tracker(checkpoint_path: Any, table: str = "t", baseline_txn: int = 0) -> Any:
+    """A created, empty tracker (runs create theirs with the target's txn version as baseline)."""
+    from loader_assets.resources.tracker import DeltaTrackerResource
+
+    tracker = DeltaTrackerResource(checkpoint_path=str(checkpoint_path)).for_table(table)
+    tracker.create(baseline_txn=baseline_txn)
+    return tracker

@@ -51,6 +51,12 @@ class SourceLocation:
         return f"{self.uri_prefix}{fs_path}"
 
 
+def resolve(path: str) -> tuple[pafs.FileSystem, str]:
+    """The filesystem a user path (local, or ``scheme://...``) lives on, and the path inside it."""
+    location = SourceLocation.parse(path)
+    return location.filesystem, path[len(location.uri_prefix):]
+
+
 def _is_hidden(relative: str) -> bool:
     return any(part.startswith((".", "_")) for part in relative.split("/") if part)
 

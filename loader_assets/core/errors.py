@@ -1,6 +1,13 @@
-"""The loader's exceptions. Each carries its identifiers as attributes and names them in its message."""
+"""The loader's exceptions, and how an error is told in one line.
+
+Each exception carries its identifiers as attributes and names them in its message. ``root_cause`` turns any
+error (a Spark failure included) into the line recorded for a file in the tracker: for an error raised in the
+JVM that is the innermost Java exception's message, not py4j's "An error occurred while calling o123.save".
+"""
 
 from __future__ import annotations
+
+MAX_ERROR_CHARS = 500
 
 
 class LoaderError(Exception):
@@ -36,16 +43,6 @@ class LockLostError(LoaderError):
         super().__init__(f"lost the lock of table {table!r}: {detail}")
 
 
-class FileLoadError(LoaderError):
-    """One source file cannot be loaded. The file fails alone; the rest of its batch goes on."""
-
-    def __init__(self, table: str, file_path: str, cause: str) -> None:
-        self.table = table
-        self.file_path = file_path
-        self.cause = cause
-        super().__init__(f"table {table!r}, file {file_path!r}: {cause}")
-
-
 class BatchWriteError(LoaderError):
     """The target commit of a batch failed; every file of the batch is marked failed for retry."""
 
@@ -53,3 +50,30 @@ class BatchWriteError(LoaderError):
         self.table = table
         self.batch_id = batch_id
         super().__init__(f"table {table!r}, batch {batch_id}: write failed: {cause}")
+
+
+def first_line(text: str) -> str:
+    """The first non-empty line of ``text``, at most MAX_ERROR_CHARS long."""
+    for line in text.strip().splitlines():
+        if line.strip():
+            return line.strip()[:MAX_ERROR_CHARS]
+    return ""
+
+
+def root_cause(error: BaseException) -> str:
+    """One line naming what went wrong: for an error from the JVM (py4j's ``Py4JJavaError``, pyspark's captured
+    exceptions), the deepest Java exception in the cause chain that has a message, with its class name."""
+    java = getattr(error, "java_exception", None) or getattr(error, "_origin", None)
+    if java is not None:
+        try:
+            chain: list[tuple[str, str]] = []
+            current, depth = java, 0
+            while current is not None and depth < 32:
+                chain.append((str(current.getClass().getSimpleName()), str(current.getMessage() or "")))
+                current, depth = current.getCause(), depth + 1
+            for name, message in reversed(chain):
+                if message.strip():
+                    return first_line(f"{name}: {message}")
+        except Exception:  # the JVM may be gone; fall back to the Python text
+            pass
+    return first_line(str(error)) or type(error).__name__

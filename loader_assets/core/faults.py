@@ -2,7 +2,7 @@
 
 A test starts a real process with ``LOADER_ASSETS_KILL_AT=<point>``; when the process reaches that point it
 sends itself SIGKILL, exactly like an OOM kill or a node loss. Nothing is cleaned up, nothing is flushed.
-The points are the crash windows of the exactly-once protocol (see ``loader_assets.loading``).
+The points are the crash windows of the exactly-once protocol (see ``loader_assets.load``).
 
 ``LOADER_ASSETS_PAUSE_AT=<point>`` with ``LOADER_ASSETS_PAUSE_FILE=<path>`` instead holds the process at the
 point: it creates ``<path>.reached`` and waits (up to 120 s) until ``<path>`` exists, so a test can change the
@@ -29,11 +29,12 @@ AFTER_LOCK = "after_lock"
 AFTER_CLAIM = "after_claim"
 BEFORE_TARGET_COMMIT = "before_target_commit"
 DURING_TARGET_WRITE = "during_target_write"
+AFTER_CHANGE_RECORD = "after_change_record"  # scd2: the change record took the batch, the target not yet
 AFTER_TARGET_COMMIT = "after_target_commit"
 DURING_TRACKER_COMMIT = "during_tracker_commit"
 AFTER_COMPLETE = "after_complete"
-POINTS = (AFTER_LOCK, AFTER_CLAIM, BEFORE_TARGET_COMMIT, DURING_TARGET_WRITE, AFTER_TARGET_COMMIT,
-          DURING_TRACKER_COMMIT, AFTER_COMPLETE)
+POINTS = (AFTER_LOCK, AFTER_CLAIM, BEFORE_TARGET_COMMIT, DURING_TARGET_WRITE, AFTER_CHANGE_RECORD,
+          AFTER_TARGET_COMMIT, DURING_TRACKER_COMMIT, AFTER_COMPLETE)
 DEFAULT_DELAYS = {DURING_TARGET_WRITE: 1.0, DURING_TRACKER_COMMIT: 0.02}
 
 

@@ -22,9 +22,9 @@ import pyarrow.compute as pc
 from deltalake import DeltaTable, write_deltalake
 from deltalake.exceptions import TableNotFoundError
 
+from loader_assets.core.discovery import TIMESTAMP
 from loader_assets.resources._state_tables import STATE_TABLE_PROPERTIES
 
-TIMESTAMP = pa.timestamp("us", tz="UTC")
 EVENT_SCHEMA = pa.schema(
     [
         pa.field("event_time", TIMESTAMP),
@@ -55,9 +55,10 @@ def current_actor() -> str:
 class FileEvents:
     """Append and read the event log of one table."""
 
-    def __init__(self, path: str, table_name: str) -> None:
+    def __init__(self, path: str, table_name: str, options: dict[str, str] | None = None) -> None:
         self.path = path
         self.table_name = table_name
+        self.options = dict(options or {})
 
     def record(self, events: Sequence[dict[str, Any]]) -> int:
         """Append events (dicts with EVENT_SCHEMA's keys; missing keys are null). One commit."""
@@ -69,13 +70,14 @@ class FileEvents:
             for e in events
         ]
         write_deltalake(self.path, pa.Table.from_pylist(rows, schema=EVENT_SCHEMA), mode="append",
-                        configuration=STATE_TABLE_PROPERTIES)  # applies when this write creates the table
+                        configuration=STATE_TABLE_PROPERTIES,  # applies when this write creates the table
+                        storage_options=self.options or None)
         return len(rows)
 
     def read(self, file_paths: Sequence[str] | None = None) -> pa.Table:
         """Events in time order, optionally of some files only."""
         try:
-            table = DeltaTable(self.path).to_pyarrow_table()
+            table = DeltaTable(self.path, storage_options=self.options or None).to_pyarrow_table()
         except TableNotFoundError:
             return EVENT_SCHEMA.empty_table()
         if file_paths:

@@ -14,7 +14,12 @@ this host and its process is gone (pid not alive, or the pid was reused by a pro
 Taking over a stale lease is the same conditional commit, so two processes cannot both take it over.
 
 The holder renews ``timeout_at`` from a heartbeat thread while it works. If a renewal finds that somebody else
-owns the row, the lease is marked lost and :meth:`Lease.ensure_held` raises before the next write to the target.
+owns the row, the lease is marked lost and :meth:`Lease.ensure_held` raises before the next write to the target;
+a renewal whose write fails is not a renewal (it says so, and the next beat tries again), and ``ensure_held``
+also refuses once the lease's own ``timeout_at`` has passed, since from then on another process may take over.
+
+Whether a holder still counts is decided in one place, :func:`lock_stale_reason` (used by runs, checks, the
+sensor and the operator commands alike).
 
 Crash windows: a holder killed while holding leaves the row owned by a dead pid: the next contender on the same
 host takes it over at once, one on another host after ``timeout_at``. A holder killed during its own
@@ -38,10 +43,18 @@ import dagster as dg
 import pyarrow as pa
 from deltalake import CommitProperties, DeltaTable, write_deltalake
 from deltalake.exceptions import CommitFailedError, DeltaError
+from pydantic import Field
 
 from loader_assets.core.discovery import TIMESTAMP
 from loader_assets.core.errors import LockHeldError, LockLostError, TrackerError
-from loader_assets.resources._state_tables import STATE_TABLE_PROPERTIES, open_state_table
+from loader_assets.resources._state_tables import (
+    STATE_TABLE_PROPERTIES,
+    LocalConfig,
+    StorageConfig,
+    open_state_table,
+    storage_options,
+)
+from loader_assets.settings import LoaderSettings
 
 logger = logging.getLogger(__name__)
 
@@ -114,8 +127,8 @@ class LockState:
     def held(self) -> bool:
         return self.owner_id is not None
 
-    def stale_reason(self, now: datetime | None = None) -> str | None:
-        """Why the holder no longer counts, or None while it does (or the lock is free)."""
+    def _stale_reason(self, now: datetime | None = None) -> str | None:
+        """Why the holder no longer counts by the row alone (expired, dead pid here); see lock_stale_reason."""
         if not self.held:
             return None
         now = now or _now()
@@ -171,8 +184,12 @@ class Lease:
         return self.state.owner_id
 
     def ensure_held(self) -> None:
-        """Raise LockLostError if the lease was taken over; call before writing to the target."""
+        """Raise LockLostError if the lease was taken over, or ran out without a renewal (from then on another
+        process may take it over at any moment); call before writing to the target."""
         if self.lost_reason:
+            raise LockLostError(self.lock.table_name, self.lost_reason)
+        if self.state.timeout_at is not None and self.state.timeout_at <= _now():
+            self.lost_reason = f"the lease ran out at {self.state.timeout_at.isoformat()} without a renewal"
             raise LockLostError(self.lock.table_name, self.lost_reason)
         current = self.lock.read()
         if current is None or current.owner_id != self.owner_id:
@@ -184,8 +201,8 @@ class Lease:
         def beat() -> None:
             while not self._stop.wait(interval_seconds):
                 try:
-                    if not self.lock.renew(self):
-                        return
+                    if not self.lock.renew(self) and self.lost_reason:
+                        return  # somebody else owns the lock now; a failed write alone is retried next beat
                 except Exception:
                     logger.warning("lock %s: heartbeat failed", self.lock.table_name, exc_info=True)
 
@@ -208,17 +225,19 @@ class Lease:
 class TableLock:
     """The lock of one target table."""
 
-    def __init__(self, path: str, table_name: str, lease_seconds: float) -> None:
+    def __init__(self, path: str, table_name: str, lease_seconds: float, options: dict[str, str] | None = None) -> None:
         self.path = path
         self.table_name = table_name
         self.lock_name = f"loader_assets/{table_name}"
         self.lease_seconds = lease_seconds
+        self.options = dict(options or {})
 
     def _open(self) -> DeltaTable | None:
         return open_state_table(
             self.path,
             f"the lock of table {self.table_name!r} is damaged: make sure no run is active, then remove "
             f"{self.path} (it is recreated free)",
+            self.options,
         )
 
     def _free_state(self) -> LockState:
@@ -230,7 +249,7 @@ class TableLock:
             return table
         try:
             write_deltalake(self.path, _row(self._free_state()), mode="error",
-                            configuration=STATE_TABLE_PROPERTIES)
+                            configuration=STATE_TABLE_PROPERTIES, storage_options=self.options or None)
         except (CommitFailedError, DeltaError) as error:
             logger.debug("lock %s: created concurrently (%s)", self.table_name, error)
         table = self._open()
@@ -311,7 +330,9 @@ class TableLock:
             delay = min(delay * 2, 2.0)
 
     def renew(self, lease: Lease) -> bool:
-        """Push the lease's timeout forward. Returns False (and marks the lease lost) if we no longer own it."""
+        """Push the lease's timeout forward. Returns True only when the renewal was written; False when it could
+        not be (another commit kept winning: the lease keeps its old timeout, and the next beat tries again) or
+        when we no longer own the lock (the lease is then marked lost)."""
         for _ in range(5):
             table = self._open()
             current = self._state_of(table) if table is not None else None
@@ -326,7 +347,9 @@ class TableLock:
             if self._conditional_write(table, renewed, "renew"):
                 lease.state = renewed
                 return True
-        return True
+        logger.warning("lock %s: renewal not written (kept conflicting); the lease runs until %s",
+                       self.table_name, lease.state.timeout_at)
+        return False
 
     def release(self, lease: Lease) -> bool:
         """Free the lock if we still own it. Returns False when somebody else owns it now."""
@@ -358,10 +381,12 @@ RunEnded = Callable[[str], bool]
 
 
 def lock_stale_reason(state: "LockState | None", run_ended: RunEnded | None) -> str | None:
-    """Why a held lock no longer counts (see ``LockState.stale_reason``), including an ended Dagster run."""
+    """Why a held lock no longer counts: its lease expired, its holder ran on this host and its process is gone
+    (a reused pid does not count as alive), or (with ``run_ended``) its Dagster run has finished. None while
+    the holder counts, or when the lock is free. The one liveness rule of runs, checks, sensor and operators."""
     if state is None or not state.held:
         return None
-    reason = state.stale_reason()
+    reason = state._stale_reason()
     if reason is None and run_ended is not None and state.run_id and run_ended(state.run_id):
         reason = f"its Dagster run {state.run_id} has ended"
     return reason
@@ -381,6 +406,28 @@ class DeltaLockResource(dg.ConfigurableResource):
     checkpoint_path: str
     lease_seconds: float = 3600.0
     wait_seconds: float = 600.0
+    storage: StorageConfig = Field(default_factory=LocalConfig, discriminator="provider")
+
+    @classmethod
+    def from_settings(cls, settings: LoaderSettings) -> "DeltaLockResource":
+        return cls(checkpoint_path=settings.checkpoint_path, lease_seconds=settings.timeout_minutes * 60,
+                   wait_seconds=settings.lock_wait_seconds, storage=settings.state_storage)
 
     def for_table(self, table_name: str) -> TableLock:
-        return TableLock(f"{self.checkpoint_path.rstrip('/')}/{LOCKS_DIR}/{table_name}", table_name, self.lease_seconds)
+        return TableLock(f"{self.checkpoint_path.rstrip('/')}/{LOCKS_DIR}/{table_name}", table_name,
+                         self.lease_seconds, storage_options(self.storage))
+
+
+def holder_is_live(state: "LockState | None", run_ended: RunEnded | None) -> bool:
+    """True while the lock is held by a holder that still counts (see lock_stale_reason)."""
+    return state is not None and state.held and lock_stale_reason(state, run_ended) is None
+
+
+def run_ended_checker(instance: dg.DagsterInstance) -> RunEnded:
+    """True for a Dagster run id whose run has finished (a lock it still holds is stale)."""
+
+    def ended(run_id: str) -> bool:
+        run = instance.get_run_by_id(run_id)
+        return run is not None and run.is_finished
+
+    return ended

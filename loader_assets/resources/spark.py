@@ -1,7 +1,7 @@
 """The Spark session that writes target tables: created lazily, once per process, with Delta configured.
 
-A session costs about 20 s to start on this class of machine (DESIGN.md section 8), so nothing creates it until
-a batch has files to read. ``getOrCreate`` would silently ignore static confs (jars, extensions) when a session
+A session costs about 20 s to start on this class of machine (docs/ARCHITECTURE.md, "Measured costs"), so nothing
+creates it until a batch has files to read. ``getOrCreate`` would silently ignore static confs (jars, extensions) when a session
 already exists, so the builder is applied only when no session is active, and an existing session without the
 Delta extensions is rejected with a clear error instead of failing later.
 """
@@ -17,6 +17,8 @@ from pydantic import PrivateAttr
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
+
+    from loader_assets.settings import LoaderSettings
 
 logger = logging.getLogger(__name__)
 
@@ -48,22 +50,44 @@ def sessions_started() -> int:
     return _sessions_started
 
 
+def delta_packages() -> str:
+    """The Maven coordinates of the delta-spark jars matching the installed delta-spark and pyspark (what
+    delta's ``configure_spark_with_delta_pip`` adds as ``spark.jars.packages``)."""
+    from importlib.metadata import version
+
+    import pyspark
+
+    spark_minor = ".".join(pyspark.__version__.split(".")[:2])
+    return f"io.delta:delta-spark_{spark_minor}_2.13:{version('delta_spark')}"
+
+
+def spark_config(master: str, app_name: str, conf: Mapping[str, str]) -> dict[str, str]:
+    """Every conf the loader's session is built with: master, app name, the Delta jars and extensions, the
+    defaults, and the user's ``conf`` (which wins over the defaults; user jars are added to Delta's)."""
+    user = dict(conf)
+    packages = ",".join(p for p in (delta_packages(), user.pop("spark.jars.packages", "")) if p)
+    defaults = {**DELTA_DEFAULTS, **(LOCAL_DEFAULTS if master.startswith("local") else {})}
+    return {"spark.master": master, "spark.app.name": app_name, **defaults, **DELTA_CONFS,
+            "spark.jars.packages": packages, **user}
+
+
 def get_or_create_spark(master: str, app_name: str, conf: Mapping[str, str]) -> "SparkSession":
-    """The process's Spark session with Delta, built from ``master``/``conf`` if none is active yet."""
+    """The process's Spark session with Delta, built from ``master``/``conf`` if none is active yet.
+
+    The session is built by dagster-pyspark's ``LazyPySparkResource`` from ``spark_config``. Because
+    ``getOrCreate`` hands back an existing session and ignores static confs (jars, extensions), an active
+    session is reused only if it has the Delta extensions, and rejected with a clear error otherwise.
+    """
     global _sessions_started
     with _lock:
-        from delta import configure_spark_with_delta_pip
         from pyspark.sql import SparkSession
 
         active = SparkSession.getActiveSession()
         if active is None:
-            builder = SparkSession.builder.master(master).appName(app_name)
-            settings = {**DELTA_DEFAULTS, **(LOCAL_DEFAULTS if master.startswith("local") else {}), **DELTA_CONFS,
-                        **dict(conf)}
-            for key, value in settings.items():
-                builder = builder.config(key, value)
+            from dagster_pyspark import LazyPySparkResource
+
             logger.info("starting Spark session (master=%s)", master)
-            session = configure_spark_with_delta_pip(builder).getOrCreate()
+            session = LazyPySparkResource(spark_config=spark_config(master, app_name, conf)).spark_session
             session.sparkContext.setLogLevel("ERROR")
         else:
             session = active
@@ -92,6 +116,10 @@ class SparkSessionResource(dg.ConfigurableResource):
     conf: dict[str, str] = {}
 
     _session: Any = PrivateAttr(default=None)
+
+    @classmethod
+    def from_settings(cls, settings: "LoaderSettings") -> "SparkSessionResource":
+        return cls(master=settings.spark.master, app_name=settings.spark.app_name, conf=dict(settings.spark.conf))
 
     @property
     def session(self) -> "SparkSession":

@@ -52,15 +52,20 @@ import pyarrow.compute as pc
 from deltalake import CommitProperties, DeltaTable, write_deltalake
 from deltalake.exceptions import CommitFailedError
 from deltalake.schema import Field as DeltaField
+from pydantic import Field
 
-import pyarrow.fs as pafs
-
-from loader_assets.core.discovery import TIMESTAMP, SourceLocation, fingerprint
+from loader_assets.core.discovery import TIMESTAMP, fingerprint, resolve
 from loader_assets.core.errors import TrackerError
-from loader_assets.core.states import ALL_STATUSES, FileStatus
-from loader_assets.resources._state_tables import STATE_TABLE_PROPERTIES, open_state_table
+from loader_assets.core.states import ALL_STATUSES, FileStatus, sources_of, target_of
+from loader_assets.resources._state_tables import (
+    STATE_TABLE_PROPERTIES,
+    LocalConfig,
+    StorageConfig,
+    open_state_table,
+    storage_options,
+)
 from loader_assets.resources.events import FileEvents
-from loader_assets.settings import OnFileChange
+from loader_assets.settings import LoaderSettings, OnFileChange
 
 logger = logging.getLogger(__name__)
 
@@ -102,8 +107,11 @@ TRACKER_SCHEMA = pa.schema(
         pa.field("quarantined_rows", pa.int64()),
     ]
 )
-ACTIVE_STATUSES = (FileStatus.PENDING, FileStatus.FAILED)
 TABLE_PROPERTIES = {SCHEMA_VERSION_PROPERTY: TRACKER_SCHEMA_VERSION, **STATE_TABLE_PROPERTIES}
+# The target's recorded txn version when this tracker was created (0 for a tracker that started with its
+# table). Above 0, the target held batches this tracker never saw: any file it has not completed itself may
+# already have rows there (see ``FileTracker.baseline_txn``).
+BASELINE_PROPERTY = "loader_assets.baseline_txn"
 
 
 @dataclass(frozen=True)
@@ -169,56 +177,63 @@ def changed_files(known: pa.Table, listing: pa.Table) -> pa.Table:
 class FileTracker:
     """The tracker table of one target table. Cheap to create; opens the Delta table per operation.
 
-    A long-lived ``DeltaTable`` object slows with every commit made through it (DESIGN.md section 9), so each
-    operation opens the table afresh (about 30 ms).
+    A long-lived ``DeltaTable`` object slows with every commit made through it (docs/ARCHITECTURE.md, "Traps"),
+    so each operation opens the table afresh (a few ms, thanks to checkpoints). Reads never write: a tracker of
+    an older schema is read with the missing columns as nulls, and only a writer (the lock holder) migrates it.
     """
 
-    def __init__(self, path: str, table_name: str) -> None:
+    def __init__(self, path: str, table_name: str, options: dict[str, str] | None = None) -> None:
         self.path = path
         self.table_name = table_name
+        self.options = dict(options or {})
 
     # ----------------------------------------------------------------------------------------------- reads
     def exists(self) -> bool:
         """Whether anything is stored at the tracker's path (a damaged tracker exists too)."""
-        location = SourceLocation.parse(self.path)
-        info = location.filesystem.get_file_info(self.path[len(location.uri_prefix):])
-        return info.type != pafs.FileType.NotFound
+        import pyarrow.fs as pafs
+
+        filesystem, fs_path = resolve(self.path)
+        return filesystem.get_file_info(fs_path).type != pafs.FileType.NotFound
 
     @property
     def events(self) -> FileEvents:
         """The table's append-only log of file changes and operator actions."""
-        return FileEvents(self.path.rsplit("/", 2)[0] + "/file_events/" + self.table_name, self.table_name)
+        return FileEvents(self.path.rsplit("/", 2)[0] + "/file_events/" + self.table_name, self.table_name,
+                          self.options)
 
     def _open(self) -> DeltaTable | None:
-        table = open_state_table(
+        return open_state_table(
             self.path,
             f"the tracker of table {self.table_name!r} is damaged (its _delta_log is missing or unreadable). "
-            "Restore it from a backup, or move it away: a new tracker then re-registers the files, and since it "
-            "is behind the target every reload replaces the files' rows instead of duplicating them",
+            "Restore it from a backup, or run `loader-assets reset-state --table "
+            f"{self.table_name}`: a new tracker re-registers the files and, since the table holds batches it "
+            "never saw, every reload replaces the files' rows instead of duplicating them",
+            self.options,
         )
-        if table is not None:
-            present = set(table.schema().to_arrow().names)
-            missing = [f for f in TRACKER_SCHEMA if f.name not in present]
-            if missing:  # a tracker written by an older version: add the new columns (one schema commit)
-                try:
-                    table.alter.add_columns([DeltaField.from_arrow(f) for f in missing])
-                except CommitFailedError:
-                    pass  # another process upgraded it a moment ago
-                table = DeltaTable(self.path)
-        return table
+
+    def _reopen(self) -> DeltaTable:
+        return DeltaTable(self.path, storage_options=self.options or None)
 
     def _open_for_write(self) -> DeltaTable:
-        """The tracker, created if absent and in the current layout (a writer migrates an older one)."""
+        """The tracker in the current layout (a writer migrates an older one). A missing tracker is an error:
+        only ``create`` makes one, knowing the target's txn version (``baseline_txn``)."""
         table = self._open()  # raises TrackerError for a damaged tracker rather than recreating it
         if table is None:
-            self._create()
-            table = DeltaTable(self.path)
+            raise TrackerError(f"the tracker of table {self.table_name!r} does not exist at {self.path}")
+        present = set(table.schema().to_arrow().names)
+        missing = [f for f in TRACKER_SCHEMA if f.name not in present]
+        if missing:  # a tracker written by an older version: add the new columns (one schema commit)
+            try:
+                table.alter.add_columns([DeltaField.from_arrow(f) for f in missing])
+            except CommitFailedError:
+                pass  # another process upgraded it a moment ago
+            table = self._reopen()
         if table.metadata().partition_columns != PARTITION_COLUMNS:
             table = self._partition_by_status(table)
         configuration = table.metadata().configuration
         if any(configuration.get(key) != value for key, value in TABLE_PROPERTIES.items()):
             table.alter.set_table_properties(TABLE_PROPERTIES, raise_if_not_exists=False)
-            table = DeltaTable(self.path)
+            table = self._reopen()
         return table
 
     def _partition_by_status(self, table: DeltaTable) -> DeltaTable:
@@ -227,6 +242,7 @@ class FileTracker:
         rows = table.to_pyarrow_table().select(TRACKER_SCHEMA.names).cast(TRACKER_SCHEMA)
         write_deltalake(
             table, rows, mode="overwrite", partition_by=PARTITION_COLUMNS, schema_mode="overwrite",
+            storage_options=self.options or None,
             commit_properties=CommitProperties(custom_metadata={
                 "loader_assets.operation":
                     f"migrate to tracker schema {TRACKER_SCHEMA_VERSION} (partitioned by status)",
@@ -234,7 +250,35 @@ class FileTracker:
             }),
         )
         logger.info("tracker %s: partitioned by status (%d rows rewritten)", self.table_name, rows.num_rows)
-        return DeltaTable(self.path)
+        return self._reopen()
+
+    def baseline_txn(self) -> int | None:
+        """The target's recorded txn version when this tracker was created; None for a tracker from before the
+        property existed (``ensure_baseline`` records one) or when there is no tracker.
+
+        It is what decides, per file and durably, whether the file may already have rows in the target: a
+        file this tracker claimed before may (an interrupted or superseded batch, a reload), and when the
+        baseline is above 0 so may every file this tracker has not completed itself (the target held batches
+        before the tracker existed: ``reset-state``, a lost tracker). Such files are written with replace
+        semantics; the flag lives in the tracker, not in a run.
+        """
+        table = self._open()
+        if table is None:
+            return None
+        value = table.metadata().configuration.get(BASELINE_PROPERTY)
+        return int(value) if value is not None else None
+
+    def ensure_baseline(self, target_txn: int) -> int:
+        """Record a baseline on a tracker written before baselines existed: the target's txn version if the
+        target holds batches this tracker has no record of (it was reset by an older version), else 0. Writer
+        only (under the table's lock). Returns the baseline."""
+        current = self.baseline_txn()
+        if current is not None:
+            return current
+        baseline = target_txn if target_txn > self.max_batch_seq() else 0
+        table = self._open_for_write()
+        table.alter.set_table_properties({BASELINE_PROPERTY: str(baseline)}, raise_if_not_exists=False)
+        return baseline
 
     def _scan(
         self,
@@ -248,7 +292,8 @@ class FileTracker:
         names = list(columns) if columns else TRACKER_SCHEMA.names
         if paths is not None and not paths:
             return TRACKER_SCHEMA.empty_table().select(names)
-        wanted = list(dict.fromkeys([*names, *(["file_path"] if paths is not None else [])]))
+        stored = set(table.schema().to_arrow().names)
+        wanted = [n for n in dict.fromkeys([*names, *(["file_path"] if paths is not None else [])]) if n in stored]
         partitioned = table.metadata().partition_columns == PARTITION_COLUMNS
         values = [s.value for s in statuses] if statuses is not None else None
         if values is not None and not partitioned and "status" not in wanted:
@@ -261,6 +306,10 @@ class FileTracker:
                 result = result.filter(pc.is_in(result["status"], pa.array(values, pa.string())))
         if paths is not None:
             result = result.filter(pc.is_in(result["file_path"], pa.array(list(paths), pa.string())))
+        for name in names:  # a column an older tracker does not have yet reads as nulls (reads never migrate)
+            if name not in result.column_names:
+                result = result.append_column(TRACKER_SCHEMA.field(name), pa.nulls(result.num_rows,
+                                                                                   TRACKER_SCHEMA.field(name).type))
         return result.select(names).cast(pa.schema([TRACKER_SCHEMA.field(name) for name in names]))
 
     def read(
@@ -314,15 +363,10 @@ class FileTracker:
             counts[status] = counts.get(status, 0) + int(count)
         return counts
 
-    def rows_for(self, paths: Sequence[str]) -> pa.Table:
-        return self.read(paths=list(paths))
-
     # ---------------------------------------------------------------------------------------------- writes
-    def create_empty(self) -> None:
-        """Create the tracker with no rows (used by reset-state; runs create it on first write)."""
-        self._create()
-
-    def _create(self) -> None:
+    def create(self, baseline_txn: int) -> None:
+        """Create the tracker with no rows, recording the target's current txn version as its baseline (a run
+        creates it for a table it loads first; reset-state replaces a tracker with a new one)."""
         try:
             DeltaTable.create(
                 self.path,
@@ -331,11 +375,46 @@ class FileTracker:
                 partition_by=PARTITION_COLUMNS,
                 name=f"file_processing_tracker_{self.table_name}",
                 description=f"loader-assets file tracker of table {self.table_name}",
-                configuration=TABLE_PROPERTIES,
+                configuration={**TABLE_PROPERTIES, BASELINE_PROPERTY: str(baseline_txn)},
+                storage_options=self.options or None,
                 raise_if_key_not_exists=False,
             )
         except CommitFailedError:
             pass  # created by a racing process a moment ago: that is the table we wanted
+
+    def reset(self, baseline_txn: int) -> int:
+        """Forget every file (reset-state): first record ``baseline_txn`` (the target's txn version now), then
+        remove every row, two commits. A crash between them leaves the rows with the new baseline, which only
+        makes more batches replace rows (harmless); the tracker is never missing. Returns the rows removed."""
+        table = self._open_for_write()
+        removed = table.to_pyarrow_dataset().count_rows()
+        table.alter.set_table_properties({BASELINE_PROPERTY: str(baseline_txn)}, raise_if_not_exists=False)
+        write_deltalake(
+            self._reopen(), TRACKER_SCHEMA.empty_table(), mode="overwrite", partition_by=PARTITION_COLUMNS,
+            storage_options=self.options or None,
+            commit_properties=CommitProperties(custom_metadata={
+                "loader_assets.operation": "reset", "loader_assets.table": self.table_name}),
+        )
+        return removed
+
+    def adopt(self, found: Mapping[str, tuple[int, str | None, int | None]], message: str) -> int:
+        """Record files whose rows the table holds, unknown to the tracker (or not counted as loaded), as
+        ``completed`` with (rows, batch id, target version) each (fix-inconsistencies). One commit."""
+        now = _now()
+
+        def make_rows(table: DeltaTable) -> pa.Table:
+            existing = {r["file_path"]: r for r in self._scan(table, paths=list(found)).to_pylist()}
+            rows = []
+            for path, (count, batch_id, version) in found.items():
+                row = existing.get(path) or {**dict.fromkeys(TRACKER_SCHEMA.names), "file_path": path,
+                                             "table_name": self.table_name, "created_at": now, "retry_count": 0}
+                row.update(status=FileStatus.COMPLETED.value, row_count=count, batch_id=batch_id,
+                           target_version=version, error_message=message, updated_at=now, retryable=None,
+                           next_attempt_at=None)
+                rows.append(row)
+            return pa.Table.from_pylist(rows, schema=TRACKER_SCHEMA)
+
+        return self._merge(make_rows, "adopt")
 
     def _merge(
         self,
@@ -356,7 +435,7 @@ class FileTracker:
             predicate += " AND t.status IN (" + ", ".join(f"'{s.value}'" for s in from_statuses) + ")"
         table: DeltaTable | None = None
         for attempt in range(MAX_CONFLICT_RETRIES):
-            table = self._open_for_write() if table is None else DeltaTable(self.path)
+            table = self._open_for_write() if table is None else self._reopen()
             rows = make_rows(table)
             if rows.num_rows == 0:
                 return 0
@@ -511,9 +590,16 @@ class FileTracker:
         self,
         paths: Sequence[str],
         operation: str,
-        allowed_from: Sequence[FileStatus],
         change: Callable[[pa.Table], pa.Table],
+        allowed_from: Sequence[FileStatus] | None = None,
     ) -> int:
+        """Move ``paths`` by the named transition of ``core.states.TRANSITIONS`` (or only from ``allowed_from``,
+        a subset of its sources); ``change`` gives the rows' new values. One commit. A path in another status,
+        or unknown, fails the whole transition."""
+        sources = sources_of(operation)
+        allowed_from = tuple(allowed_from) if allowed_from is not None else sources
+        assert set(allowed_from) <= set(sources), (operation, allowed_from)
+        moved_to = target_of(operation).value
         wanted = list(dict.fromkeys(paths))
 
         def make_rows(table: DeltaTable) -> pa.Table:
@@ -529,7 +615,7 @@ class FileTracker:
                     )
                 missing = len(wanted) - rows.num_rows
                 raise TrackerError(f"tracker of table {self.table_name!r}: {operation} of {missing} unknown files")
-            return change(rows)
+            return _replace(change(rows), status=moved_to)
 
         return self._merge(make_rows, operation, from_statuses=allowed_from)
 
@@ -545,11 +631,9 @@ class FileTracker:
         """pending | failed -> processing, stamped with the batch (and each file's sha256 when computed). One
         commit. ``reclaim`` moves files already ``processing`` in this run to a new batch (a bisected batch)."""
         now = _now()
-        allowed = (FileStatus.PENDING, FileStatus.FAILED, *((FileStatus.PROCESSING,) if reclaim else ()))
 
         def change(rows: pa.Table) -> pa.Table:
             columns: dict[str, object] = dict(
-                status=FileStatus.PROCESSING.value,
                 batch_id=batch_id,
                 batch_seq=batch_seq,
                 run_id=run_id,
@@ -564,7 +648,7 @@ class FileTracker:
                 columns["content_hash"] = pa.array(hashes, pa.string())
             return _replace(rows, **columns)
 
-        return self._transition(paths, "claim", allowed, change)
+        return self._transition(paths, "reclaim" if reclaim else "claim", change)
 
     def complete(
         self,
@@ -583,7 +667,6 @@ class FileTracker:
             counts = [int(row_counts.get(path, 0)) for path in paths]
             return _replace(
                 rows,
-                status=FileStatus.COMPLETED.value,
                 row_count=pa.array(counts, pa.int64()),
                 quarantined_rows=pa.array([quarantined.get(p) for p in paths], pa.int64()),
                 retry_count=0,
@@ -596,7 +679,7 @@ class FileTracker:
                 batch_id=batch_id,
             )
 
-        return self._transition(list(row_counts), "complete", (FileStatus.PROCESSING,), change)
+        return self._transition(list(row_counts), "complete", change)
 
     def fail(
         self,
@@ -620,7 +703,6 @@ class FileTracker:
                     )
             return _replace(
                 rows,
-                status=FileStatus.FAILED.value,
                 error_message=pa.array(messages, pa.string()),
                 retry_count=retries,
                 next_attempt_at=next_at,
@@ -628,9 +710,7 @@ class FileTracker:
                 updated_at=now,
             )
 
-        return self._transition(
-            list(errors), "fail", (FileStatus.PROCESSING, FileStatus.PENDING, FileStatus.FAILED), change
-        )
+        return self._transition(list(errors), "fail", change)
 
     def release(self, seen: Mapping[str, tuple[int, datetime]], message: str) -> int:
         """processing -> pending with the size and modification time seen now, no retry used: a file that was
@@ -643,12 +723,12 @@ class FileTracker:
             mtimes = pa.array([seen[p][1] for p in paths], TIMESTAMP)
             prints = fingerprint(sizes, mtimes)
             return _replace(
-                rows, status=FileStatus.PENDING.value, file_size=sizes, file_modified_time=mtimes,
+                rows, file_size=sizes, file_modified_time=mtimes,
                 fingerprint=prints, source_fingerprint=prints, error_message=message, updated_at=now,
                 processing_end_time=now,
             )
 
-        return self._transition(list(seen), "release", (FileStatus.PROCESSING,), change)
+        return self._transition(list(seen), "release", change)
 
     def skip(self, reasons: Mapping[str, str], content_hashes: Mapping[str, str] | None = None) -> int:
         """pending | failed -> skipped with the reason (an operator's, or the duplicate it is). One commit."""
@@ -657,7 +737,6 @@ class FileTracker:
         def change(rows: pa.Table) -> pa.Table:
             paths = rows["file_path"].to_pylist()
             columns: dict[str, object] = dict(
-                status=FileStatus.SKIPPED.value,
                 error_message=pa.array([reasons[p] for p in paths], pa.string()),
                 next_attempt_at=None,
                 processing_end_time=now,
@@ -667,16 +746,17 @@ class FileTracker:
                 columns["content_hash"] = pa.array([content_hashes.get(p) for p in paths], pa.string())
             return _replace(rows, **columns)
 
-        return self._transition(list(reasons), "skip", ACTIVE_STATUSES, change)
+        return self._transition(list(reasons), "skip", change)
 
     def requeue(
         self,
         paths: Sequence[str],
-        allowed_from: Sequence[FileStatus],
+        action: str,
         message: str,
         seen: Mapping[str, tuple[int, datetime]] | None = None,
     ) -> int:
-        """-> pending with a fresh retry budget (operator ``retry`` and ``reprocess``). Rows of an earlier load
+        """-> pending with a fresh retry budget: the operator's ``retry`` (failed files) or ``reprocess``
+        (completed, skipped or failed files), named by ``action``. Rows of an earlier load
         stay recorded (batch, row count, target version), so the reload replaces them. ``seen`` gives the size
         and modification time the file has now: the version to load is the one in the source (a new version
         number when it differs). One commit."""
@@ -685,7 +765,7 @@ class FileTracker:
 
         def change(rows: pa.Table) -> pa.Table:
             columns: dict[str, object] = dict(
-                status=FileStatus.PENDING.value, retry_count=0, retryable=None, next_attempt_at=None,
+                retry_count=0, retryable=None, next_attempt_at=None,
                 error_message=message, updated_at=now,
             )
             if seen:
@@ -705,7 +785,7 @@ class FileTracker:
                                source_fingerprint=prints, file_version=pa.array(versions, pa.int32()))
             return _replace(rows, **columns)
 
-        return self._transition(paths, "requeue", allowed_from, change)
+        return self._transition(paths, action, change)
 
 
 class DeltaTrackerResource(dg.ConfigurableResource):
@@ -718,12 +798,17 @@ class DeltaTrackerResource(dg.ConfigurableResource):
     """
 
     checkpoint_path: str
+    storage: StorageConfig = Field(default_factory=LocalConfig, discriminator="provider")
+
+    @classmethod
+    def from_settings(cls, settings: LoaderSettings) -> "DeltaTrackerResource":
+        return cls(checkpoint_path=settings.checkpoint_path, storage=settings.state_storage)
 
     def for_table(self, table_name: str) -> FileTracker:
-        return FileTracker(f"{self.checkpoint_path.rstrip('/')}/{TRACKER_DIR}/{table_name}", table_name)
+        return FileTracker(f"{self.checkpoint_path.rstrip('/')}/{TRACKER_DIR}/{table_name}", table_name,
+                           storage_options(self.storage))
 
     def read_all(self, table_names: Sequence[str]) -> pa.Table:
         """The logical ``file_processing_tracker``: every table's rows in one Arrow table."""
         parts = [self.for_table(name).read() for name in table_names]
         return pa.concat_tables(parts) if parts else TRACKER_SCHEMA.empty_table()
-

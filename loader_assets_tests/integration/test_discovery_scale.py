@@ -16,7 +16,7 @@ import pytest
 from loader_assets.core.discovery import list_source_files
 from loader_assets.core.partitions import partition_keys_for
 from loader_assets.definitions import build_definitions
-from loader_assets.loading import plan_batch
+from loader_assets.planning import plan_batch
 from loader_assets.resources.lock import DeltaLockResource
 from loader_assets.resources.tracker import DeltaTrackerResource
 
@@ -49,6 +49,7 @@ def test_sensor_tick_and_planning_over_100k_files_with_1k_new(lake, instance):
     table = settings.tables[0]
     trackers = DeltaTrackerResource(checkpoint_path=settings.checkpoint_path)
     tracker = trackers.for_table("events")
+    tracker.create(baseline_txn=0)
 
     # The tracker knows 99,000 of the files as completed (written directly: loading them is not the point here).
     listing = list_source_files(str(landing))

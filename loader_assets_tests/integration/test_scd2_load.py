@@ -11,8 +11,8 @@ from pyspark.sql import functions as F
 
 from loader_assets.api import run_pipeline
 from loader_assets.checks import compare_target_with_tracker
-from loader_assets.io_managers.scd2 import TXN_APP_ID_CONF, TXN_VERSION_CONF, delta_txn
-from loader_assets.loading import target_txn_version
+from loader_assets.writers.scd2 import TXN_APP_ID_CONF, TXN_VERSION_CONF, delta_txn
+from loader_assets.target import target_txn_version
 from loader_assets.resources.tracker import DeltaTrackerResource
 from loader_assets.scd2 import scd2_violations
 

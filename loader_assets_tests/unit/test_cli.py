@@ -2,6 +2,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from loader_assets.cli import EXIT_USAGE, main
 
 
@@ -12,10 +14,10 @@ def test_usage_and_config_errors_exit_2(tmp_path, capsys):
     bad.write_text("target_root: l\ncheckpoint_path: c\ntables: [{table_name: t, source_path: s, file_format: xml}]\n")
     assert main(["status", "--config", str(bad)]) == EXIT_USAGE
     assert "tables.0.file_format" in capsys.readouterr().err
-    try:
+    with pytest.raises(SystemExit) as exit_:  # argparse: --config is required
         main(["run"])
-    except SystemExit as exit_:
-        assert exit_.code == EXIT_USAGE
+    assert exit_.value.code == EXIT_USAGE
+    assert "the following arguments are required: --config" in capsys.readouterr().err
 
 
 def test_unknown_table_is_a_usage_error(lake, capsys):

@@ -7,7 +7,7 @@ from loader_assets.core.errors import ConfigError
 from loader_assets.definitions import CONFIG_ENV, build_definitions, defs
 from loader_assets.resources.lock import DeltaLockResource
 from loader_assets.resources.tracker import DeltaTrackerResource
-from loader_assets.scheduling import find_pending_work
+from loader_assets.planning import pending_work
 from loader_assets.sensors import range_tags
 
 PROJECT = Path(__file__).resolve().parents[2]
@@ -23,7 +23,7 @@ def test_project_definitions_load_with_every_asset_check_job_and_sensor(monkeypa
     per_table = ["no_failed_files", "target_matches_tracker", "no_orphaned_processing", "lock_not_stale"]
     assert check_names == sorted(
         [f"{table}_{check}" for table in ["customers", "page_views", "transactions"] for check in per_table]
-        + ["customers_scd2_invariants"]
+        + ["customers_scd2_invariants", "customers_history_matches_changes"]
     )
     assert sorted(s.name for s in definitions.sensors) == [
         "customers_files_sensor", "page_views_files_sensor", "transactions_files_sensor"]
@@ -57,7 +57,7 @@ def test_sensor_tick_requests_one_ranged_run_with_a_stable_key(lake, instance):
     first = sensor.evaluate_tick(dg.build_sensor_context(instance=instance, resources=resources))
     assert len(first.run_requests) == 1
     request = first.run_requests[0]
-    work = find_pending_work(settings.tables[0], DeltaTrackerResource(
+    work = pending_work(settings.tables[0], DeltaTrackerResource(
         checkpoint_path=settings.checkpoint_path).for_table("events"), 3)
     expected = {"loader_assets/table": "events", **range_tags(work.partition_keys[0], work.partition_keys[-1])}
     assert expected.items() <= request.tags.items()

@@ -6,7 +6,7 @@ import time
 import pytest
 
 from loader_assets.core.errors import LockHeldError, LockLostError
-from loader_assets.resources.lock import DeltaLockResource, Lease, LockState
+from loader_assets.resources.lock import DeltaLockResource, LockState, TableLock, lock_stale_reason
 
 RACER = """
 import json, os, sys, time
@@ -51,7 +51,7 @@ def test_dead_holder_on_this_host_is_taken_over(tmp_path):
          "import os; os._exit(0)"], check=True)
     assert holder.returncode == 0
     state = lock.read()
-    assert state.held and "is gone" in state.stale_reason()
+    assert state.held and "is gone" in lock_stale_reason(state, None)
     lease = lock.acquire("run-2", wait_seconds=0, heartbeat=False)
     assert lock.read().owner_id == lease.owner_id
     lease.release()
@@ -61,7 +61,7 @@ def test_expired_lease_is_taken_over_and_the_old_holder_notices(tmp_path):
     lock = locks(tmp_path, lease=0.5).for_table("t")
     first = lock.acquire("run-1", wait_seconds=0, heartbeat=False)
     time.sleep(0.7)
-    assert "lease expired" in lock.read().stale_reason()
+    assert "lease expired" in lock_stale_reason(lock.read(), None)
     second = lock.acquire("run-2", wait_seconds=0, heartbeat=False)
     with pytest.raises(LockLostError, match="lost the lock of table 't'"):
         first.ensure_held()
@@ -74,7 +74,7 @@ def test_heartbeat_keeps_a_short_lease_alive(tmp_path):
     lock = locks(tmp_path, lease=1.5).for_table("t")
     lease = lock.acquire("run-1", wait_seconds=0, heartbeat=True)
     time.sleep(3.5)
-    assert lock.read().stale_reason() is None
+    assert lock_stale_reason(lock.read(), None) is None
     lease.ensure_held()
     lease.release()
 
@@ -97,8 +97,31 @@ def test_four_racing_processes_exactly_one_wins(tmp_path):
 
 def test_free_state_describes_itself():
     state = LockState("loader_assets/t", None, None, None, None, None, None, None, None)
-    assert state.describe() == "free" and state.stale_reason() is None
-    assert isinstance(Lease, type)
+    assert state.describe() == "free" and lock_stale_reason(state, lambda run_id: True) is None
+    assert not state.held and state.to_json()["pid"] is None
+
+
+def test_a_renewal_that_cannot_be_written_is_not_reported_as_one(tmp_path, monkeypatch):
+    lock = locks(tmp_path, lease=30).for_table("t")
+    lease = lock.acquire("run-1", wait_seconds=0, heartbeat=False)
+    before = lease.state.timeout_at
+    monkeypatch.setattr(TableLock, "_conditional_write", lambda self, table, state, operation: False)
+    assert lock.renew(lease) is False  # every write lost its race: not renewed
+    assert lease.state.timeout_at == before and lease.lost_reason is None  # still ours until it runs out
+    monkeypatch.undo()
+    assert lock.renew(lease) is True and lease.state.timeout_at > before
+    lease.release()
+
+
+def test_a_lease_that_ran_out_without_a_renewal_refuses_to_write(tmp_path):
+    lock = locks(tmp_path, lease=0.5).for_table("t")
+    lease = lock.acquire("run-1", wait_seconds=0, heartbeat=False)
+    lease.ensure_held()
+    time.sleep(0.7)  # nobody took it over, but from now on anybody may
+    assert lock.read().owner_id == lease.owner_id
+    with pytest.raises(LockLostError, match="ran out at .* without a renewal"):
+        lease.ensure_held()
+    lease.release()
 
 
 def test_a_holder_whose_dagster_run_ended_is_stale_and_a_damaged_lock_is_reported(tmp_path):

@@ -7,6 +7,7 @@ from loader_assets.core.errors import TrackerError
 from loader_assets.core.partitions import partition_keys_for
 from loader_assets.core.states import FileStatus
 from loader_assets.resources.tracker import DeltaTrackerResource
+from loader_assets_tests.conftest import new_tracker
 
 
 @pytest.fixture
@@ -19,7 +20,7 @@ def files(tmp_path):
 
 
 def test_register_is_idempotent_and_keeps_known_rows(tmp_path, files):
-    tracker = DeltaTrackerResource(checkpoint_path=str(tmp_path / "ckpt")).for_table("t")
+    tracker = new_tracker(tmp_path / "ckpt")
     assert tracker.read().num_rows == 0 and tracker.max_batch_seq() == 0
     listing, keys = files
     assert tracker.register(listing, keys).new_files == 3
@@ -33,7 +34,7 @@ def test_register_is_idempotent_and_keeps_known_rows(tmp_path, files):
 
 
 def test_named_transitions_and_counts(tmp_path, files):
-    tracker = DeltaTrackerResource(checkpoint_path=str(tmp_path / "ckpt")).for_table("t")
+    tracker = new_tracker(tmp_path / "ckpt")
     listing, keys = files
     tracker.register(listing, keys)
     a, b, c = listing["file_path"].to_pylist()
@@ -57,8 +58,8 @@ def test_named_transitions_and_counts(tmp_path, files):
 def test_filtered_read_and_logical_view(tmp_path, files):
     resource = DeltaTrackerResource(checkpoint_path=str(tmp_path / "ckpt"))
     listing, keys = files
-    resource.for_table("t").register(listing, keys)
-    resource.for_table("u").register(listing.slice(0, 1), keys.slice(0, 1))
+    new_tracker(tmp_path / "ckpt", "t").register(listing, keys)
+    new_tracker(tmp_path / "ckpt", "u").register(listing.slice(0, 1), keys.slice(0, 1))
     from loader_assets.core.states import FileStatus
     pending = resource.for_table("t").read(columns=["file_path"], statuses=[FileStatus.PENDING])
     assert pending.column_names == ["file_path"] and pending.num_rows == 3
@@ -84,18 +85,22 @@ def test_a_tracker_written_by_schema_version_1_gains_the_new_columns(tmp_path, f
     from loader_assets.resources.tracker import TRACKER_SCHEMA, TRACKER_SCHEMA_VERSION
 
     listing, keys = files
-    tracker = DeltaTrackerResource(checkpoint_path=str(tmp_path / "ckpt")).for_table("t")
+    tracker = new_tracker(tmp_path / "ckpt")
     tracker.register(listing, keys)
     v2 = tracker.read()
     v1_names = TRACKER_SCHEMA.names[: TRACKER_SCHEMA.get_field_index("fingerprint") + 1]
     old = tmp_path / "old"
     write_deltalake(str(old), v2.select(v1_names), mode="overwrite")
     legacy = type(tracker)(str(old), "t")
-    assert legacy.read().column_names == TRACKER_SCHEMA.names  # columns added on open
+    written = DeltaTable(str(old)).version()
+    assert legacy.read().column_names == TRACKER_SCHEMA.names  # the new columns read as nulls
     assert legacy.read(columns=["file_version"])["file_version"].null_count == 3
     # reads understand the old (unpartitioned) layout; the first write moves it to schema 3's
     assert DeltaTable(str(old)).metadata().partition_columns == []
     assert legacy.read(statuses=[FileStatus.PENDING]).num_rows == 3 and legacy.status_counts()["pending"] == 3
+    assert legacy.max_batch_seq() == 0 and legacy.baseline_txn() is None
+    assert DeltaTable(str(old)).version() == written  # reads never write (no migration from a read)
+    assert "file_version" not in DeltaTable(str(old)).schema().to_arrow().names
     a = listing["file_path"][0].as_py()
     legacy.claim([a], "b1", 1, "r")
     migrated = DeltaTable(str(old))
@@ -109,7 +114,7 @@ def test_a_tracker_written_by_schema_version_1_gains_the_new_columns(tmp_path, f
 def test_a_transition_rewrites_only_the_partitions_it_moves_rows_from(tmp_path, files):
     """Completed rows are never rewritten by a claim or a completion (benchmark P6's layout)."""
     listing, keys = files
-    tracker = DeltaTrackerResource(checkpoint_path=str(tmp_path / "ckpt")).for_table("t")
+    tracker = new_tracker(tmp_path / "ckpt")
     tracker.register(listing, keys)
     a, b, c = listing["file_path"].to_pylist()
     tracker.claim([a], "b1", 1, "r")
@@ -143,7 +148,7 @@ def test_changed_fingerprints_follow_the_policy_and_are_reported_once(tmp_path, 
     from loader_assets.settings import OnFileChange
 
     listing, keys = files
-    tracker = DeltaTrackerResource(checkpoint_path=str(tmp_path / "ckpt")).for_table("t")
+    tracker = new_tracker(tmp_path / "ckpt")
     tracker.register(listing, keys)
     a, b, c = listing["file_path"].to_pylist()
     tracker.claim([a, b, c], "b1", 1, "r")
@@ -166,7 +171,7 @@ def test_changed_fingerprints_follow_the_policy_and_are_reported_once(tmp_path, 
 def test_eligibility_honours_backoff_retryable_and_file_age():
     from datetime import UTC, datetime, timedelta
 
-    from loader_assets.loading import eligible_files
+    from loader_assets.planning import eligible_mask
     from loader_assets.resources.tracker import TRACKER_SCHEMA
 
     now = datetime(2026, 1, 2, tzinfo=UTC)
@@ -183,8 +188,8 @@ def test_eligibility_honours_backoff_retryable_and_file_age():
         dict(file_path="skipped", status="skipped", retry_count=0, file_modified_time=now - timedelta(days=1)),
     ]
     table = pa.Table.from_pylist([{**dict.fromkeys(TRACKER_SCHEMA.names), **r} for r in rows], schema=TRACKER_SCHEMA)
-    chosen = eligible_files(table, retry_attempts=3, now=now, min_file_age_seconds=60)["file_path"].to_pylist()
-    assert sorted(chosen) == ["due", "pending"]
+    chosen = table.filter(eligible_mask(table, retry_attempts=3, now=now))["file_path"].to_pylist()
+    assert sorted(chosen) == ["due", "fresh", "pending"]  # file age is work_files' business (test_planning)
 
 
 def test_small_files_are_compacted_as_they_pile_up(tmp_path):
@@ -192,7 +197,7 @@ def test_small_files_are_compacted_as_they_pile_up(tmp_path):
     from loader_assets.resources.tracker import MAX_SMALL_FILES, PARTITION_COLUMNS
 
     (tmp_path / "in").mkdir()
-    tracker = DeltaTrackerResource(checkpoint_path=str(tmp_path / "ckpt")).for_table("t")
+    tracker = new_tracker(tmp_path / "ckpt")
     for n in range(30):  # one file per batch: register, claim, complete (3 commits each)
         path = tmp_path / "in" / f"f{n:03d}.csv"
         path.write_text("h\n1\n")

@@ -1,0 +1,132 @@
+"""The change record of an SCD2 table: every change row ever applied, as a Delta table written by Spark.
+
+Layout: ``<target_root>/_changes/<table_name>``: the source columns of each applied change row, its sequence
+(``_change_sequence``), its file's modification time (``_change_file_time``), ``_source_file``, and the batch that recorded it
+(``_batch_id``, ``_change_batch_seq``, ``_load_timestamp``). One row per (key, sequence): a row repeating one already
+recorded is recognised and not recorded again, and one with other values at the same key and sequence is refused.
+
+Why it exists: the history is a function of the set of change rows (docs/CONTRACT.md, "SCD2"), and rows that
+repeated a key's current values leave no trace in the history itself. Without the record, a reload after
+``reset-state`` could not tell those rows from late-arriving ones, and the history could not be checked
+against its definition (``<table>_target_matches_tracker`` for scd2 compares the two).
+
+Exactly once, across two tables. A batch writes the record first (an append carrying ``txnAppId =
+loader_assets/<table>/changes``, ``txnVersion = batch_seq``), then its one commit on the target (carrying the
+batch's txn). Only rows of batches the target committed count: every read filters ``_change_batch_seq <=`` the target's
+txn version, so rows of a batch that never reached the target are invisible (``committed``).
+
+Crash window between the two commits: the record holds rows of batch S, the target never got S. Those rows are
+invisible by the filter above, and the next holder of the lock deletes them before anything else
+(``drop_uncommitted``: rows with ``_change_batch_seq`` above the target's txn version, done only when the record's own
+txn version says there can be any); a batch whose target write fails in the same run is cleaned the same way
+before its files are split or retried. Batch numbers take the record's txn version into account too
+(``loading.next_batch_sequence``), so a record write is never skipped by Delta for a number used before.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from loader_assets.reading import BATCH_ID_COLUMN, LOAD_TIMESTAMP_COLUMN, SOURCE_FILE_COLUMN
+from loader_assets.scd2 import RECORD_BATCH_SEQ, RECORD_FILE_TIME, RECORD_SEQUENCE
+from loader_assets.target import app_id, open_target, target_txn_version, txn_version
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
+
+    from loader_assets.settings import TableSettings
+
+logger = logging.getLogger(__name__)
+
+CHANGES_DIR = "_changes"
+
+
+def changes_location(target_root: str, table_name: str) -> str:
+    """``<target_root>/_changes/<table_name>``: the change record of an SCD2 table."""
+    return f"{target_root.rstrip('/')}/{CHANGES_DIR}/{table_name}"
+
+
+class ChangeRecord:
+    """The change record of one SCD2 table (see the module docstring). Reads and writes go through Spark."""
+
+    def __init__(self, path: str, target_path: str, table_name: str) -> None:
+        self.path = path
+        self.target_path = target_path
+        self.table_name = table_name
+        self.app_id = f"{app_id(table_name)}/changes"
+
+    def exists(self) -> bool:
+        return open_target(self.path) is not None
+
+    def txn_version(self) -> int:
+        """The highest batch_seq whose rows the record took (whether or not the target then committed it)."""
+        return txn_version(self.path, self.app_id)
+
+    def committed(self, spark: SparkSession, up_to: int | None = None) -> DataFrame:
+        """The rows that count: those of batches up to ``up_to`` (default: the target's txn version)."""
+        from pyspark.sql import functions as F
+
+        limit = target_txn_version(self.target_path, self.table_name) if up_to is None else up_to
+        return spark.read.format("delta").load(self.path).where(F.col(RECORD_BATCH_SEQ) <= F.lit(limit))
+
+    def drop_uncommitted(self, spark_provider: Callable[[], SparkSession], target_txn: int) -> bool:
+        """Delete rows of batches the target did not commit (``_batch_seq > target_txn``). Needs Spark only if
+        the record's txn version says there are any. Call under the table's lock. True if it deleted."""
+        if not self.exists() or self.txn_version() <= target_txn:
+            return False
+        from delta.tables import DeltaTable
+
+        spark = spark_provider()
+        DeltaTable.forPath(spark, self.path).delete(f"{RECORD_BATCH_SEQ} > {int(target_txn)}")
+        logger.warning("table %s: removed change rows of batches above %d that never reached the table",
+                       self.table_name, target_txn)
+        return True
+
+    def append(self, rows: DataFrame, batch_id: str, batch_seq: int, evolve_schema: bool) -> None:
+        """Record a batch's change rows (``scd2.change_rows``) as one commit carrying the record's txn."""
+        from pyspark.sql import functions as F
+
+        (
+            rows.withColumn(BATCH_ID_COLUMN, F.lit(batch_id))
+            .withColumn(RECORD_BATCH_SEQ, F.lit(batch_seq).cast("long"))
+            .withColumn(LOAD_TIMESTAMP_COLUMN, F.current_timestamp())
+            .write.format("delta").mode("append")
+            .option("mergeSchema", str(evolve_schema).lower())
+            .option("txnAppId", self.app_id)
+            .option("txnVersion", str(batch_seq))
+            .save(self.path)
+        )
+
+    def rows_per_file(self, spark: SparkSession, paths: list[str], up_to: int) -> dict[str, int]:
+        """Change rows each file contributed to the record (every batch up to ``up_to``)."""
+        from pyspark.sql import functions as F
+
+        if not paths or not self.exists():
+            return {}
+        counts = (self.committed(spark, up_to).where(F.col(SOURCE_FILE_COLUMN).isin(paths))
+                  .groupBy(SOURCE_FILE_COLUMN).count().collect())
+        return {row[SOURCE_FILE_COLUMN]: int(row["count"]) for row in counts}
+
+    def bootstrap(self, spark: SparkSession, table: TableSettings) -> int:
+        """Create the record of a table loaded before the record existed, from its history: each version is a
+        change row (at its start, with its values and ``_source_file``), marked batch 0 so it always counts.
+        Rows that repeated a key's values then were never kept anywhere, so they cannot be recovered: a reload
+        of such a row is refused as late-arriving until its file is skipped. Returns the rows recorded."""
+        from pyspark.sql import functions as F
+
+        start = table.scd2_effective_date_column
+        history = spark.read.format("delta").load(self.target_path)
+        data = [c for c in history.columns if c not in (*table.scd2_output_columns, BATCH_ID_COLUMN,
+                                                          LOAD_TIMESTAMP_COLUMN)]
+        rows = history.select(
+            *data, F.col(start).alias(RECORD_SEQUENCE), F.lit(None).cast("timestamp").alias(RECORD_FILE_TIME),
+            BATCH_ID_COLUMN, F.lit(0).cast("long").alias(RECORD_BATCH_SEQ), LOAD_TIMESTAMP_COLUMN,
+        )
+        rows.write.format("delta").mode("errorifexists").save(self.path)
+        count = int(spark.read.format("delta").load(self.path).count())
+        logger.warning("table %s: change record created from the table's history (%d versions)", self.table_name,
+                       count)
+        return count
+
