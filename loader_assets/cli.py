@@ -153,7 +153,7 @@ def _print_fix(report: "FixReport") -> None:
 
 
 def _cmd_validate(args: argparse.Namespace, settings: LoaderSettings) -> int:
-    from loader_assets.checks import run_ended_checker
+    from loader_assets.resources.lock import run_ended_checker
     from loader_assets.operations import fix_inconsistencies, validate_consistency
 
     instance = open_instance()
@@ -179,7 +179,7 @@ def _cmd_validate(args: argparse.Namespace, settings: LoaderSettings) -> int:
 
 
 def _cmd_fix(args: argparse.Namespace, settings: LoaderSettings) -> int:
-    from loader_assets.checks import run_ended_checker
+    from loader_assets.resources.lock import run_ended_checker
     from loader_assets.operations import fix_inconsistencies
 
     instance = open_instance()
@@ -416,7 +416,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def entrypoint() -> None:
     """Console script. Exits with ``os._exit`` after flushing: the exit code reflects the work, not the
-    interpreter teardown, during which native libraries have been seen to abort (DESIGN.md section 9)."""
+    interpreter teardown, during which native libraries have been seen to abort (docs/ARCHITECTURE.md, "Traps")."""
     try:
         code = main()
     except SystemExit as exit_:

@@ -56,7 +56,7 @@ from loader_assets.batch import ClaimedBatch
 from loader_assets.core import faults
 from loader_assets.core.errors import BatchWriteError, TrackerError, root_cause
 from loader_assets.core.states import FileStatus
-from loader_assets.planning import Plan, plan_batch
+from loader_assets.planning import VANISHED_MESSAGE, Plan, plan_batch
 from loader_assets.reading import (
     BATCH_ID_COLUMN,
     LOAD_TIMESTAMP_COLUMN,
@@ -145,7 +145,6 @@ class LoadOutcome:
     failed: dict[str, str] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)  # duplicates skipped by content hash
     waiting: list[str] = field(default_factory=list)  # still being written: back to pending
-    vanished: list[str] = field(default_factory=list)  # pending files no longer in the source: failed
     quarantined: dict[str, int] = field(default_factory=dict)
     replaced: bool = False  # a commit replaced rows the files had
     split: bool = False  # a batch that failed as a whole was split to isolate a bad file
@@ -257,7 +256,8 @@ class TableLoad:
                 f"table {name}: recovered interrupted batches: {len(outcome.recovered.completed)} files were "
                 f"committed (now completed), {len(outcome.recovered.failed)} were not (failed, to retry)")
         plan = plan_batch(self._tracker, self._table, list(partition_keys) if partition_keys is not None else None,
-                          self.context.settings.retry_attempts, self.context.settings.max_files_per_run)
+                          self.context.settings.retry_attempts, self.context.settings.max_files_per_run,
+                          run_id=self.context.run_id)
         self._report_plan(plan, outcome)
         if plan.batch.num_rows == 0:
             self._log.info(f"table {name}: nothing to load in "
@@ -311,7 +311,7 @@ class TableLoad:
     def _report_plan(self, plan: Plan, outcome: LoadOutcome) -> None:
         name = self._table.table_name
         outcome.discovered, outcome.registered, outcome.deferred = plan.discovered, plan.registered, plan.deferred
-        outcome.vanished = list(plan.vanished)
+        outcome.failed.update(dict.fromkeys(plan.vanished, VANISHED_MESSAGE))
         if plan.registered:
             self._log.info(f"table {name}: registered {plan.registered} new files as pending")
         for change in plan.changes:

@@ -132,6 +132,16 @@ class TableConsistency:
             "state_error": self.state_error,
             "tracker_issues": self.tracker_issues(),
             "table_issues": self.table_issues(),
+            "target": None if self.target is None else {
+                "count_mismatches": self.target.count_mismatches, "untracked_files": self.target.untracked_files,
+                "duplicate_loads": self.target.duplicate_loads},
+            "scd2_violations": None if self.scd2 is None else {
+                "keys_without_one_current": self.scd2.keys_without_one_current,
+                "flag_end_disagreements": self.scd2.flag_end_disagreements,
+                "interval_breaks": self.scd2.interval_breaks, "samples": self.scd2.samples},
+            "history_differences": None if self.history is None else {
+                "missing": self.history.missing, "unexpected": self.history.unexpected,
+                "samples": self.history.samples},
         }
 
 
@@ -262,8 +272,8 @@ def fix_inconsistencies(
                 adopted = adopt_untracked(settings, table, tracker, spark_provider)
                 if adopted:
                     report.applied.append(
-                        f"Recorded {len(adopted)} files of {name} as completed whose rows the table held but the "
-                        f"tracker did not know, and which are no longer in the source (e.g. {adopted[0]})")
+                        f"Recorded the rows of {len(adopted)} files of {name} that the table held but the tracker "
+                        f"did not count as loaded, and that no run would reload (e.g. {adopted[0]})")
         except TrackerError as error:
             report.failed.append(f"{name}: {error}")
         finally:
@@ -275,17 +285,19 @@ def fix_inconsistencies(
 
 
 ADOPTED_MESSAGE = ("recorded by fix-inconsistencies: the table held rows of this file that the tracker did not "
-                   "know (loaded before the tracker was reset or lost), and the file is no longer in the source")
+                   "know (loaded before the tracker was reset or lost)")
 
 
 def adopt_untracked(
     settings: LoaderSettings, table: TableSettings, tracker: FileTracker, spark_provider: Callable[[], SparkSession]
 ) -> list[str]:
     """Files whose rows the table holds (for scd2: whose change rows the record holds) although the tracker does
-    not count them as loaded, and which are no longer in the source, so no run will ever reload them: typically
-    files loaded before ``reset-state`` and archived since. Each is recorded as ``completed`` with the rows and
-    batch the table holds, which makes the tracker describe the table again. Files still in the source are left
-    alone: the next run reloads them, replacing their rows. Call under the table's lock. Returns the paths."""
+    not count them as loaded, and that no run will reload: files no longer in the source (typically loaded
+    before ``reset-state`` and archived since), and files the tracker holds as failed or skipped. Each gets the
+    rows and batch the table holds recorded (a file unknown to the tracker becomes ``completed``; a failed or
+    skipped one keeps its status), which makes the tracker describe the table again. Pending files and files
+    still in the source but unknown to the tracker are left alone: the next run reloads them, replacing their
+    rows. Call under the table's lock. Returns the paths."""
     from pyspark.sql import functions as F
 
     name = table.table_name
@@ -302,18 +314,22 @@ def adopt_untracked(
              .agg(F.count(F.lit(1)).cast("long").alias("rows"), F.max(BATCH_ID_COLUMN).alias("batch_id"))
              .toArrow())
     known = files_with_rows(tracker)["file_path"]
+    settled = tracker.read(columns=["file_path"], statuses=[FileStatus.FAILED, FileStatus.SKIPPED])["file_path"]
     present = list_source_files(table.source_path)["file_path"]
-    orphans = found.filter(pc.and_(pc.invert(pc.is_in(found["file_path"], known)),
-                                   pc.invert(pc.is_in(found["file_path"], present))))
+    orphans = found.filter(pc.and_(
+        pc.invert(pc.is_in(found["file_path"], known)),
+        pc.or_(pc.invert(pc.is_in(found["file_path"], present)), pc.is_in(found["file_path"], settled))))
     if orphans.num_rows == 0:
         return []
     adopted: dict[str, tuple[int, str | None, int | None]] = {}
+    target = open_target(settings.table_path(name))
+    latest = target.version() if target is not None else None
     versions: dict[str | None, int | None] = {}
     for row in orphans.to_pylist():
         batch_id = row["batch_id"]
-        if batch_id not in versions:
+        if batch_id not in versions:  # the batch's commit, or (too far back to look up) the version now
             commit = batch_commit(settings.table_path(name), batch_id) if batch_id else None
-            versions[batch_id] = int(commit["version"]) if commit else None
+            versions[batch_id] = int(commit["version"]) if commit else latest
         adopted[row["file_path"]] = (int(row["rows"]), batch_id, versions[batch_id])
     tracker.adopt(adopted, ADOPTED_MESSAGE)
     tracker.events.record([{"file_path": p, "event": "adopted", "detail": ADOPTED_MESSAGE,

@@ -177,6 +177,7 @@ def plan_batch(
     retry_attempts: int,
     max_files: int,
     now: datetime | None = None,
+    run_id: str | None = None,
 ) -> Plan:
     """List the source, register new and changed files, fail pending files that vanished, and choose the batch
     for ``partition_keys`` (None: every partition): the work files, in (modification time, path) order, at most
@@ -193,7 +194,7 @@ def plan_batch(
                                pc.invert(pc.is_in(rows["file_path"], listing["file_path"]))))
     vanished = gone["file_path"].to_pylist()
     if vanished:
-        tracker.fail(dict.fromkeys(vanished, VANISHED_MESSAGE), count_retry=False)
+        tracker.fail(dict.fromkeys(vanished, VANISHED_MESSAGE), count_retry=False, run_id=run_id)
         rows = tracker.read(statuses=ACTIVE_STATUSES)
     work = work_files(listing, rows.select(WORK_COLUMNS), table, retry_attempts, now)
     if partition_keys is not None:

@@ -20,7 +20,7 @@ Per table policies (settings.py):
 
 Why not ``input_file_name()`` as it is: Spark returns a URL-encoded URI there (``a%20b``), while the tracker and
 operators use the path as it is. File names also reach the reader with Hadoop glob characters
-escaped, so ``[``, ``{``, ``*`` and ``?`` in a name mean themselves (DESIGN.md section 9).
+escaped, so ``[``, ``{``, ``*`` and ``?`` in a name mean themselves (docs/ARCHITECTURE.md, "Traps").
 """
 
 from __future__ import annotations

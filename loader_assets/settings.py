@@ -79,7 +79,7 @@ RESCUED_DATA_COLUMN = "_rescued_data"
 
 
 class PartitionGranularity(str, Enum):
-    """Width of the time-window partitions a table's files are grouped into (DESIGN.md section 3)."""
+    """Width of the time-window partitions a table's files are grouped into (docs/ARCHITECTURE.md, "Partitions and runs")."""
 
     DAY = "day"
     HOUR = "hour"

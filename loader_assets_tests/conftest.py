@@ -112,3 +112,9 @@ def new_tracker(checkpoint_path: Any, table: str = "t", baseline_txn: int = 0) -
     tracker = DeltaTrackerResource(checkpoint_path=str(checkpoint_path)).for_table(table)
     tracker.create(baseline_txn=baseline_txn)
     return tracker
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--seed", type=int, default=None,
+                     help="model-based test: replay only this seed (loader_assets_tests/model)")
+    parser.addoption("--steps", type=int, default=None, help="model-based test: operations per sequence")

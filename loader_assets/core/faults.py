@@ -1,7 +1,8 @@
 """Named crash points for fault-injection tests.
 
-A test starts a real process with ``LOADER_ASSETS_KILL_AT=<point>``; when the process reaches that point it
-sends itself SIGKILL, exactly like an OOM kill or a node loss. Nothing is cleaned up, nothing is flushed.
+A test starts a real process with ``LOADER_ASSETS_KILL_AT=<point>`` (and ``LOADER_ASSETS_KILL_AT_HIT=<n>`` for the
+n-th time the point is reached, e.g. in the second batch of a run); when the process reaches that point it sends
+itself SIGKILL, exactly like an OOM kill or a node loss. Nothing is cleaned up, nothing is flushed.
 The points are the crash windows of the exactly-once protocol (see ``loader_assets.load``).
 
 ``LOADER_ASSETS_PAUSE_AT=<point>`` with ``LOADER_ASSETS_PAUSE_FILE=<path>`` instead holds the process at the
@@ -18,6 +19,7 @@ import time
 from pathlib import Path
 
 KILL_AT_ENV = "LOADER_ASSETS_KILL_AT"
+KILL_AT_HIT_ENV = "LOADER_ASSETS_KILL_AT_HIT"  # kill the n-th time the point is reached (default 1)
 
 KILL_DELAY_ENV = "LOADER_ASSETS_KILL_DELAY"
 PAUSE_AT_ENV = "LOADER_ASSETS_PAUSE_AT"
@@ -38,13 +40,24 @@ POINTS = (AFTER_LOCK, AFTER_CLAIM, BEFORE_TARGET_COMMIT, DURING_TARGET_WRITE, AF
 DEFAULT_DELAYS = {DURING_TARGET_WRITE: 1.0, DURING_TRACKER_COMMIT: 0.02}
 
 
+_hits: dict[str, int] = {}
+
+
 def _kill() -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
+def _armed(name: str) -> bool:
+    """True when the environment names ``name`` as the kill point and this is the hit it names."""
+    if os.environ.get(KILL_AT_ENV) != name:
+        return False
+    _hits[name] = _hits.get(name, 0) + 1
+    return _hits[name] == int(os.environ.get(KILL_AT_HIT_ENV, "1"))
+
+
 def crash_point(name: str) -> None:
     """SIGKILL this process if the environment names ``name`` as the kill point (or hold it there, see above)."""
-    if os.environ.get(KILL_AT_ENV) == name:
+    if _armed(name):
         _kill()
     if os.environ.get(PAUSE_AT_ENV) == name and os.environ.get(PAUSE_FILE_ENV):
         release = Path(os.environ[PAUSE_FILE_ENV])
@@ -57,7 +70,7 @@ def crash_point(name: str) -> None:
 def crash_during(name: str) -> None:
     """If the environment names ``name``, SIGKILL this process from a timer ``LOADER_ASSETS_KILL_DELAY`` seconds
     from now (defaults per point), i.e. in the middle of whatever the caller does next."""
-    if os.environ.get(KILL_AT_ENV) == name:
+    if _armed(name):
         delay = float(os.environ.get(KILL_DELAY_ENV, DEFAULT_DELAYS.get(name, 0.5)))
         timer = threading.Timer(delay, _kill)
         timer.daemon = True

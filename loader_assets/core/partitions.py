@@ -1,4 +1,4 @@
-"""Time-window partition keys for files (DESIGN.md section 3).
+"""Time-window partition keys for files (docs/ARCHITECTURE.md, "Partitions and runs").
 
 A file's partition is the window of its modification time at first discovery, in UTC, in Dagster's key format
 (``2024-01-31`` daily, ``2024-01-31-13:00`` hourly). Every file gets a partition whatever its date: one older than

@@ -4,7 +4,7 @@ Layout: ``<checkpoint_path>/locks/<table_name>``, one table per lock so unrelate
 The row carries the seed guide's lock fields (``pid``, ``hostname``, ``acquired_at``, ``timeout_at``,
 ``lock_name``) plus ``owner_id``, ``run_id`` and ``heartbeat_at``. ``owner_id`` is null when the lock is free.
 
-How acquisition stays safe (measured in DESIGN.md section 5): the process opens the table once, reads the row
+How acquisition stays safe (docs/ARCHITECTURE.md, "The lock"): the process opens the table once, reads the row
 from that snapshot, decides "free or stale", and overwrites the row through the *same* ``DeltaTable`` object with
 ``max_commit_retries=0``. Any commit made by someone else after that snapshot makes ours fail, so of several
 racers exactly one wins; the losers re-read and see the winner.

@@ -6,13 +6,20 @@ tables from conflicting with each other; :meth:`DeltaTrackerResource.read_all` i
 
 Invariants
 - One row per ``file_path``. ``status`` is one of :class:`~loader_assets.core.states.FileStatus`; each transition
-  is a named method that writes one Delta commit (pending registration, claim, complete, fail, recover).
+  is a named method that writes one Delta commit and moves rows only from the statuses ``core.states.TRANSITIONS``
+  gives it (registration, claim, complete, fail, release, skip, retry, reprocess; ``adopt`` for
+  fix-inconsistencies; ``reset``).
 - A table's tracker is written only by the holder of that table's lock (see ``lock.py``). Readers (the sensor,
-  ``status``) never write. Every write is still an optimistic transaction retried on conflict with fresh state,
+  ``status``, the checks) never write, not even to migrate an older tracker: they read its missing columns as
+  nulls. Every write is still an optimistic transaction retried on conflict with fresh state,
   so a write that races anyway (an operator tool, a stale holder) is never lost.
 - ``batch_seq`` of a row is the sequence number of the last batch that claimed it; the maximum over the table
   only ever grows. The next batch's number also takes the target's recorded txn version into account
-  (``loading.next_batch_sequence``) so a tracker that was reset can never make Delta skip later writes.
+  (``load.next_batch_sequence``) so a tracker that was reset can never make Delta skip later writes.
+- The table property ``loader_assets.baseline_txn`` is the target's txn version when the tracker was created
+  (``create``, ``reset``). Above 0 it says the target held batches this tracker never saw, so any file the tracker
+  has not completed itself may have rows there: it decides, durably, that such files are written with replace
+  semantics (``baseline_txn``).
 
 File versions: a file is identified by its path; its fingerprint (size + modification time) says which version
 of it the tracker describes. ``source_fingerprint`` is the newest fingerprint seen in the source. When a listing
@@ -23,7 +30,8 @@ event log (``events.py``) after the tracker commit (a crash between the two lose
 
 Crash windows: each transition is one commit, so a crash leaves the tracker at the previous state. A crash
 between the claim and the completion leaves rows in ``processing``; recovery resolves them from the target's
-txn version (``loading.recover_interrupted``).
+txn version (``recovery.recover_interrupted``). ``reset`` is two commits (baseline, then no rows): a crash between
+leaves the rows with the new baseline, which only makes more batches replace rows.
 
 Layout (tracker schema 3): the table is partitioned by ``status``. Files move through pending -> processing ->
 completed, so the rows a run touches (pending, failed, processing) sit in small partitions apart from the
@@ -36,7 +44,7 @@ Maintenance: after each commit, when more than ``MAX_SMALL_FILES`` files under `
 up, they are compacted (files already ``COMPACT_TARGET_BYTES`` or larger are left as they are, so compaction
 never rewrites the completed rows it already packed). delta-rs writes a Delta checkpoint itself every 10
 commits (``delta.checkpointInterval``): opening the table replays at most 9 JSON commits, about 5 ms instead
-of 13 ms with 20 (DESIGN.md section 5).
+of 13 ms with 20 (docs/ARCHITECTURE.md, "Decisions").
 """
 
 
@@ -398,19 +406,22 @@ class FileTracker:
         return removed
 
     def adopt(self, found: Mapping[str, tuple[int, str | None, int | None]], message: str) -> int:
-        """Record files whose rows the table holds, unknown to the tracker (or not counted as loaded), as
-        ``completed`` with (rows, batch id, target version) each (fix-inconsistencies). One commit."""
+        """Record that the table holds rows of files the tracker does not count as loaded (fix-inconsistencies):
+        ``found`` maps each path to (rows, batch id, target version). A file the tracker knows keeps its status
+        (failed, skipped) and gains the row count and version, exactly as if it had loaded here before; a file
+        it does not know becomes ``completed``. One commit."""
         now = _now()
 
         def make_rows(table: DeltaTable) -> pa.Table:
             existing = {r["file_path"]: r for r in self._scan(table, paths=list(found)).to_pylist()}
             rows = []
             for path, (count, batch_id, version) in found.items():
-                row = existing.get(path) or {**dict.fromkeys(TRACKER_SCHEMA.names), "file_path": path,
-                                             "table_name": self.table_name, "created_at": now, "retry_count": 0}
-                row.update(status=FileStatus.COMPLETED.value, row_count=count, batch_id=batch_id,
-                           target_version=version, error_message=message, updated_at=now, retryable=None,
-                           next_attempt_at=None)
+                row = existing.get(path)
+                if row is None:
+                    row = {**dict.fromkeys(TRACKER_SCHEMA.names), "file_path": path, "table_name": self.table_name,
+                           "status": FileStatus.COMPLETED.value, "created_at": now, "retry_count": 0,
+                           "batch_id": batch_id, "error_message": message}
+                row.update(row_count=count, target_version=version, updated_at=now)
                 rows.append(row)
             return pa.Table.from_pylist(rows, schema=TRACKER_SCHEMA)
 
@@ -686,9 +697,11 @@ class FileTracker:
         errors: Mapping[str, str],
         count_retry: bool = True,
         backoff: Callable[[int], float] | None = None,
+        run_id: str | None = None,
     ) -> int:
         """processing | pending -> failed with the error; ``retry_count`` grows by one (unless the failure is an
-        interruption) and, with ``backoff`` (retry_count -> seconds), the next attempt waits. One commit."""
+        interruption) and, with ``backoff`` (retry_count -> seconds), the next attempt waits; ``run_id`` names the
+        run that found a file it never claimed failed (one no longer in the source). One commit."""
         now = _now()
 
         def change(rows: pa.Table) -> pa.Table:
@@ -701,7 +714,7 @@ class FileTracker:
                     next_at = pa.array(
                         [now + timedelta(seconds=backoff(int(r))) for r in retries.to_pylist()], TIMESTAMP
                     )
-            return _replace(
+            failed = _replace(
                 rows,
                 error_message=pa.array(messages, pa.string()),
                 retry_count=retries,
@@ -709,6 +722,7 @@ class FileTracker:
                 processing_end_time=now,
                 updated_at=now,
             )
+            return _replace(failed, run_id=run_id) if run_id is not None else failed
 
         return self._transition(list(errors), "fail", change)
 

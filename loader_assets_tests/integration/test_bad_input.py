@@ -1,4 +1,4 @@
-"""Bad input, one case per kind (DESIGN.md contract 5): the bad file fails alone with an error naming it, the table
+"""Bad input, one case per kind (docs/CONTRACT.md, "Bad input is contained"): the bad file fails alone with an error naming it, the table
 and the cause (tracker row and Dagster metadata); the good file of the same batch loads; rows loaded before stay.
 
 Each case first loads a base file, then drops a good file and the bad one together, so they share one batch.
@@ -83,18 +83,48 @@ def test_bad_parquet_fails_alone_and_the_good_file_of_its_batch_loads(spark, lak
     assert {"file": str(bad), "error": error} in failed_meta
 
 
-def test_a_file_that_vanished_after_discovery_fails_alone(spark, lake, instance):
+def test_a_pending_file_that_vanished_before_its_run_is_failed_with_that_reason(spark, lake, instance):
     from loader_assets.core.discovery import list_source_files
     from loader_assets.core.partitions import partition_keys_for
+    from loader_assets_tests.conftest import new_tracker
 
     settings = lake.config()
     good = lake.write_parquet("events", "good.parquet", [1], days_ago=1)
     gone = lake.write_parquet("events", "gone.parquet", [2], days_ago=1)
-    tracker = DeltaTrackerResource(checkpoint_path=settings.checkpoint_path).for_table("events")
-    listing = list_source_files(str(lake.landing / "events"))  # discovered (as a sensor tick or a plan does)
+    tracker = new_tracker(settings.checkpoint_path, "events")
+    listing = list_source_files(str(lake.landing / "events"))  # registered (by a run that was killed, say)
     tracker.register(listing, partition_keys_for(listing["file_modified_time"], "day", "2024-01-01"))
     gone.unlink()
-    run_pipeline(settings, instance=instance)
+    summary = run_pipeline(settings, instance=instance)
+    rows = tracker_rows(settings)
+    assert rows[str(gone)]["status"] == "failed" and rows[str(gone)]["retry_count"] == 0  # no retry used
+    assert "no longer in the source" in rows[str(gone)]["error_message"]
+    assert rows[str(good)]["status"] == "completed"
+    assert target_rows(spark, settings, "events") == [(1, "n1", str(good))]
+    assert summary.total_files_failed == 1
+    assert run_pipeline(settings, instance=instance).tables["events"].run_ids == []  # gone files are not work
+
+
+def test_a_file_that_vanished_after_its_claim_fails_alone(spark, lake, instance, tmp_path):
+    import threading
+
+    from loader_assets.core import faults
+
+    settings = lake.config()
+    good = lake.write_parquet("events", "good.parquet", [1], days_ago=1)
+    gone = lake.write_parquet("events", "gone.parquet", [2], days_ago=1)
+    release = tmp_path / "release"
+    os.environ[faults.PAUSE_AT_ENV] = faults.AFTER_CLAIM
+    os.environ[faults.PAUSE_FILE_ENV] = str(release)
+    runner = threading.Thread(target=lambda: run_pipeline(settings, instance=instance))
+    runner.start()
+    deadline = time.monotonic() + 120
+    while not Path(f"{release}.reached").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    gone.unlink()  # between the claim and the read
+    del os.environ[faults.PAUSE_AT_ENV]
+    release.touch()
+    runner.join(timeout=300)
     rows = tracker_rows(settings)
     assert rows[str(gone)]["status"] == "failed"
     assert "vanished between discovery and load" in rows[str(gone)]["error_message"]

@@ -10,7 +10,8 @@ import pytest
 from pyspark.sql import functions as F
 
 from loader_assets.api import run_pipeline
-from loader_assets.checks import compare_target_with_tracker
+from loader_assets.changes import ChangeRecord, changes_location
+from loader_assets.checks import compare_record_with_tracker, history_difference
 from loader_assets.writers.scd2 import TXN_APP_ID_CONF, TXN_VERSION_CONF, delta_txn
 from loader_assets.target import target_txn_version
 from loader_assets.resources.tracker import DeltaTrackerResource
@@ -72,8 +73,12 @@ def load_and_check(spark, settings, instance):
     violations = scd2_violations(spark, settings.table_path("customers"), settings.tables[0])
     assert violations.ok, violations
     tracker = DeltaTrackerResource(checkpoint_path=settings.checkpoint_path).for_table("customers")
-    consistency = compare_target_with_tracker(spark, tracker, settings.table_path("customers"))
+    record = ChangeRecord(changes_location(settings.target_root, "customers"), settings.table_path("customers"),
+                          "customers")
+    consistency = compare_record_with_tracker(spark, tracker, record)
     assert consistency.consistent, consistency
+    difference = history_difference(spark, settings.tables[0], settings)
+    assert difference.ok, difference
     return summary
 
 
@@ -99,12 +104,16 @@ def test_scd2_history_over_a_sequence_of_loads(spark, lake, instance):
     expected.append(version(1, "anne", "a@x", "gold", t(2), None))
     assert table_state(spark, settings) == ordered(expected)
 
-    # load 3: only a non-tracking column changes -> no new version, the file completes with 0 rows
+    # load 3: only a non-tracking column changes -> no new version; the change row is recorded (row count 1),
+    # and the batch's commit on the table is empty (it carries the batch's txn and changes no row)
     drop(lake, "03.parquet", [(2, "bob", "b@x", "platinum", t(3))], days_ago=8)
     load_and_check(spark, settings, instance)
     assert table_state(spark, settings) == ordered(expected)
     assert tracker_rows(settings)["03.parquet"]["status"] == "completed"
-    assert tracker_rows(settings)["03.parquet"]["row_count"] == 0
+    assert tracker_rows(settings)["03.parquet"]["row_count"] == 1
+    last = spark.sql(f"DESCRIBE HISTORY delta.`{settings.table_path('customers')}`").first()
+    assert last["operation"] == "WRITE" and last["operationMetrics"]["numOutputRows"] == "0"
+    assert target_txn_version(settings.table_path("customers"), "customers") == 3
 
     # load 4: new keys; and a key changing twice in one file; and across two files of one batch
     drop(lake, "04a.parquet", [(4, "dee", "d@x", "free", t(4)), (3, "cy", "c2@x", "free", t(5)),
@@ -157,12 +166,12 @@ def test_scd2_bad_files_fail_alone_naming_file_and_key(spark, lake, instance):
     summary = load_and_check(spark, settings, instance)
     errors = {os.path.basename(k): v for k, v in summary.tables["customers"].failed_files.items()}
     assert set(errors) == {"late.parquet", "ambiguous.parquet", "nullkey.parquet", "clash.parquet", "noemail.parquet"}
-    assert errors["late.parquet"].startswith("late-arriving change: 1 rows are older than their key's current")
+    assert errors["late.parquet"].startswith("late-arriving change: 1 rows are older than their key's newest applied")
     assert '{"customer_id":1} at 2025-01-02' in errors["late.parquet"]
     assert "same sequence value but different values" in errors["ambiguous.parquet"]
     assert '{"customer_id":7}' in errors["ambiguous.parquet"]
     assert errors["nullkey.parquet"] == "1 rows with a null primary key (customer_id)"
-    assert "same sequence value as an existing version" in errors["clash.parquet"]
+    assert "same key and sequence value as a change already applied" in errors["clash.parquet"]
     assert errors["noemail.parquet"] == "missing configured columns ['email']"
     assert table_state(spark, settings) == ordered(before + [version(3, "cy", "c@x", "free", t(6), None)])
     rows = tracker_rows(settings)
