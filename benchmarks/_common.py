@@ -279,8 +279,7 @@ def loader_phases() -> Iterator[Phases]:
     phases.wrap(scd2.Scd2Writer, "row_counts", "row counts per file (scd2 change record)")
     phases.wrap(checks, "compare_target_with_tracker", "check: target matches tracker (Spark)")
     phases.wrap(checks, "compare_record_with_tracker", "check: change record matches tracker (Spark)")
-    phases.wrap(checks, "scd2_violations", "check: scd2 invariants (Spark)")
-    phases.wrap(checks, "history_difference", "check: history matches changes (Spark)")
+    phases.wrap(checks, "scd2_history_report", "check: scd2 invariants + history matches changes (Spark)")
     phases.wrap(operations, "compare_target_with_tracker", "validate: target vs tracker (Spark)")
     try:
         yield phases

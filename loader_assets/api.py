@@ -113,9 +113,12 @@ def run_pipeline(
     tables: list[str] | None = None,
     instance: dg.DagsterInstance | None = None,
     log_level: str = "INFO",
+    run_checks: bool = True,
 ) -> RunSummary:
-    """Load every table (or the named ones) until no eligible file is left. Returns what was done."""
-    definitions = build_definitions(settings)
+    """Load every table (or the named ones) until no eligible file is left. Returns what was done. With
+    ``run_checks`` false the asset checks do not run after each load (``validate_consistency`` runs the same
+    checks over whole tables when wanted)."""
+    definitions = build_definitions(settings, load_checks=run_checks)
     selected = [settings.table(name) for name in tables] if tables else list(settings.tables)
     own_instance = instance is None
     instance = instance or dg.DagsterInstance.get()

@@ -18,7 +18,7 @@ would load every partition). They run after each materialisation of the table an
 """
 
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,7 +39,14 @@ from loader_assets.resources.lock import (
 )
 from loader_assets.resources.spark import SparkSessionResource
 from loader_assets.resources.tracker import DeltaTrackerResource, FileTracker
-from loader_assets.scd2 import SCOPED_CHECK_MAX_KEYS, HistoryDifference, compare_history, scd2_violations
+from loader_assets.scd2 import (
+    SCOPED_CHECK_MAX_KEYS,
+    HistoryDifference,
+    Scd2Violations,
+    compare_history,
+    scd2_violations,
+    violations_of,
+)
 from loader_assets.settings import LoaderSettings, TableSettings
 from loader_assets.target import open_target
 
@@ -175,30 +182,36 @@ def compare_record_with_tracker(
     return result
 
 
-def history_difference(
-    spark: Any, table: TableSettings, settings: LoaderSettings, batch_ids: Sequence[str] | None = None,
-) -> HistoryDifference:
-    """The scd2 table's versions against the history its change record defines. With ``batch_ids``, only the
-    keys those batches recorded change rows of (their whole history), unless they are more than
-    ``SCOPED_CHECK_MAX_KEYS`` (then the whole table, cheaper than the join at that size)."""
+def scd2_history_report(
+    spark: Any, table: TableSettings, settings: LoaderSettings, batch_ids: Sequence[str] | None = None,  # noqa: ANN401
+) -> tuple[Scd2Violations, HistoryDifference]:
+    """An scd2 table's invariants and its versions against the history its change record defines, sharing one
+    scope. With ``batch_ids``, only the keys those batches recorded change rows of (their whole history), unless
+    they are more than ``SCOPED_CHECK_MAX_KEYS`` (then the whole table, cheaper than the join at that size)."""
     from pyspark.sql import functions as F
 
     name = table.table_name
     record = ChangeRecord(changes_location(settings.target_root, name), settings.table_path(name), name)
     target = spark.read.format("delta").load(settings.table_path(name))
-    if not record.exists():
-        changes = target.limit(0)  # no record: every version of the table is unexpected
-        return HistoryDifference(unexpected=int(target.count()), samples={"unexpected": ["(no change record)"]})
+    if not record.exists():  # no record: every version of the table is unexpected
+        return (scd2_violations(spark, settings.table_path(name), table),
+                HistoryDifference(unexpected=int(target.count()), samples={"unexpected": ["(no change record)"]}))
     changes = record.committed(spark)
-    if batch_ids:
-        touched = (changes.where(F.col(BATCH_ID_COLUMN).isin(list(batch_ids))).select(*table.primary_keys)
-                   .distinct().cache())
-        try:
+    cached: list[Any] = []
+    try:
+        if batch_ids:
+            touched = (changes.where(F.col(BATCH_ID_COLUMN).isin(list(batch_ids))).select(*table.primary_keys)
+                       .distinct().cache())
+            cached.append(touched)
             if touched.count() <= SCOPED_CHECK_MAX_KEYS:
-                return compare_history(target, changes, table, F.broadcast(touched))
-        finally:
-            touched.unpersist()
-    return compare_history(target, changes, table)
+                keys = F.broadcast(touched)
+                target = target.join(keys, list(table.primary_keys), "left_semi").cache()
+                changes = changes.join(keys, list(table.primary_keys), "left_semi")
+                cached.append(target)
+        return violations_of(target, table), compare_history(target, changes, table)
+    finally:
+        for frame in cached:
+            frame.unpersist()
 
 
 def batch_fingerprint_frame(frame: Any) -> Any:
@@ -319,8 +332,9 @@ def failed_files_result(tracker: FileTracker, retry_attempts: int) -> dg.AssetCh
     )
 
 
-def history_result(difference: HistoryDifference, scope: str) -> dg.AssetCheckResult:
+def history_result(difference: HistoryDifference, scope: str, check_name: str) -> dg.AssetCheckResult:
     return dg.AssetCheckResult(
+        check_name=check_name,
         passed=difference.ok,
         severity=dg.AssetCheckSeverity.ERROR,
         description=("every version is the one the change record defines" if difference.ok else
@@ -448,50 +462,41 @@ def build_table_checks(table: TableSettings, settings: LoaderSettings) -> list[d
     checks = [_no_failed_files, _target_matches_tracker, _no_orphaned_processing, _lock_not_stale]
     if table.is_scd2:
 
-        @dg.asset_check(
-            asset=name,
-            name=f"{name}_scd2_invariants",
-            description=(
-                "One current row per key; the current flag is set exactly when the end date is NULL; each key's "
-                "versions follow one another without gaps or overlaps."
-            ),
+        @dg.multi_asset_check(
+            name=f"{name}_history_checks",
+            specs=[
+                dg.AssetCheckSpec(f"{name}_scd2_invariants", asset=name, description=(
+                    "One current row per key; the current flag is set exactly when the end date is NULL; each "
+                    "key's versions follow one another without gaps or overlaps.")),
+                dg.AssetCheckSpec(f"{name}_history_matches_changes", asset=name, description=(
+                    "Every version is the one the change record defines: per key, the runs of equal tracked "
+                    "values over every change row applied, in sequence order.")),
+            ],
         )
-        def _scd2_invariants(
+        def _history_checks(
             context: dg.AssetCheckExecutionContext, tracker: DeltaTrackerResource, spark: SparkSessionResource
-        ) -> dg.AssetCheckResult:
+        ) -> Iterator[dg.AssetCheckResult]:
             if open_target(target_path) is None:
-                return dg.AssetCheckResult(passed=True, description="nothing loaded yet")
+                for check in (f"{name}_scd2_invariants", f"{name}_history_matches_changes"):
+                    yield dg.AssetCheckResult(check_name=check, passed=True, description="nothing loaded yet")
+                return
             batches = batches_of_run(tracker.for_table(name), context.run.run_id)
-            violations = scd2_violations(spark.session, target_path, table, batches or None)
-            return dg.AssetCheckResult(
+            scope = "keys written by this run" if batches else "whole table"
+            violations, difference = scd2_history_report(spark.session, table, settings, batches or None)
+            yield dg.AssetCheckResult(
+                check_name=f"{name}_scd2_invariants",
                 passed=violations.ok,
                 severity=dg.AssetCheckSeverity.ERROR,
                 description="history is consistent" if violations.ok else "SCD2 invariants violated",
                 metadata={
-                    "scope": "keys written by this run" if batches else "whole table",
+                    "scope": scope,
                     "keys_without_one_current": violations.keys_without_one_current,
                     "flag_end_disagreements": violations.flag_end_disagreements,
                     "interval_breaks": violations.interval_breaks,
                     "sample_keys": dg.MetadataValue.json(violations.samples),
                 },
             )
+            yield history_result(difference, scope, f"{name}_history_matches_changes")
 
-        @dg.asset_check(
-            asset=name,
-            name=f"{name}_history_matches_changes",
-            description=(
-                "Every version is the one the change record defines: per key, the runs of equal tracked values "
-                "over every change row applied, in sequence order."
-            ),
-        )
-        def _history_matches_changes(
-            context: dg.AssetCheckExecutionContext, tracker: DeltaTrackerResource, spark: SparkSessionResource
-        ) -> dg.AssetCheckResult:
-            if open_target(target_path) is None:
-                return dg.AssetCheckResult(passed=True, description="nothing loaded yet")
-            batches = batches_of_run(tracker.for_table(name), context.run.run_id)
-            difference = history_difference(spark.session, table, settings, batches or None)
-            return history_result(difference, "keys written by this run" if batches else "whole table")
-
-        checks += [_scd2_invariants, _history_matches_changes]
+        checks.append(_history_checks)
     return checks

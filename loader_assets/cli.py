@@ -50,6 +50,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--config", required=True, help="YAML or JSON config file")
     run.add_argument("--table", action="append", dest="tables", metavar="NAME", help="only this table (repeatable)")
     run.add_argument("--json", action="store_true", help="print the summary as JSON")
+    run.add_argument("--skip-checks", action="store_true",
+                     help="do not run the asset checks after each load (run validate-consistency when wanted)")
 
     status = sub.add_parser("status", help="lock holders and file counts by status, per table")
     status.add_argument("--config", required=True, help="YAML or JSON config file")
@@ -153,8 +155,8 @@ def _print_fix(report: "FixReport") -> None:
 
 
 def _cmd_validate(args: argparse.Namespace, settings: LoaderSettings) -> int:
-    from loader_assets.resources.lock import run_ended_checker
     from loader_assets.operations import fix_inconsistencies, validate_consistency
+    from loader_assets.resources.lock import run_ended_checker
 
     instance = open_instance()
     try:
@@ -179,8 +181,8 @@ def _cmd_validate(args: argparse.Namespace, settings: LoaderSettings) -> int:
 
 
 def _cmd_fix(args: argparse.Namespace, settings: LoaderSettings) -> int:
-    from loader_assets.resources.lock import run_ended_checker
     from loader_assets.operations import fix_inconsistencies
+    from loader_assets.resources.lock import run_ended_checker
 
     instance = open_instance()
     try:
@@ -358,7 +360,7 @@ def _cmd_run(args: argparse.Namespace, settings: LoaderSettings) -> int:
             settings.table(name)  # ConfigError (exit 2) for an unknown table
     instance = open_instance()
     try:
-        summary = run_pipeline(settings, tables=args.tables, instance=instance)
+        summary = run_pipeline(settings, tables=args.tables, instance=instance, run_checks=not args.skip_checks)
     finally:
         instance.dispose()
     if args.json:

@@ -44,8 +44,9 @@ def build_resources(settings: LoaderSettings) -> dict[str, object]:
     }
 
 
-def build_definitions(settings: LoaderSettings) -> dg.Definitions:
-    """Every table's asset, checks, load job, checks-only job and sensor, plus the shared resources."""
+def build_definitions(settings: LoaderSettings, load_checks: bool = True) -> dg.Definitions:
+    """Every table's asset, checks, load job, checks-only job and sensor, plus the shared resources. With
+    ``load_checks`` false the load jobs leave the checks out (``loader-assets run --skip-checks``)."""
     assets, checks, jobs, sensors = [], [], [], []
     for table in settings.tables:
         asset = build_table_asset(table, settings)
@@ -55,11 +56,13 @@ def build_definitions(settings: LoaderSettings) -> dg.Definitions:
         jobs.append(
             dg.define_asset_job(
                 load_job_name(table.table_name),
-                selection=dg.AssetSelection.assets(asset.key),
+                selection=(dg.AssetSelection.assets(asset.key) if load_checks
+                           else dg.AssetSelection.assets(asset.key).without_checks()),
                 # one run per table at a time (dagster.yaml's tag limit); a failed run is retried by the daemon
                 # retry_attempts times (run_retries must be enabled in dagster.yaml, as it is here)
                 tags={TABLE_TAG: table.table_name, "dagster/max_retries": str(settings.retry_attempts)},
-                description=f"Load new files of {table.table_name} and run its checks.",
+                description=f"Load new files of {table.table_name}"
+                            + (" and run its checks." if load_checks else " (its checks are left out)."),
             )
         )
         jobs.append(

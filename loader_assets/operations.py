@@ -38,7 +38,7 @@ from loader_assets.checks import (
     compare_target_with_tracker,
     exhausted_failures,
     files_with_rows,
-    history_difference,
+    scd2_history_report,
 )
 from loader_assets.core.discovery import list_source_files, resolve
 from loader_assets.core.errors import LockHeldError, TrackerError
@@ -54,7 +54,7 @@ from loader_assets.resources.lock import (
     lock_stale_reason,
 )
 from loader_assets.resources.tracker import DeltaTrackerResource, FileTracker
-from loader_assets.scd2 import HistoryDifference, Scd2Violations, scd2_violations
+from loader_assets.scd2 import HistoryDifference, Scd2Violations
 from loader_assets.settings import LoaderSettings, TableSettings
 from loader_assets.target import batch_commit, open_target, target_txn_version
 from loader_assets.writers import writer_for
@@ -201,8 +201,7 @@ def check_table(
         spark = spark_provider()
         if table.is_scd2:
             result.target = compare_record_with_tracker(spark, tracker, _record(settings, table))
-            result.scd2 = scd2_violations(spark, target_path, table)
-            result.history = history_difference(spark, table, settings)
+            result.scd2, result.history = scd2_history_report(spark, table, settings)
         else:
             result.target = compare_target_with_tracker(spark, tracker, target_path)
     return result

@@ -36,6 +36,7 @@ from loader_assets.settings import CHANGE_RECORD_COLUMNS, TableSettings
 
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame, SparkSession
+    from pyspark.sql.types import StructField
 
 SEQ = "__seq"
 FILE_TIME = "__file_time"
@@ -91,14 +92,15 @@ def with_sequence(
     )
 
 
-def as_change_rows(record: DataFrame, table: TableSettings, columns: Sequence[str]) -> DataFrame:
+def as_change_rows(record: DataFrame, table: TableSettings, fields: Sequence[StructField]) -> DataFrame:
     """Rows of the change record in the shape ``with_sequence`` gives batch rows (``SEQ``, ``FILE_TIME``,
-    ``VALUES`` over ``columns``, ``TRACKED``), so the two compare field by field. A column the record does not
-    have yet (the batch adds it) is NULL there."""
+    ``VALUES`` over ``fields``, ``TRACKED``), so the two compare field by field: each value is cast to the
+    field's type, and a column the record does not have yet (the batch adds it) is a NULL of that type."""
     from pyspark.sql import functions as F
 
     present = set(record.columns)
-    values = F.struct(*[(F.col(c) if c in present else F.lit(None)).alias(c) for c in columns])
+    values = F.struct(*[(F.col(f.name) if f.name in present else F.lit(None)).cast(f.dataType).alias(f.name)
+                        for f in fields])
     return record.select(
         *table.primary_keys, F.col(RECORD_SEQUENCE).alias(SEQ), F.col(RECORD_FILE_TIME).alias(FILE_TIME),
         values.alias(VALUES), _struct(table.tracking_columns).alias(TRACKED), SOURCE_FILE_COLUMN,
@@ -110,15 +112,18 @@ def known_of_keys(record: DataFrame, rows: DataFrame, table: TableSettings) -> D
     the annotation reads it twice."""
     keys = table.primary_keys
     wanted = rows.select(*keys).distinct()
-    return as_change_rows(record.join(wanted, keys, "left_semi"), table, rows.schema[VALUES].dataType.names)
+    return as_change_rows(record.join(wanted, keys, "left_semi"), table, rows.schema[VALUES].dataType.fields)
 
 
 @dataclass
 class Scd2Validation:
-    """Files to fail with their error, and the rows left to apply (annotated, see ``annotate``)."""
+    """Files to fail with their error, and the rows left to apply (annotated, see ``annotate``): how many are
+    new (to record) and how many start a version (to merge)."""
 
     errors: dict[str, str] = field(default_factory=dict)
     rows: DataFrame | None = None
+    new_rows: int = 0
+    changed_rows: int = 0
 
 
 def _add_error(errors: dict[str, str], path: str, message: str) -> None:
@@ -176,41 +181,68 @@ def annotate(rows: DataFrame, table: TableSettings, known: DataFrame | None) -> 
         "__changed", F.col("__new") & (previous_state.isNull() | (previous_state != F.col(TRACKED))))
 
 
-def _problems(annotated: DataFrame, table: TableSettings) -> dict[str, str]:
-    """One aggregation over the flagged rows: an error per file, with a few keys of each kind."""
+@dataclass(frozen=True)
+class BatchSummary:
+    """What one aggregation over an annotated batch found: an error per file, and how many rows are new (to
+    record) and start a version (to merge)."""
+
+    errors: dict[str, str]
+    new_rows: int
+    changed_rows: int
+
+
+KINDS = ("null_key", "null_seq", "ambiguous", "clash", "late")
+
+
+def summarise(annotated: DataFrame, table: TableSettings) -> BatchSummary:
+    """One aggregation over the annotated rows, per file: rows of each problem kind with a few keys of each,
+    and the new and changed rows."""
     from pyspark.sql import functions as F
 
     keys = table.primary_keys
-    flagged = annotated.where("__ambiguous OR __clash OR __late")
+    null_key = F.lit(False)
+    for key in keys:
+        null_key = null_key | F.col(key).isNull()
+    flags = {
+        "null_key": null_key,
+        "null_seq": F.col(SEQ).isNull() & ~null_key,
+        "ambiguous": F.col("__ambiguous") & ~null_key,
+        "clash": F.col("__clash") & ~null_key,
+        "late": F.col("__late") & ~F.col("__ambiguous") & ~F.col("__clash") & ~null_key,
+    }
     at = F.concat(_json(keys), F.lit(" at "), F.col(SEQ).cast("string"))
-    kind = (F.when(F.col("__ambiguous"), F.lit("ambiguous"))
-            .when(F.col("__clash"), F.lit("clash")).otherwise(F.lit("late")))
-    what = F.when(F.col("__late") & ~F.col("__ambiguous") & ~F.col("__clash"),
-                  F.concat(at, F.lit(" (newest change of the key at "), F.col("__last_seq").cast("string"),
-                           F.lit(")"))).otherwise(at)
+    samples = {"ambiguous": at, "clash": at, "late": F.concat(at, F.lit(" (newest change of the key at "),
+                                                               F.col("__last_seq").cast("string"), F.lit(")"))}
     # an ambiguity involves the row's file and the previous row's file
-    files = F.when(F.col("__ambiguous"), F.array(SOURCE_FILE_COLUMN, "__prev_file")).otherwise(
+    files = F.when(flags["ambiguous"], F.array(SOURCE_FILE_COLUMN, "__prev_file")).otherwise(
         F.array(SOURCE_FILE_COLUMN))
-    summary = (
-        flagged.select(F.explode(F.array_distinct(files)).alias("file"), kind.alias("kind"), what.alias("what"))
-        .groupBy("file", "kind")
-        .agg(F.count(F.lit(1)).alias("n"), F.slice(F.collect_list("what"), 1, SAMPLE).alias("sample"))
-        .collect()
-    )
+    columns = [F.explode(F.array_distinct(files)).alias("file"), F.col("__new"), F.col("__changed"),
+               *[flag.alias(f"__is_{kind}") for kind, flag in flags.items()],
+               *[F.when(flags[kind], sample).alias(f"__at_{kind}") for kind, sample in samples.items()]]
+    aggregates = [F.sum(F.col("__new").cast("long")).alias("new"), F.sum(F.col("__changed").cast("long")).alias("changed"),
+                  *[F.sum(F.col(f"__is_{kind}").cast("long")).alias(kind) for kind in KINDS],
+                  *[F.slice(F.collect_list(f"__at_{kind}"), 1, SAMPLE).alias(f"sample_{kind}") for kind in samples]]
+    per_file = annotated.select(*columns).groupBy("file").agg(*aggregates).collect()
     errors: dict[str, str] = {}
-    for row in sorted(summary, key=lambda r: (r["file"], r["kind"])):
-        sample = ", ".join(row["sample"])
-        if row["kind"] == "ambiguous":
-            message = (f"ambiguous: {row['n']} rows have the same key and the same sequence value but different "
-                       f"values as another row of the batch, e.g. {sample}")
-        elif row["kind"] == "clash":
-            message = (f"ambiguous: {row['n']} rows have the same key and sequence value as a change already "
-                       f"applied to the table but different values, e.g. {sample}")
-        else:
-            message = (f"late-arriving change: {row['n']} rows are older than their key's newest applied change "
-                       f"and are refused, e.g. {sample}")
-        _add_error(errors, row["file"], message)
-    return errors
+    for row in sorted(per_file, key=lambda r: r["file"]):
+        path = row["file"]
+        if row["null_key"]:
+            _add_error(errors, path, f"{row['null_key']} rows with a null primary key ({', '.join(keys)})")
+        if row["null_seq"]:
+            _add_error(errors, path, f"{row['null_seq']} rows with a null {table.scd2_sequence_column}")
+        if row["ambiguous"]:
+            _add_error(errors, path, f"ambiguous: {row['ambiguous']} rows have the same key and the same sequence "
+                                     f"value but different values as another row of the batch, e.g. "
+                                     f"{', '.join(row['sample_ambiguous'])}")
+        if row["clash"]:
+            _add_error(errors, path, f"ambiguous: {row['clash']} rows have the same key and sequence value as a "
+                                     f"change already applied to the table but different values, e.g. "
+                                     f"{', '.join(row['sample_clash'])}")
+        if row["late"]:
+            _add_error(errors, path, f"late-arriving change: {row['late']} rows are older than their key's newest "
+                                     f"applied change and are refused, e.g. {', '.join(row['sample_late'])}")
+    return BatchSummary(errors, sum(int(r["new"] or 0) for r in per_file),
+                        sum(int(r["changed"] or 0) for r in per_file))
 
 
 def validate_batch(
@@ -220,43 +252,25 @@ def validate_batch(
     keep: Callable[[DataFrame], DataFrame] = lambda frame: frame,
 ) -> Scd2Validation:
     """Find the files with bad rows (see the module docstring); return the good files' rows, annotated
-    (``annotate``), ready for ``compute_changes``. ``known`` comes from ``known_of_keys``, None when the record
-    is empty. ``keep`` may persist the annotated rows, which the problem search and the writes all read.
+    (``annotate``), ready for ``compute_changes``, and how many are new and changed. ``known`` comes from
+    ``known_of_keys``, None when the record is empty. ``keep`` may persist the annotated rows, which the summary
+    and the writes all read.
 
-    Happy path: one join and one window. When some files fail, the annotation is computed again without them,
-    because a failed file's rows must not take part in the other files' change detection.
+    Happy path: one join, one window and one aggregation (``summarise``). When some files fail, the annotation
+    is computed again without them, because a failed file's rows must not take part in the other files' change
+    detection.
     """
     from pyspark.sql import functions as F
 
-    keys = table.primary_keys
     errors: dict[str, str] = {}
-    key_null = F.lit(False)
-    for key in keys:
-        key_null = key_null | F.col(key).isNull()
-    nulls = (
-        rows.groupBy(SOURCE_FILE_COLUMN)
-        .agg(
-            F.sum(F.when(key_null, 1).otherwise(0)).alias("null_keys"),
-            F.sum(F.when(F.col(SEQ).isNull() & ~key_null, 1).otherwise(0)).alias("null_seq"),
-        )
-        .where("null_keys > 0 OR null_seq > 0")
-        .collect()
-    )
-    for row in nulls:
-        if row["null_keys"]:
-            _add_error(errors, row[SOURCE_FILE_COLUMN],
-                       f"{row['null_keys']} rows with a null primary key ({', '.join(keys)})")
-        if row["null_seq"]:
-            _add_error(errors, row[SOURCE_FILE_COLUMN],
-                       f"{row['null_seq']} rows with a null {table.scd2_sequence_column}")
-    good = rows.where(~F.col(SOURCE_FILE_COLUMN).isin(list(errors))) if errors else rows
-    annotated = keep(annotate(good, table, known))
-    problems = _problems(annotated, table)
-    if problems:
-        for path, message in problems.items():
-            _add_error(errors, path, message)
-        annotated = keep(annotate(rows.where(~F.col(SOURCE_FILE_COLUMN).isin(list(errors))), table, known))
-    return Scd2Validation(errors=errors, rows=annotated)
+    while True:
+        good = rows.where(~F.col(SOURCE_FILE_COLUMN).isin(list(errors))) if errors else rows
+        annotated = keep(annotate(good, table, known))
+        summary = summarise(annotated, table)
+        if not summary.errors:
+            return Scd2Validation(errors=errors, rows=annotated, new_rows=summary.new_rows,
+                                  changed_rows=summary.changed_rows)
+        errors.update(summary.errors)
 
 
 def change_rows(annotated: DataFrame) -> DataFrame:
@@ -372,45 +386,49 @@ def scd2_violations(
             if touched.count() <= SCOPED_CHECK_MAX_KEYS:
                 scoped = frame.join(F.broadcast(touched), list(keys), "left_semi").cache()
                 try:
-                    return _violations(scoped, keys, table)
+                    return violations_of(scoped, table)
                 finally:
                     scoped.unpersist()
         finally:
             touched.unpersist()
-    return _violations(frame, keys, table)
+    return violations_of(frame, table)
 
 
 SCOPED_CHECK_MAX_KEYS = 50_000
 
 
-def _violations(frame: DataFrame, keys: Sequence[str], table: TableSettings) -> Scd2Violations:
+def violations_of(frame: DataFrame, table: TableSettings) -> Scd2Violations:
+    """The three invariants in one pass: one window over each key (its versions in start order, its count of
+    current rows) and one aggregation, with a few keys of each kind of violation."""
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
+    keys = table.primary_keys
     start, end, current = table.scd2_output_columns
+    by_key = Window.partitionBy(*keys)
+    ordered = by_key.orderBy(start)
+    flags = {
+        "keys_without_one_current": (F.sum(F.coalesce(F.col(current).cast("int"), F.lit(0))).over(by_key) != 1)
+        & (F.row_number().over(ordered) == 1),
+        "flag_end_disagreements": (F.col(current) & F.col(end).isNotNull()) | (~F.col(current) & F.col(end).isNull())
+        | F.col(current).isNull(),
+        "interval_breaks": (F.lead(start).over(ordered).isNotNull()
+                            & (F.col(end).isNull() | (F.col(end) != F.lead(start).over(ordered))))
+        | (F.lead(start).over(ordered).isNull() & F.col(end).isNotNull())
+        | (F.col(end).isNotNull() & (F.col(end) <= F.col(start))),
+    }
+    flagged = frame.select(_json(keys).alias("__key"),
+                           *[F.coalesce(flag, F.lit(False)).alias(name) for name, flag in flags.items()])
+    summary = flagged.agg(
+        *[F.sum(F.col(name).cast("long")).alias(name) for name in flags],
+        *[F.slice(F.collect_list(F.when(F.col(name), F.col("__key"))), 1, SAMPLE).alias(f"sample_{name}")
+          for name in flags],
+    ).collect()[0]
     result = Scd2Violations()
-
-    def count_and_sample(bad: DataFrame, name: str) -> int:
-        summary = bad.agg(F.count(F.lit(1)).alias("n"),
-                          F.slice(F.collect_list(_json(keys)), 1, SAMPLE).alias("sample")).collect()[0]
-        if summary["n"]:
-            result.samples[name] = list(summary["sample"])
-        return int(summary["n"])
-
-    per_key = frame.groupBy(*keys).agg(F.sum(F.col(current).cast("int")).alias("currents"))
-    result.keys_without_one_current = count_and_sample(per_key.where("currents != 1"), "keys_without_one_current")
-    disagree = frame.where(
-        (F.col(current) & F.col(end).isNotNull()) | (~F.col(current) & F.col(end).isNull()) | F.col(current).isNull()
-    )
-    result.flag_end_disagreements = count_and_sample(disagree, "flag_end_disagreements")
-    ordered = Window.partitionBy(*keys).orderBy(start)
-    chained = frame.withColumn("__next_start", F.lead(start).over(ordered))
-    breaks = chained.where(
-        (F.col("__next_start").isNotNull() & ((F.col(end).isNull()) | (F.col(end) != F.col("__next_start"))))
-        | (F.col("__next_start").isNull() & F.col(end).isNotNull())
-        | (F.col(end).isNotNull() & (F.col(end) <= F.col(start)))
-    )
-    result.interval_breaks = count_and_sample(breaks, "interval_breaks")
+    for name in flags:
+        setattr(result, name, int(summary[name] or 0))
+        if summary[name]:
+            result.samples[name] = list(summary[f"sample_{name}"])
     return result
 
 
@@ -459,20 +477,29 @@ def compare_history(
     keys = list(table.primary_keys)
     start, end, current = table.scd2_output_columns
     columns = [c for c in target.columns if c not in AUDIT_COLUMNS and c not in table.scd2_output_columns]
+    fields = [target.schema[c] for c in columns]
     if keys_frame is not None:
         target = target.join(keys_frame, keys, "left_semi")
         changes = changes.join(keys_frame, keys, "left_semi")
-    expected = history_from_changes(as_change_rows(changes, table, columns), table)
+    expected = history_from_changes(as_change_rows(changes, table, fields), table)
     actual = target.select(*keys, start, end, current, _struct(columns).alias(VALUES), SOURCE_FILE_COLUMN)
-    shape = [*keys, start, end, current, VALUES, SOURCE_FILE_COLUMN]
-    result = HistoryDifference()
-    for name, left, right in (("missing", expected, actual), ("unexpected", actual, expected)):
-        extra = left.select(*shape).exceptAll(right.select(*shape))
-        summary = extra.agg(F.count(F.lit(1)).alias("n"),
-                            F.slice(F.collect_list(F.concat(_json(keys), F.lit(" from "),
-                                                            F.col(start).cast("string"))), 1, SAMPLE)
-                            .alias("sample")).collect()[0]
-        setattr(result, name, int(summary["n"]))
-        if summary["n"]:
-            result.samples[name] = list(summary["sample"])
+    rest = [end, current, VALUES, SOURCE_FILE_COLUMN]
+    joined = expected.select(*keys, start, *[F.col(c).alias(f"__e_{c}") for c in rest], F.lit(True).alias("__e")).join(
+        actual.select(*keys, start, *[F.col(c).alias(f"__a_{c}") for c in rest], F.lit(True).alias("__a")),
+        [*keys, start], "full_outer")
+    same = F.lit(True)
+    for column in rest:
+        same = same & F.col(f"__e_{column}").eqNullSafe(F.col(f"__a_{column}"))
+    matched = F.col("__e").isNotNull() & F.col("__a").isNotNull() & same
+    label = F.concat(_json(keys), F.lit(" from "), F.col(start).cast("string"))
+    missing, unexpected = F.col("__e").isNotNull() & ~matched, F.col("__a").isNotNull() & ~matched
+    summary = joined.agg(
+        F.sum(missing.cast("long")).alias("missing"), F.sum(unexpected.cast("long")).alias("unexpected"),
+        F.slice(F.collect_list(F.when(missing, label)), 1, SAMPLE).alias("sample_missing"),
+        F.slice(F.collect_list(F.when(unexpected, label)), 1, SAMPLE).alias("sample_unexpected"),
+    ).collect()[0]
+    result = HistoryDifference(missing=int(summary["missing"] or 0), unexpected=int(summary["unexpected"] or 0))
+    for name in ("missing", "unexpected"):
+        if summary[name]:
+            result.samples[name] = list(summary[f"sample_{name}"])
     return result

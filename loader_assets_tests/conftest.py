@@ -33,7 +33,9 @@ def spark() -> Any:
 
     session = get_or_create_spark(
         "local[2]", "loader-assets-tests",
-        {"spark.sql.shuffle.partitions": "2", "spark.ui.enabled": "false", "spark.driver.memory": "2g"},
+        {"spark.sql.shuffle.partitions": "2", "spark.ui.enabled": "false", "spark.driver.memory": "2g",
+         # test tables are tiny: one partition for Delta's log replay saves a second per Delta operation or so
+         "spark.databricks.delta.snapshotPartitions": "1"},
     )
     yield session
     session.stop()

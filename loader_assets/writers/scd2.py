@@ -99,38 +99,36 @@ class Scd2Writer(TableWriter):
         result = validate_batch(rows, batch.table, known, keep=prepared.keep)
         assert result.rows is not None
         prepared.rows = result.rows
+        prepared.extras.update(new_rows=result.new_rows, changed_rows=result.changed_rows)
         return prepared, result.errors
 
     def write(self, batch: ClaimedBatch, prepared: PreparedRows, evolve_schema: bool) -> None:
         from pyspark.sql import functions as F
 
         spark = prepared.rows.sparkSession
-        self.record.append(change_rows(prepared.rows), batch.batch_id, batch.batch_seq, evolve_schema)
+        if prepared.extras.get("new_rows", 1):  # a pure replay records nothing new
+            self.record.append(change_rows(prepared.rows), batch.batch_id, batch.batch_seq, evolve_schema)
         faults.crash_point(faults.AFTER_CHANGE_RECORD)
         changes = compute_changes(prepared.rows, batch.table)
         audit = {LOAD_TIMESTAMP_COLUMN: F.current_timestamp(), BATCH_ID_COLUMN: F.lit(batch.batch_id)}
-        target = open_target(batch.target_path)
-        if target is None:  # a new table: nothing to close, the versions are one append
+        if open_target(batch.target_path) is None:  # a new table: nothing to close, the versions are one append
             inserts = changes.inserts
             for name, value in audit.items():
                 inserts = inserts.withColumn(name, value)
             (inserts.write.format("delta").mode("append").option("mergeSchema", str(evolve_schema).lower())
              .options(**batch.txn_options()).save(batch.target_path))
             return
-        source = merge_source(changes, batch.table, audit).cache()
-        try:
-            if source.isEmpty():  # only repeats: the batch's commit is empty, but there is one
-                self._empty_commit(spark, batch)
-                return
-            target_columns = spark.read.format("delta").load(batch.target_path).columns
-            insert_columns = list(target_columns)
-            if evolve_schema:  # columns new to the table are inserted too (the MERGE adds them)
-                insert_columns += [c for c in changes.inserts.columns if c not in insert_columns]
-                insert_columns += [c for c in audit if c not in insert_columns]
-            with delta_txn(spark, batch.app_id, batch.batch_seq, batch.user_metadata(), evolve_schema):
-                merge_into(spark, batch.target_path, source, batch.table, insert_columns)
-        finally:
-            source.unpersist()
+        if not prepared.extras.get("changed_rows", 1):  # only repeats: the batch's commit is empty, but there is one
+            self._empty_commit(spark, batch)
+            return
+        target_columns = spark.read.format("delta").load(batch.target_path).columns
+        insert_columns = list(target_columns)
+        if evolve_schema:  # columns new to the table are inserted too (the MERGE adds them)
+            insert_columns += [c for c in changes.inserts.columns if c not in insert_columns]
+            insert_columns += [c for c in audit if c not in insert_columns]
+        with delta_txn(spark, batch.app_id, batch.batch_seq, batch.user_metadata(), evolve_schema):
+            merge_into(spark, batch.target_path, merge_source(changes, batch.table, audit), batch.table,
+                       insert_columns)
 
     @staticmethod
     def _empty_commit(spark: SparkSession, batch: ClaimedBatch) -> None:

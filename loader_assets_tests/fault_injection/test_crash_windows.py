@@ -101,7 +101,14 @@ SCD2_POINTS = [p if p not in (faults.AFTER_LOCK, faults.AFTER_COMPLETE) else pyt
 def test_scd2_sigkill_at_each_protocol_point_then_rerun_leaves_history_exact(spark, lake, instance, point):
     from loader_assets.api import run_pipeline
     from loader_assets.scd2 import scd2_violations
-    from loader_assets_tests.integration.test_scd2_load import customers_table, drop, ordered, t, table_state, version
+    from loader_assets_tests.integration.test_scd2_load import (
+        customers_table,
+        drop,
+        ordered,
+        t,
+        table_state,
+        version,
+    )
 
     settings = lake.config(tables=[customers_table()])
     drop(lake, "01.parquet", [(1, "ann", "a@x", "gold", t(1)), (2, "bob", "b@x", "free", t(1))], days_ago=3)
@@ -170,7 +177,12 @@ def test_scd2_reload_after_reset_killed_between_change_record_and_table(spark, l
     """The scd2 crash window of the redesign: the change record took a batch, the table did not. The record's
     rows of that batch do not count, are deleted by the next run, and the reload still recognises every row."""
     from loader_assets.api import run_pipeline
-    from loader_assets_tests.integration.test_reset_and_reload import HISTORY, csv_customers, history, write_extracts
+    from loader_assets_tests.integration.test_reset_and_reload import (
+        HISTORY,
+        csv_customers,
+        history,
+        write_extracts,
+    )
 
     write_extracts(lake)
     settings = lake.config(tables=[csv_customers()], max_files_per_run=2)

@@ -8,7 +8,12 @@ import pytest
 from loader_assets.core import faults
 from loader_assets.resources.lock import DeltaLockResource
 from loader_assets_tests.conftest import target_rows
-from loader_assets_tests.fault_injection.test_crash_windows import cli, expected_rows, seed_files, tracker_statuses
+from loader_assets_tests.fault_injection.test_crash_windows import (
+    cli,
+    expected_rows,
+    seed_files,
+    tracker_statuses,
+)
 
 pytestmark = [pytest.mark.fault, pytest.mark.spark]
 

@@ -4,8 +4,8 @@ import dagster as dg
 import pytest
 
 from loader_assets.api import run_pipeline
-from loader_assets.checks import compare_target_with_tracker
 from loader_assets.assets import build_table_asset
+from loader_assets.checks import compare_target_with_tracker
 from loader_assets.definitions import build_resources
 from loader_assets.resources.tracker import DeltaTrackerResource
 from loader_assets.sensors import range_tags

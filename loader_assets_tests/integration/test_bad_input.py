@@ -16,7 +16,6 @@ import pyarrow.parquet as pq
 import pytest
 
 from loader_assets.api import run_pipeline
-from loader_assets.resources.tracker import DeltaTrackerResource
 from loader_assets_tests.conftest import set_mtime, target_rows
 from loader_assets_tests.integration.test_append_load import assert_consistent, tracker_rows
 

@@ -8,6 +8,7 @@ import pytest
 
 from loader_assets.core.spark_hash import spark_hash, weighted_sums
 
+
 @pytest.mark.spark
 def test_spark_hash_matches_spark_for_every_tail_length_and_non_ascii(spark):
     from pyspark.sql import functions as F

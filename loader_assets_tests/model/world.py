@@ -56,7 +56,8 @@ class World:
         config = {
             "target_root": "lake", "checkpoint_path": "checkpoints", "retry_attempts": retry_attempts,
             "retry_backoff_seconds": 0, "lock_wait_seconds": 900, "max_files_per_run": max_files_per_run,
-            "spark": {"master": "local[2]", "conf": {"spark.sql.shuffle.partitions": "2", "spark.ui.enabled": "false"}},
+            "spark": {"master": "local[2]", "conf": {"spark.sql.shuffle.partitions": "2", "spark.ui.enabled": "false",
+                                                  "spark.databricks.delta.snapshotPartitions": "1"}},
             "tables": [
                 {"table_name": APPEND, "source_path": f"landing/{APPEND}", "file_format": "parquet"},
                 {"table_name": SCD2, "source_path": f"landing/{SCD2}", "file_format": "parquet",

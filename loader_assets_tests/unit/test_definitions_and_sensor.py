@@ -5,9 +5,9 @@ import pytest
 
 from loader_assets.core.errors import ConfigError
 from loader_assets.definitions import CONFIG_ENV, build_definitions, defs
+from loader_assets.planning import pending_work
 from loader_assets.resources.lock import DeltaLockResource
 from loader_assets.resources.tracker import DeltaTrackerResource
-from loader_assets.planning import pending_work
 from loader_assets.sensors import range_tags
 
 PROJECT = Path(__file__).resolve().parents[2]

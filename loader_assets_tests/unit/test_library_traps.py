@@ -6,11 +6,11 @@ partitions. The test shows it on the pinned version; if it starts failing, the d
 decision can be revisited.
 """
 
+import dagster as dg
 import pyarrow as pa
 import pytest
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
-import dagster as dg
 from loader_assets.resources._state_tables import storage_options
 from loader_assets.settings import LoaderSettings
 
