@@ -101,7 +101,7 @@ def _release_stale_lock(lock: TableLock, run_ended: RunEnded) -> None:
         pass  # somebody else took it over first: it is theirs now
 
 
-def _root_cause(error: Any) -> str:
+def _step_failure_message(error: Any) -> str:  # noqa: ANN401 - dagster SerializableErrorInfo
     """The innermost error of a step failure: the loader's own message rather than Dagster's wrapper."""
     while getattr(error, "cause", None) is not None:
         error = error.cause
@@ -162,7 +162,7 @@ def run_pipeline(
                     if not outcome.success:
                         for event in outcome.all_events:
                             if event.is_step_failure and event.step_failure_data:
-                                result.errors.append(_root_cause(event.step_failure_data.error))
+                                result.errors.append(_step_failure_message(event.step_failure_data.error))
                 if result.errors:
                     break
             processed, failed, rows_loaded, failures = _outcome(tracker_resource.for_table(name), result.run_ids)

@@ -145,10 +145,15 @@ def test_corrupt_and_empty_files_fail_alone_while_good_files_load(spark, lake, i
     assert not failed_check.passed and failed_check.severity == dg.AssetCheckSeverity.WARN
     assert "corrupt.parquet" in str(failed_check.metadata["sample"].value)
     # Retries stop at retry_attempts; the good file is never touched again.
+    loaded = {k: rows[str(good)][k] for k in ("batch_id", "batch_seq", "target_version", "updated_at")}
+    commits = spark.sql(f"DESCRIBE HISTORY delta.`{settings.table_path('events')}`").count()
     for _ in range(3):
         run_pipeline(settings, instance=instance)
     rows = tracker_rows(settings)
-    assert rows[str(corrupt)]["retry_count"] == 3 and rows[str(good)]["batch_id"] == rows[str(good)]["batch_id"]
+    assert rows[str(corrupt)]["retry_count"] == 3
+    assert {k: rows[str(good)][k] for k in loaded} == loaded
+    assert spark.sql(f"DESCRIBE HISTORY delta.`{settings.table_path('events')}`").count() == commits
+    assert target_rows(spark, settings, "events") == [(1, "n1", str(good)), (2, "n2", str(good))]
     assert run_pipeline(settings, instance=instance).tables["events"].run_ids == []
     assert_consistent(spark, settings)
 

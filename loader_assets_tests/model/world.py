@@ -53,6 +53,7 @@ class World:
             path.mkdir(parents=True, exist_ok=True)
         self.home = root / "dagster_home"
         self.home.mkdir(exist_ok=True)
+        (self.home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
         config = {
             "target_root": "lake", "checkpoint_path": "checkpoints", "retry_attempts": retry_attempts,
             "retry_backoff_seconds": 0, "lock_wait_seconds": 900, "max_files_per_run": max_files_per_run,
