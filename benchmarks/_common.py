@@ -254,7 +254,7 @@ def loader_phases() -> Iterator[Phases]:
 
     from loader_assets import api, checks, load, operations
     from loader_assets.resources.lock import TableLock
-    from loader_assets.writers import append, base, scd2
+    from loader_assets.writers import append, base, keyed
 
     phases = Phases()
     phases.wrap(dg.JobDefinition, "execute_in_process", "dagster run (whole)", starts_run=True)
@@ -272,14 +272,14 @@ def loader_phases() -> Iterator[Phases]:
     phases.wrap(load, "data_schema_of_target", "target schema (Spark)")
     phases.wrap(load, "read_batch", "read batch (Spark)")
     phases.wrap(append.AppendWriter, "write", "target commit (append)")
-    phases.wrap(scd2.Scd2Writer, "prepare", "scd2 validate")
-    phases.wrap(scd2.Scd2Writer, "write", "target commit (scd2: change record + merge)")
+    phases.wrap(keyed.KeyedWriter, "prepare", "scd2/scd1 validate")
+    phases.wrap(keyed.KeyedWriter, "write", "target commit (scd2/scd1: change record + merge)")
     phases.wrap(load, "batch_commit", "find batch commit (history)")
     phases.wrap(base, "batch_row_counts", "row counts per file (Spark)")
-    phases.wrap(scd2.Scd2Writer, "row_counts", "row counts per file (scd2 change record)")
+    phases.wrap(keyed.KeyedWriter, "row_counts", "row counts per file (change record)")
     phases.wrap(checks, "compare_target_with_tracker", "check: target matches tracker (Spark)")
     phases.wrap(checks, "compare_record_with_tracker", "check: change record matches tracker (Spark)")
-    phases.wrap(checks, "scd2_history_report", "check: scd2 invariants + history matches changes (Spark)")
+    phases.wrap(checks, "keyed_report", "check: scd2/scd1 table matches its change record (Spark)")
     phases.wrap(operations, "compare_target_with_tracker", "validate: target vs tracker (Spark)")
     try:
         yield phases

@@ -75,7 +75,6 @@ def run(
     )
 
     table = settings.table("events")
-    lock = DeltaLockResource(checkpoint_path=settings.checkpoint_path).for_table("events")
     listed = scandir_listing(str(source))
     assert listed == files
     baseline_seconds = common.median_seconds(lambda: scandir_listing(str(source)), repeats)

@@ -14,7 +14,8 @@ from loader_assets.resources.lock import run_ended_checker
 from loader_assets.settings import LoaderSettings, LoadingStrategy, PartitionGranularity, TableSettings
 
 TABLE_TAG = "loader_assets/table"
-IO_MANAGER_KEYS = {LoadingStrategy.APPEND: "append_io_manager", LoadingStrategy.SCD2: "scd2_io_manager"}
+IO_MANAGER_KEYS = {LoadingStrategy.APPEND: "append_io_manager", LoadingStrategy.SCD2: "scd2_io_manager",
+                   LoadingStrategy.SCD1: "scd2_io_manager"}  # scd1 is scd2 without history: the same IO manager
 
 
 def partitions_def_for(table: TableSettings) -> dg.TimeWindowPartitionsDefinition:

@@ -1,14 +1,18 @@
-"""The change record of an SCD2 table: every change row ever applied, as a Delta table written by Spark.
+"""The change record of an scd2 or scd1 table: every change row ever applied, as a Delta table written by Spark.
 
 Layout: ``<target_root>/_changes/<table_name>``: the source columns of each applied change row, its sequence
-(``_change_sequence``), its file's modification time (``_change_file_time``), ``_source_file``, and the batch that recorded it
-(``_batch_id``, ``_change_batch_seq``, ``_load_timestamp``). One row per (key, sequence): a row repeating one already
-recorded is recognised and not recorded again, and one with other values at the same key and sequence is refused.
+(``_change_sequence``), its file's modification time (``_change_file_time``), what it is (``_change_op``: upsert,
+delete, or the marker of a full extract: one row per extract file, keys NULL, at the extract's sequence),
+``_source_file``, and the batch that recorded it (``_batch_id``, ``_change_batch_seq``, ``_load_timestamp``). One
+change row per (key, sequence): a row repeating one already recorded is recognised and not recorded again, and
+one with another op or other values at the same key and sequence is refused.
 
-Why it exists: the history is a function of the set of change rows (docs/CONTRACT.md, "SCD2"), and rows that
-repeated a key's current values leave no trace in the history itself. Without the record, a reload after
-``reset-state`` could not tell those rows from late-arriving ones, and the history could not be checked
-against its definition (``<table>_target_matches_tracker`` for scd2 compares the two).
+Why it exists: the table is a function of the set of change rows (docs/CONTRACT.md, "SCD2 and SCD1"): a late row
+re-threads the history around the rows applied before it, a delete that arrives early waits as a tombstone, a
+full extract deletes the keys absent from it wherever it falls in sequence order, and rows that repeated a key's
+current values, which leave no trace in the table, still decide where a later version starts. The record is
+also how a replay (a reload after ``reset-state``, the same content under a new name) is recognised, and what
+``<table>_history_matches_changes`` checks the table against.
 
 Exactly once, across two tables. A batch writes the record first (an append carrying ``txnAppId =
 loader_assets/<table>/changes``, ``txnVersion = batch_seq``), then its one commit on the target (carrying the
@@ -20,7 +24,7 @@ invisible by the filter above, and the next holder of the lock deletes them befo
 (``drop_uncommitted``: rows with ``_change_batch_seq`` above the target's txn version, done only when the record's own
 txn version says there can be any); a batch whose target write fails in the same run is cleaned the same way
 before its files are split or retried. Batch numbers take the record's txn version into account too
-(``loading.next_batch_sequence``), so a record write is never skipped by Delta for a number used before.
+(``load.next_batch_sequence``), so a record write is never skipped by Delta for a number used before.
 """
 
 from __future__ import annotations
@@ -29,8 +33,9 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from loader_assets.cdc import EXTRACT, RECORD_BATCH_SEQ, RECORD_FILE_TIME, RECORD_OP, RECORD_SEQUENCE, UPSERT
 from loader_assets.reading import BATCH_ID_COLUMN, LOAD_TIMESTAMP_COLUMN, SOURCE_FILE_COLUMN
-from loader_assets.scd2 import RECORD_BATCH_SEQ, RECORD_FILE_TIME, RECORD_SEQUENCE
+from loader_assets.scd2 import version_columns
 from loader_assets.target import app_id, open_target, target_txn_version, txn_version
 
 if TYPE_CHECKING:
@@ -99,13 +104,22 @@ class ChangeRecord:
             .save(self.path)
         )
 
+    @staticmethod
+    def change_rows(frame: DataFrame) -> DataFrame:
+        """The record's change rows, without the markers of full extracts."""
+        from pyspark.sql import functions as F
+
+        if RECORD_OP not in frame.columns:
+            return frame
+        return frame.where(F.coalesce(F.col(RECORD_OP), F.lit(UPSERT)) != F.lit(EXTRACT))
+
     def rows_per_file(self, spark: SparkSession, paths: list[str], up_to: int) -> dict[str, int]:
         """Change rows each file contributed to the record (every batch up to ``up_to``)."""
         from pyspark.sql import functions as F
 
         if not paths or not self.exists():
             return {}
-        counts = (self.committed(spark, up_to).where(F.col(SOURCE_FILE_COLUMN).isin(paths))
+        counts = (self.change_rows(self.committed(spark, up_to)).where(F.col(SOURCE_FILE_COLUMN).isin(paths))
                   .groupBy(SOURCE_FILE_COLUMN).count().collect())
         return {row[SOURCE_FILE_COLUMN]: int(row["count"]) for row in counts}
 
@@ -113,16 +127,17 @@ class ChangeRecord:
         """Create the record of a table loaded before the record existed, from its history: each version is a
         change row (at its start, with its values and ``_source_file``), marked batch 0 so it always counts.
         Rows that repeated a key's values then were never kept anywhere, so they cannot be recovered: a reload
-        of such a row is refused as late-arriving until its file is skipped. Returns the rows recorded."""
+        of such a row is applied again (as a repeat it changes no version). Returns the rows recorded."""
         from pyspark.sql import functions as F
 
         start = table.scd2_effective_date_column
         history = spark.read.format("delta").load(self.target_path)
-        data = [c for c in history.columns if c not in (*table.scd2_output_columns, BATCH_ID_COLUMN,
+        data = [c for c in history.columns if c not in (*version_columns(table), BATCH_ID_COLUMN,
                                                           LOAD_TIMESTAMP_COLUMN)]
         rows = history.select(
             *data, F.col(start).alias(RECORD_SEQUENCE), F.lit(None).cast("timestamp").alias(RECORD_FILE_TIME),
             BATCH_ID_COLUMN, F.lit(0).cast("long").alias(RECORD_BATCH_SEQ), LOAD_TIMESTAMP_COLUMN,
+            F.lit(UPSERT).alias(RECORD_OP),
         )
         rows.write.format("delta").mode("errorifexists").save(self.path)
         count = int(spark.read.format("delta").load(self.path).count())

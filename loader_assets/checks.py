@@ -27,10 +27,11 @@ import dagster as dg
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from loader_assets.cdc import absence_events, as_events, extracts_of, is_full
 from loader_assets.changes import ChangeRecord, changes_location
 from loader_assets.core.spark_hash import spark_hash, weighted_sums
 from loader_assets.core.states import FileStatus
-from loader_assets.reading import BATCH_ID_COLUMN, SOURCE_FILE_COLUMN
+from loader_assets.reading import AUDIT_COLUMNS, BATCH_ID_COLUMN, SOURCE_FILE_COLUMN
 from loader_assets.resources.lock import (
     DeltaLockResource,
     holder_is_live,
@@ -39,12 +40,14 @@ from loader_assets.resources.lock import (
 )
 from loader_assets.resources.spark import SparkSessionResource
 from loader_assets.resources.tracker import DeltaTrackerResource, FileTracker
+from loader_assets.scd1 import compare_rows
 from loader_assets.scd2 import (
     SCOPED_CHECK_MAX_KEYS,
     HistoryDifference,
     Scd2Violations,
     compare_history,
     scd2_violations,
+    version_columns,
     violations_of,
 )
 from loader_assets.settings import LoaderSettings, TableSettings
@@ -164,7 +167,7 @@ def compare_record_with_tracker(
     result.completed_files = expected.num_rows
     counts = pa.table({"file_path": pa.array([], pa.string()), "rows": pa.array([], pa.int64())})
     if record.exists():
-        frame = record.committed(spark)
+        frame = ChangeRecord.change_rows(record.committed(spark))
         if files is not None:
             frame = frame.where(F.col(SOURCE_FILE_COLUMN).isin(list(files)))
         counts = (frame.groupBy(F.col(SOURCE_FILE_COLUMN).alias("file_path"))
@@ -182,33 +185,42 @@ def compare_record_with_tracker(
     return result
 
 
-def scd2_history_report(
+def keyed_report(
     spark: Any, table: TableSettings, settings: LoaderSettings, batch_ids: Sequence[str] | None = None,  # noqa: ANN401
-) -> tuple[Scd2Violations, HistoryDifference]:
-    """An scd2 table's invariants and its versions against the history its change record defines, sharing one
-    scope. With ``batch_ids``, only the keys those batches recorded change rows of (their whole history), unless
-    they are more than ``SCOPED_CHECK_MAX_KEYS`` (then the whole table, cheaper than the join at that size)."""
+) -> tuple[Scd2Violations | None, HistoryDifference]:
+    """An scd2 or scd1 table against what its change record defines (scd2: its versions, plus the history's own
+    invariants; scd1: its rows), sharing one scope. With ``batch_ids``, only the keys those batches recorded
+    change rows of, unless they are more than ``SCOPED_CHECK_MAX_KEYS`` (then the whole table, cheaper than the
+    join at that size); full extracts are always checked whole (an extract deletes keys it does not name)."""
     from pyspark.sql import functions as F
 
     name = table.table_name
     record = ChangeRecord(changes_location(settings.target_root, name), settings.table_path(name), name)
     target = spark.read.format("delta").load(settings.table_path(name))
-    if not record.exists():  # no record: every version of the table is unexpected
-        return (scd2_violations(spark, settings.table_path(name), table),
-                HistoryDifference(unexpected=int(target.count()), samples={"unexpected": ["(no change record)"]}))
+    if not record.exists():  # no record: every row of the table is unexpected
+        violations = scd2_violations(spark, settings.table_path(name), table) if table.is_scd2 else None
+        return violations, HistoryDifference(unexpected=int(target.count()),
+                                             samples={"unexpected": ["(no change record)"]})
     changes = record.committed(spark)
     cached: list[Any] = []
     try:
-        if batch_ids:
-            touched = (changes.where(F.col(BATCH_ID_COLUMN).isin(list(batch_ids))).select(*table.primary_keys)
-                       .distinct().cache())
+        if batch_ids and not is_full(table):
+            touched = (ChangeRecord.change_rows(changes).where(F.col(BATCH_ID_COLUMN).isin(list(batch_ids)))
+                       .select(*table.primary_keys).distinct().cache())
             cached.append(touched)
             if touched.count() <= SCOPED_CHECK_MAX_KEYS:
                 keys = F.broadcast(touched)
                 target = target.join(keys, list(table.primary_keys), "left_semi").cache()
                 changes = changes.join(keys, list(table.primary_keys), "left_semi")
                 cached.append(target)
-        return violations_of(target, table), compare_history(target, changes, table)
+        exclude = (*AUDIT_COLUMNS, *(version_columns(table) if table.is_scd2 else ()))
+        fields = [target.schema[c] for c in target.columns if c not in exclude]
+        events = as_events(changes, table, fields)
+        if is_full(table):
+            events = events.unionByName(absence_events(events, extracts_of(record.committed(spark)), table))
+        if table.is_scd2:
+            return violations_of(target, table), compare_history(target, events, table)
+        return None, compare_rows(target, events, table)
     finally:
         for frame in cached:
             frame.unpersist()
@@ -388,7 +400,8 @@ def scope_label(files: list[str]) -> str:
 def build_table_checks(table: TableSettings, settings: LoaderSettings) -> list[dg.AssetChecksDefinition]:
     name = table.table_name
     target_path = settings.table_path(name)
-    record = ChangeRecord(changes_location(settings.target_root, name), target_path, name) if table.is_scd2 else None
+    record = (ChangeRecord(changes_location(settings.target_root, name), target_path, name) if table.keeps_changes
+              else None)
 
     @dg.asset_check(
         asset=name,
@@ -460,43 +473,43 @@ def build_table_checks(table: TableSettings, settings: LoaderSettings) -> list[d
         )
 
     checks = [_no_failed_files, _target_matches_tracker, _no_orphaned_processing, _lock_not_stale]
-    if table.is_scd2:
+    if table.keeps_changes:
+        matches = f"{name}_history_matches_changes" if table.is_scd2 else f"{name}_rows_match_changes"
+        specs = [dg.AssetCheckSpec(matches, asset=name, description=(
+            "Every version is the one the change record defines: per key, the runs of equal tracked values over "
+            "every change row applied, in sequence order, ended by deletes" if table.is_scd2 else
+            "Every row is the one the change record defines: per key, its latest change, unless that is a delete"))]
+        if table.is_scd2:
+            specs.insert(0, dg.AssetCheckSpec(f"{name}_scd2_invariants", asset=name, description=(
+                "At most one current row per key (exactly one unless keys can be deleted); the current flag is set "
+                "exactly when the end date is NULL; a key's versions never overlap and leave no gaps but deletes.")))
 
-        @dg.multi_asset_check(
-            name=f"{name}_history_checks",
-            specs=[
-                dg.AssetCheckSpec(f"{name}_scd2_invariants", asset=name, description=(
-                    "One current row per key; the current flag is set exactly when the end date is NULL; each "
-                    "key's versions follow one another without gaps or overlaps.")),
-                dg.AssetCheckSpec(f"{name}_history_matches_changes", asset=name, description=(
-                    "Every version is the one the change record defines: per key, the runs of equal tracked "
-                    "values over every change row applied, in sequence order.")),
-            ],
-        )
+        @dg.multi_asset_check(name=f"{name}_history_checks", specs=specs)
         def _history_checks(
             context: dg.AssetCheckExecutionContext, tracker: DeltaTrackerResource, spark: SparkSessionResource
         ) -> Iterator[dg.AssetCheckResult]:
             if open_target(target_path) is None:
-                for check in (f"{name}_scd2_invariants", f"{name}_history_matches_changes"):
-                    yield dg.AssetCheckResult(check_name=check, passed=True, description="nothing loaded yet")
+                for spec in specs:
+                    yield dg.AssetCheckResult(check_name=spec.name, passed=True, description="nothing loaded yet")
                 return
             batches = batches_of_run(tracker.for_table(name), context.run.run_id)
-            scope = "keys written by this run" if batches else "whole table"
-            violations, difference = scd2_history_report(spark.session, table, settings, batches or None)
-            yield dg.AssetCheckResult(
-                check_name=f"{name}_scd2_invariants",
-                passed=violations.ok,
-                severity=dg.AssetCheckSeverity.ERROR,
-                description="history is consistent" if violations.ok else "SCD2 invariants violated",
-                metadata={
-                    "scope": scope,
-                    "keys_without_one_current": violations.keys_without_one_current,
-                    "flag_end_disagreements": violations.flag_end_disagreements,
-                    "interval_breaks": violations.interval_breaks,
-                    "sample_keys": dg.MetadataValue.json(violations.samples),
-                },
-            )
-            yield history_result(difference, scope, f"{name}_history_matches_changes")
+            scope = "keys written by this run" if batches and not is_full(table) else "whole table"
+            violations, difference = keyed_report(spark.session, table, settings, batches or None)
+            if violations is not None:
+                yield dg.AssetCheckResult(
+                    check_name=f"{name}_scd2_invariants",
+                    passed=violations.ok,
+                    severity=dg.AssetCheckSeverity.ERROR,
+                    description="history is consistent" if violations.ok else "SCD2 invariants violated",
+                    metadata={
+                        "scope": scope,
+                        "keys_without_one_current": violations.keys_without_one_current,
+                        "flag_end_disagreements": violations.flag_end_disagreements,
+                        "interval_breaks": violations.interval_breaks,
+                        "sample_keys": dg.MetadataValue.json(violations.samples),
+                    },
+                )
+            yield history_result(difference, scope, matches)
 
         checks.append(_history_checks)
     return checks

@@ -38,7 +38,7 @@ from loader_assets.checks import (
     compare_target_with_tracker,
     exhausted_failures,
     files_with_rows,
-    scd2_history_report,
+    keyed_report,
 )
 from loader_assets.core.discovery import list_source_files, resolve
 from loader_assets.core.errors import LockHeldError, TrackerError
@@ -199,9 +199,9 @@ def check_table(
     result.failed_beyond_retry = sorted(failed["file_path"].to_pylist())
     if open_target(target_path) is not None:
         spark = spark_provider()
-        if table.is_scd2:
+        if table.keeps_changes:
             result.target = compare_record_with_tracker(spark, tracker, _record(settings, table))
-            result.scd2, result.history = scd2_history_report(spark, table, settings)
+            result.scd2, result.history = keyed_report(spark, table, settings)
         else:
             result.target = compare_target_with_tracker(spark, tracker, target_path)
     return result
@@ -300,11 +300,11 @@ def adopt_untracked(
     from pyspark.sql import functions as F
 
     name = table.table_name
-    if table.is_scd2:
+    if table.keeps_changes:
         record = _record(settings, table)
         if not record.exists():
             return []
-        frame = record.committed(spark_provider())
+        frame = ChangeRecord.change_rows(record.committed(spark_provider()))
     else:
         if open_target(settings.table_path(name)) is None:
             return []

@@ -24,8 +24,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from loader_assets.core.errors import ConfigError
 
 AUDIT_COLUMNS = ("_source_file", "_load_timestamp", "_batch_id")
-# the SCD2 change record's own columns (changes.py): a row's sequence, its file's time, the batch that recorded it
-CHANGE_RECORD_COLUMNS = ("_change_sequence", "_change_file_time", "_change_batch_seq")
+# the change record's own columns (changes.py): a row's sequence, its file's time, the batch that recorded it, and
+# what the row is (upsert, delete, or the marker of a full extract)
+CHANGE_RECORD_COLUMNS = ("_change_sequence", "_change_file_time", "_change_batch_seq", "_change_op")
 
 _TABLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -43,6 +44,29 @@ class LoadingStrategy(str, Enum):
 
     APPEND = "append"
     SCD2 = "scd2"
+    SCD1 = "scd1"
+
+
+class LateArriving(str, Enum):
+    """An scd2 change older than its key's newest applied change."""
+
+    RETHREAD = "rethread"  # the history is recomputed: it depends on the set of change rows, not their order
+    REFUSE = "refuse"  # the file fails, naming file and key
+
+
+class ExtractMode(str, Enum):
+    """What a file of an scd2 or scd1 table is."""
+
+    INCREMENTAL = "incremental"  # changes: rows to apply (and, with delete_condition, deletes)
+    FULL = "full"  # the whole source at the file's sequence: keys absent from it are deleted there
+
+
+class HardDeletes(str, Enum):
+    """How a key absent from a full extract is treated (dbt snapshots' ``hard_deletes``)."""
+
+    IGNORE = "ignore"  # nothing happens: its current version stays current
+    INVALIDATE = "invalidate"  # its current version is closed at the extract's sequence; no current row
+    NEW_RECORD = "new_record"  # a deletion version starts there, flagged by scd2_deleted_flag_column
 
 
 class OnFileChange(str, Enum):
@@ -173,8 +197,8 @@ class TableSettings(_Frozen):
 
     _stringify = field_validator("read_options", mode="before")(lambda value: _string_mapping(value))
 
-    # SCD2 (seed guide field names). Required for loading_strategy scd2, not allowed otherwise.
-    primary_keys: list[str] = Field(default_factory=list, description="Columns that identify a row (scd2).")
+    # SCD2 (seed guide field names) and SCD1. Keys are required for scd2 and scd1, not allowed otherwise.
+    primary_keys: list[str] = Field(default_factory=list, description="Columns that identify a row (scd2, scd1).")
     tracking_columns: list[str] = Field(
         default_factory=list, description="Columns whose change makes a new version (scd2); others are carried."
     )
@@ -183,12 +207,47 @@ class TableSettings(_Frozen):
     scd2_current_flag_column: str = Field(default="is_current", description="True on the current version.")
     scd2_sequence_column: str | None = Field(
         default=None,
-        description="Source column holding the change time (scd2); without it, the file's modification time.",
+        description="Source column holding the change time (scd2, scd1); without it, the file's modification time.",
+    )
+    late_arriving: LateArriving = Field(
+        default=LateArriving.RETHREAD,
+        description="scd2: a change older than its key's newest applied change re-threads the history, or is refused.",
+    )
+    delete_condition: str | None = Field(
+        default=None,
+        description="SQL boolean over the source row that marks a row as a delete of its key (scd2, scd1), "
+        "e.g. op = 'D'.",
+    )
+    extract_mode: ExtractMode = Field(
+        default=ExtractMode.INCREMENTAL,
+        description="scd2, scd1: each file holds changes (incremental), or the whole source at its sequence (full).",
+    )
+    hard_deletes: HardDeletes = Field(
+        default=HardDeletes.IGNORE,
+        description="full extracts: a key absent from an extract is ignored, invalidated (closed), or gets a deletion "
+        "version (new_record, scd2). With new_record, every delete is a deletion version.",
+    )
+    scd2_deleted_flag_column: str = Field(
+        default="is_deleted", description="scd2 with hard_deletes new_record: true on deletion versions.",
     )
 
     @property
     def is_scd2(self) -> bool:
         return self.loading_strategy is LoadingStrategy.SCD2
+
+    @property
+    def is_scd1(self) -> bool:
+        return self.loading_strategy is LoadingStrategy.SCD1
+
+    @property
+    def keeps_changes(self) -> bool:
+        """scd2 and scd1 tables apply change rows by key and keep every one applied in the change record."""
+        return self.loading_strategy in (LoadingStrategy.SCD2, LoadingStrategy.SCD1)
+
+    @property
+    def flags_deletions(self) -> bool:
+        """scd2 with hard_deletes new_record: a delete is a version flagged by scd2_deleted_flag_column."""
+        return self.is_scd2 and self.hard_deletes is HardDeletes.NEW_RECORD
 
     @property
     def scd2_output_columns(self) -> tuple[str, str, str]:
@@ -198,19 +257,40 @@ class TableSettings(_Frozen):
         """Columns the loader writes itself: the audit columns, the SCD2 columns and the change record's columns
         of an scd2 table, and ``_rescued_data`` when ``schema_evolution`` is rescue."""
         rescue = (RESCUED_DATA_COLUMN,) if self.schema_evolution is SchemaEvolution.RESCUE else ()
-        scd2 = (*self.scd2_output_columns, *CHANGE_RECORD_COLUMNS) if self.is_scd2 else ()
-        return {*AUDIT_COLUMNS, *scd2, *rescue}
+        changes = CHANGE_RECORD_COLUMNS if self.keeps_changes else ()
+        scd2 = self.scd2_output_columns if self.is_scd2 else ()
+        deleted = (self.scd2_deleted_flag_column,) if self.flags_deletions else ()
+        return {*AUDIT_COLUMNS, *scd2, *changes, *deleted, *rescue}
 
     @model_validator(mode="after")
     def _strategy_fields(self) -> TableSettings:
         name = self.table_name
-        if self.loading_strategy is not LoadingStrategy.SCD2:
-            given = [f for f in ("primary_keys", "tracking_columns", "scd2_sequence_column") if getattr(self, f)]
+        cdc_fields = ("primary_keys", "scd2_sequence_column", "delete_condition")
+        if not self.keeps_changes:
+            given = [f for f in (*cdc_fields, "tracking_columns") if getattr(self, f)]
+            if self.extract_mode is not ExtractMode.INCREMENTAL:
+                given.append("extract_mode")
+            if self.hard_deletes is not HardDeletes.IGNORE:
+                given.append("hard_deletes")
             if given:
-                raise ValueError(f"table {name!r}: {', '.join(given)} only apply to loading_strategy scd2")
+                raise ValueError(f"table {name!r}: {', '.join(given)} only apply to loading_strategy scd2 or scd1")
             return self
         if not self.primary_keys:
-            raise ValueError(f"table {name!r}: loading_strategy scd2 requires primary_keys")
+            raise ValueError(f"table {name!r}: loading_strategy {self.loading_strategy.value} requires primary_keys")
+        if len(set(self.primary_keys)) != len(self.primary_keys):
+            raise ValueError(f"table {name!r}: primary_keys lists a column twice: {self.primary_keys}")
+        if self.hard_deletes is not HardDeletes.IGNORE and self.extract_mode is not ExtractMode.FULL \
+                and not self.delete_condition:
+            raise ValueError(f"table {name!r}: hard_deletes {self.hard_deletes.value} needs extract_mode full or a "
+                             "delete_condition (there is nothing to delete otherwise)")
+        if self.is_scd1:
+            if self.tracking_columns:
+                raise ValueError(f"table {name!r}: tracking_columns only apply to scd2 (scd1 keeps the latest row)")
+            if self.hard_deletes is HardDeletes.NEW_RECORD:
+                raise ValueError(f"table {name!r}: hard_deletes new_record keeps history: use scd2")
+            if self.scd2_sequence_column in self.primary_keys:
+                raise ValueError(f"table {name!r}: scd2_sequence_column must not be a primary key")
+            return self
         if not self.tracking_columns:
             raise ValueError(f"table {name!r}: loading_strategy scd2 requires tracking_columns")
         for field_name in ("primary_keys", "tracking_columns"):
@@ -220,9 +300,10 @@ class TableSettings(_Frozen):
         overlap = sorted(set(self.primary_keys) & set(self.tracking_columns))
         if overlap:
             raise ValueError(f"table {name!r}: tracking_columns must not include primary keys: {overlap}")
-        outputs = list(self.scd2_output_columns)
-        if len(set(outputs)) != 3:
-            raise ValueError(f"table {name!r}: the scd2 effective, end and current columns must differ: {outputs}")
+        outputs = [*self.scd2_output_columns, *([self.scd2_deleted_flag_column] if self.flags_deletions else [])]
+        if len(set(outputs)) != len(outputs):
+            raise ValueError(f"table {name!r}: the scd2 effective, end, current (and deleted) columns must differ: "
+                             f"{outputs}")
         sources = set(self.primary_keys) | set(self.tracking_columns)
         if self.scd2_sequence_column:
             sources.add(self.scd2_sequence_column)
@@ -237,7 +318,7 @@ class TableSettings(_Frozen):
         return self
 
     def required_columns(self) -> list[str]:
-        """Source columns every file must have: keys, tracking columns and the sequence column (scd2)."""
+        """Source columns every file must have: keys, tracking columns and the sequence column (scd2, scd1)."""
         columns = [*self.primary_keys, *self.tracking_columns]
         if self.scd2_sequence_column and self.scd2_sequence_column not in columns:
             columns.append(self.scd2_sequence_column)

@@ -3,7 +3,7 @@
 A table asset returns an immutable :class:`~loader_assets.load.LoadRequest`; its IO manager's ``handle_output``
 runs the whole load inside one ``with TableLoad(...)`` block, so the table's lease, the claimed batch and
 everything cached for it live and die in that one call (docs/ARCHITECTURE.md, "A batch"). The two IO managers
-differ only in their writer: ``AppendWriter`` or ``Scd2Writer`` (``writers/``). ``load_input`` gives the whole
+differ only in their writer: ``AppendWriter`` or ``KeyedWriter`` (``writers/``). ``load_input`` gives the whole
 target table to a downstream asset as a Spark DataFrame.
 """
 
@@ -18,7 +18,7 @@ from loader_assets.resources.tracker import DeltaTrackerResource
 from loader_assets.settings import LoaderSettings, TableSettings, quarantine_location
 from loader_assets.writers.append import AppendWriter
 from loader_assets.writers.base import TableWriter
-from loader_assets.writers.scd2 import Scd2Writer
+from loader_assets.writers.keyed import KeyedWriter
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame
@@ -114,7 +114,8 @@ class DeltaAppendIOManager(DeltaTableIOManager):
 
 
 class DeltaScd2IOManager(DeltaTableIOManager):
-    """Keeps full history per key: one change-record append and one MERGE per batch (``writers/scd2.py``).
+    """Keeps full history per key (scd2) or the latest row per key (scd1): one change-record append and one MERGE
+    per batch (``writers/keyed.py``); the table's ``loading_strategy`` says which.
 
     Example::
 
@@ -124,4 +125,4 @@ class DeltaScd2IOManager(DeltaTableIOManager):
     """
 
     def writer(self, table: TableSettings, settings: LoaderSettings) -> TableWriter:
-        return Scd2Writer(table, settings)
+        return KeyedWriter(table, settings)

@@ -3,9 +3,9 @@
 from loader_assets.settings import LoaderSettings, TableSettings
 from loader_assets.writers.append import AppendWriter
 from loader_assets.writers.base import TableWriter
-from loader_assets.writers.scd2 import Scd2Writer
+from loader_assets.writers.keyed import KeyedWriter
 
 
 def writer_for(table: TableSettings, settings: LoaderSettings) -> TableWriter:
     """The writer of ``table``'s loading strategy."""
-    return Scd2Writer(table, settings) if table.is_scd2 else AppendWriter(table, settings)
+    return KeyedWriter(table, settings) if table.keeps_changes else AppendWriter(table, settings)

@@ -11,11 +11,11 @@ from pyspark.sql import functions as F
 
 from loader_assets.api import run_pipeline
 from loader_assets.changes import ChangeRecord, changes_location
-from loader_assets.checks import compare_record_with_tracker, scd2_history_report
+from loader_assets.checks import compare_record_with_tracker, keyed_report
 from loader_assets.resources.tracker import DeltaTrackerResource
 from loader_assets.scd2 import scd2_violations
 from loader_assets.target import target_txn_version
-from loader_assets.writers.scd2 import TXN_APP_ID_CONF, TXN_VERSION_CONF, delta_txn
+from loader_assets.writers.keyed import TXN_APP_ID_CONF, TXN_VERSION_CONF, delta_txn
 
 pytestmark = pytest.mark.spark
 
@@ -70,7 +70,7 @@ def version(cid, name, email, tier, start, end):
 
 def load_and_check(spark, settings, instance):
     summary = run_pipeline(settings, instance=instance)
-    violations, difference = scd2_history_report(spark, settings.tables[0], settings)
+    violations, difference = keyed_report(spark, settings.tables[0], settings)
     assert violations.ok, violations
     assert difference.ok, difference
     tracker = DeltaTrackerResource(checkpoint_path=settings.checkpoint_path).for_table("customers")

@@ -1,13 +1,18 @@
-"""SCD2: a batch becomes its change rows in the change record, then one Delta MERGE on the target.
+"""SCD2 and SCD1: a batch becomes its change rows in the change record, then one Delta MERGE on the target.
 
-The version logic lives in ``loader_assets.scd2``, the change record in ``loader_assets.changes``; this module
-wires them to the protocol. Order per batch: (1) the change record takes the batch's new change rows (one commit
-carrying the record's own txn); (2) the target takes one commit carrying the batch's txn: the MERGE that closes
-current versions and inserts new ones, an append for a table's first batch, or an empty append when the batch
-changes no version (its rows only repeat current values). The MERGE carries the txn through the session confs
+The definitions live in ``loader_assets.scd2`` (versions) and ``loader_assets.scd1`` (latest row), the change rows
+and their validation in ``loader_assets.cdc``, the record in ``loader_assets.changes``; this module wires them to
+the protocol. Per batch: (1) the change record takes the batch's new change rows (and, for full extracts, one
+marker per file), one commit carrying the record's own txn; (2) the target takes one commit carrying the batch's
+txn: the MERGE that moves the batch's keys from the table they had (the record's events before the batch) to the
+table they have now (with the batch's events), an append for a table's first batch, or an empty append when the
+batch only replays change rows already applied. The MERGE carries the txn through the session confs
 ``spark.databricks.delta.write.txnAppId`` / ``txnVersion`` (with ``txnVersion.autoReset.enabled``) and its
 userMetadata through ``spark.databricks.delta.commitInfo.userMetadata``, set right before it and unset in
 ``finally``, because a left-over pair would silently skip the session's next write of any kind.
+
+Which keys a batch touches: those of its rows (incremental extracts); every key (full extracts, since an extract
+deletes the keys absent from it, wherever it falls in sequence order).
 
 Crash window between (1) and (2): the record holds the batch's rows and the target does not. The rows do not
 count (reads keep ``_change_batch_seq <=`` the target's txn version) and are deleted by the next holder's
@@ -21,24 +26,37 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from loader_assets.batch import ClaimedBatch, PreparedRows
-from loader_assets.changes import ChangeRecord, changes_location
-from loader_assets.core import faults
-from loader_assets.reading import BATCH_ID_COLUMN, LOAD_TIMESTAMP_COLUMN
-from loader_assets.scd2 import (
+from loader_assets.cdc import (
+    VALUES,
+    absence_events,
+    as_events,
     change_rows,
-    compute_changes,
+    extract_markers,
+    extracts_of,
+    is_full,
     known_of_keys,
-    merge_into,
-    merge_source,
+    marker_rows,
+    new_events,
     validate_batch,
     with_sequence,
+)
+from loader_assets.changes import ChangeRecord, changes_location
+from loader_assets.core import faults
+from loader_assets.reading import BATCH_ID_COLUMN, LOAD_TIMESTAMP_COLUMN, SOURCE_FILE_COLUMN
+from loader_assets.scd1 import latest_from_events, merge_rows, row_diff, rows_frame
+from loader_assets.scd2 import (
+    history_from_events,
+    merge_versions,
+    version_columns,
+    version_diff,
+    versions_frame,
 )
 from loader_assets.settings import LoaderSettings, TableSettings
 from loader_assets.target import open_target, target_txn_version
 from loader_assets.writers.base import SparkProvider, TableWriter
 
 if TYPE_CHECKING:
-    from pyspark.sql import DataFrame, SparkSession
+    from pyspark.sql import Column, DataFrame, SparkSession
 
 TXN_APP_ID_CONF = "spark.databricks.delta.write.txnAppId"
 TXN_VERSION_CONF = "spark.databricks.delta.write.txnVersion"
@@ -68,8 +86,8 @@ def delta_txn(
             spark.conf.unset(key)
 
 
-class Scd2Writer(TableWriter):
-    """Keeps full history per key (see ``loader_assets.scd2`` for the definition)."""
+class KeyedWriter(TableWriter):
+    """scd2 (full history per key) and scd1 (latest row per key) tables: see the module docstring."""
 
     def __init__(self, table: TableSettings, settings: LoaderSettings) -> None:
         super().__init__(table, settings)
@@ -92,43 +110,73 @@ class Scd2Writer(TableWriter):
         # The batch's rows and what the record knows of the batch's keys are each read by several steps:
         # computed once and kept for the batch, instead of re-reading the files and the record each time.
         rows = prepared.keep(with_sequence(spark, frame, batch.table, batch.file_times))
-        known = None
+        known, committed = None, None
         if self.record.exists():
             committed = self.record.committed(spark, target_txn_version(self.target_path, self.table.table_name))
-            known = prepared.keep(known_of_keys(committed, rows, batch.table))
+            fields = rows.schema[VALUES].dataType.fields
+            known = prepared.keep(as_events(committed, batch.table, fields) if is_full(batch.table)
+                                  else known_of_keys(committed, rows, batch.table))
         result = validate_batch(rows, batch.table, known, keep=prepared.keep)
         assert result.rows is not None
         prepared.rows = result.rows
-        prepared.extras.update(new_rows=result.new_rows, changed_rows=result.changed_rows)
+        prepared.extras.update(new_rows=result.new_rows, late_rows=result.late_rows, known=known,
+                               committed=committed)
         return prepared, result.errors
 
     def write(self, batch: ClaimedBatch, prepared: PreparedRows, evolve_schema: bool) -> None:
         from pyspark.sql import functions as F
 
         spark = prepared.rows.sparkSession
-        if prepared.extras.get("new_rows", 1):  # a pure replay records nothing new
-            self.record.append(change_rows(prepared.rows), batch.batch_id, batch.batch_seq, evolve_schema)
+        table = batch.table
+        full = is_full(table)
+        markers = extract_markers(prepared.rows, table, batch.file_times, batch.paths) if full else None
+        recorded = change_rows(prepared.rows)
+        if markers is not None:
+            recorded = recorded.unionByName(marker_rows(markers, recorded))
+        if prepared.extras.get("new_rows") or markers is not None:  # a pure replay records nothing new
+            self.record.append(recorded, batch.batch_id, batch.batch_seq, evolve_schema)
         faults.crash_point(faults.AFTER_CHANGE_RECORD)
-        changes = compute_changes(prepared.rows, batch.table)
         audit = {LOAD_TIMESTAMP_COLUMN: F.current_timestamp(), BATCH_ID_COLUMN: F.lit(batch.batch_id)}
-        if open_target(batch.target_path) is None:  # a new table: nothing to close, the versions are one append
-            inserts = changes.inserts
-            for name, value in audit.items():
-                inserts = inserts.withColumn(name, value)
-            (inserts.write.format("delta").mode("append").option("mergeSchema", str(evolve_schema).lower())
-             .options(**batch.txn_options()).save(batch.target_path))
+        if not prepared.extras.get("new_rows") and markers is None and open_target(batch.target_path) is not None:
+            self._empty_commit(spark, batch)  # only replays: the batch's commit is empty, but there is one
             return
-        if not prepared.extras.get("changed_rows", 1):  # only repeats: the batch's commit is empty, but there is one
-            self._empty_commit(spark, batch)
+        known: DataFrame | None = prepared.extras.get("known")
+        batch_events = new_events(prepared.rows, table)
+        before = known if known is not None else batch_events.limit(0)
+        after = before.unionByName(batch_events)
+        if full:
+            committed = prepared.extras.get("committed")
+            old_extracts = extracts_of(committed) if committed is not None else markers.limit(0)
+            before = before.unionByName(absence_events(before, old_extracts, table))
+            after = after.unionByName(absence_events(after, old_extracts.unionByName(markers), table))
+        if open_target(batch.target_path) is None:  # a new table: the whole table is one append
+            rows = self._table_rows(after, audit)
+            (rows.write.format("delta").mode("append").option("mergeSchema", str(evolve_schema).lower())
+             .options(**batch.txn_options()).save(batch.target_path))
             return
         target_columns = spark.read.format("delta").load(batch.target_path).columns
         insert_columns = list(target_columns)
         if evolve_schema:  # columns new to the table are inserted too (the MERGE adds them)
-            insert_columns += [c for c in changes.inserts.columns if c not in insert_columns]
-            insert_columns += [c for c in audit if c not in insert_columns]
+            insert_columns += [c for c in prepared.rows.schema[VALUES].dataType.names if c not in insert_columns]
+            insert_columns += [c for c in (*version_columns(table), SOURCE_FILE_COLUMN, *audit)
+                               if c not in insert_columns and (table.is_scd2 or c not in version_columns(table))]
         with delta_txn(spark, batch.app_id, batch.batch_seq, batch.user_metadata(), evolve_schema):
-            merge_into(spark, batch.target_path, merge_source(changes, batch.table, audit), batch.table,
-                       insert_columns)
+            self._merge(spark, batch, before, after, insert_columns, audit)
+
+    def _table_rows(self, events: DataFrame, audit: Mapping[str, Column]) -> DataFrame:
+        if self.table.is_scd2:
+            return versions_frame(history_from_events(events, self.table), self.table, audit)
+        return rows_frame(latest_from_events(events, self.table), audit)
+
+    def _merge(self, spark: SparkSession, batch: ClaimedBatch, before: DataFrame, after: DataFrame,
+               insert_columns: list[str], audit: Mapping[str, Column]) -> None:
+        table = self.table
+        if table.is_scd2:
+            diff = version_diff(history_from_events(before, table), history_from_events(after, table), table)
+            merge_versions(spark, batch.target_path, diff, table, insert_columns, audit)
+        else:
+            diff = row_diff(latest_from_events(before, table), latest_from_events(after, table), table)
+            merge_rows(spark, batch.target_path, diff, table, insert_columns, audit)
 
     @staticmethod
     def _empty_commit(spark: SparkSession, batch: ClaimedBatch) -> None:
@@ -141,5 +189,5 @@ class Scd2Writer(TableWriter):
     def row_counts(self, spark: SparkSession, batch: ClaimedBatch, commit: Mapping[str, Any],
                    footer_rows: Mapping[str, int]) -> dict[str, int]:
         """Change rows each file contributed to the record (all its batches): what the table's history holds
-        of the file, and what ``<table>_target_matches_tracker`` compares for scd2 tables."""
+        of the file, and what ``<table>_target_matches_tracker`` compares for scd2 and scd1 tables."""
         return self.record.rows_per_file(spark, batch.paths, batch.batch_seq)

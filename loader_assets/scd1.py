@@ -1,0 +1,99 @@
+"""SCD1 in Spark: the latest row per key that a set of change rows defines, and the one MERGE that applies it.
+
+The definition (docs/CONTRACT.md, "SCD2 and SCD1"): for a key, its latest event in sequence order (then file
+time, then path) decides: an upsert is the key's row, with its values and ``_source_file``; a delete means the
+key has no row. An older change that arrives after a newer one is *stale*: it is recorded (so a later, even older
+delete or a replay is judged right) and changes nothing; runs count such rows. Deletes that arrive before the rows
+they delete are kept in the record as tombstones, so a stale upsert never revives a deleted key.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
+
+from loader_assets.cdc import FILE_TIME, OP, SEQ, UPSERT, VALUES, key_json, struct_of
+from loader_assets.reading import AUDIT_COLUMNS, SOURCE_FILE_COLUMN
+from loader_assets.scd2 import ACTION, INSERT, MERGE_KEY_PREFIX, REMOVE, UPDATE, HistoryDifference, difference
+from loader_assets.settings import TableSettings
+
+if TYPE_CHECKING:
+    from pyspark.sql import Column, DataFrame, SparkSession
+
+
+def latest_from_events(events: DataFrame, table: TableSettings) -> DataFrame:
+    """The rows ``events`` define: per key, the latest event if it is an upsert. Columns: keys, ``VALUES``,
+    ``_source_file``."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    keys = list(table.primary_keys)
+    newest_first = Window.partitionBy(*keys).orderBy(F.col(SEQ).desc(), F.col(FILE_TIME).desc(),
+                                                      F.col(SOURCE_FILE_COLUMN).desc(), F.col(OP).desc())
+    return (events.withColumn("__rank", F.row_number().over(newest_first))
+            .where((F.col("__rank") == 1) & (F.col(OP) == F.lit(UPSERT)))
+            .select(*keys, VALUES, SOURCE_FILE_COLUMN))
+
+
+def row_diff(old: DataFrame, new: DataFrame, table: TableSettings) -> DataFrame:
+    """What turns rows ``old`` into ``new`` (both from ``latest_from_events``, same keys): one row per key to insert,
+    update (other values or another source file) or delete, with its merge keys and its new values."""
+    from pyspark.sql import functions as F
+
+    keys = list(table.primary_keys)
+    rest = [VALUES, SOURCE_FILE_COLUMN]
+    joined = old.select(*keys, *[F.col(c).alias(f"__old_{c}") for c in rest], F.lit(True).alias("__in_old")).join(
+        new.withColumn("__in_new", F.lit(True)), keys, "full_outer")
+    same = F.lit(True)
+    for column in rest:
+        same = same & F.col(f"__old_{column}").eqNullSafe(F.col(column))
+    action = (F.when(F.col("__in_old").isNull(), F.lit(INSERT)).when(F.col("__in_new").isNull(), F.lit(REMOVE))
+              .when(~same, F.lit(UPDATE)))
+    replaced = F.col("__in_old").isNotNull()
+    return joined.select(*[F.when(replaced, F.col(k)).alias(MERGE_KEY_PREFIX + k) for k in keys],
+                         action.alias(ACTION), *keys, VALUES, SOURCE_FILE_COLUMN).where(F.col(ACTION).isNotNull())
+
+
+def merge_rows(spark: SparkSession, target_path: str, diff: DataFrame, table: TableSettings,
+               insert_columns: Sequence[str], audit: Mapping[str, Column]) -> None:
+    """One MERGE (one commit) applying ``row_diff``: matched on the key, update (values, source file and audit
+    columns: the row is the batch's now) or delete; not matched, insert."""
+    from delta.tables import DeltaTable
+    from pyspark.sql import functions as F
+
+    values = diff.schema[VALUES].dataType.names
+    source = diff.select("*", *[F.col(f"{VALUES}.{c}").alias(c) for c in values if c not in diff.columns],
+                         *[value.alias(name) for name, value in audit.items()])
+    condition = " AND ".join(f"t.`{k}` = s.`{MERGE_KEY_PREFIX}{k}`" for k in table.primary_keys)
+    changed = [*values, SOURCE_FILE_COLUMN, *audit]
+    (
+        DeltaTable.forPath(spark, target_path).alias("t")
+        .merge(source.alias("s"), condition)
+        .whenMatchedUpdate(condition=f"s.`{ACTION}` = '{UPDATE}'", set={c: f"s.`{c}`" for c in changed})
+        .whenMatchedDelete(condition=f"s.`{ACTION}` = '{REMOVE}'")
+        .whenNotMatchedInsert(condition=f"s.`{ACTION}` = '{INSERT}'", values={c: f"s.`{c}`" for c in insert_columns})
+        .execute()
+    )
+
+
+def rows_frame(latest: DataFrame, audit: Mapping[str, Column]) -> DataFrame:
+    """Latest rows as table rows (a new table's first commit): source columns and audit columns."""
+    from pyspark.sql import functions as F
+
+    values = latest.schema[VALUES].dataType.names
+    return latest.select(*[F.col(f"{VALUES}.{c}").alias(c) for c in values], SOURCE_FILE_COLUMN,
+                         *[value.alias(name) for name, value in audit.items()])
+
+
+def table_rows(target: DataFrame, table: TableSettings) -> DataFrame:
+    """An scd1 table's rows in ``latest_from_events``'s shape."""
+    columns = [c for c in target.columns if c not in AUDIT_COLUMNS]
+    return target.select(*table.primary_keys, struct_of(columns).alias(VALUES), SOURCE_FILE_COLUMN)
+
+
+def compare_rows(target: DataFrame, events: DataFrame, table: TableSettings) -> HistoryDifference:
+    """The table's rows against ``latest_from_events`` of the record's events (already scoped): keys, values and
+    ``_source_file``; a key in the table twice counts as unexpected."""
+    label = key_json(table.primary_keys)
+    return difference(latest_from_events(events, table), table_rows(target, table), list(table.primary_keys),
+                      [VALUES, SOURCE_FILE_COLUMN], label)
