@@ -201,6 +201,7 @@ def violations_of(frame: DataFrame, table: TableSettings) -> Scd2Violations:
         "flag_end_disagreements": (F.col(current) & F.col(end).isNotNull()) | (~F.col(current) & F.col(end).isNull())
         | F.col(current).isNull(),
         "interval_breaks": (following.isNotNull() & (F.col(end).isNull() | ~joined))
+        | (following.isNull() & F.col(end).isNotNull() & F.lit(not gaps_allowed))  # closed, never superseded
         | (F.col(end).isNotNull() & (F.col(end) <= F.col(start))),
     }
     flagged = frame.select(key_json(keys).alias("__key"),
