@@ -109,3 +109,13 @@ def test_run_all_renders_a_table_and_the_results_page():
     assert "| P5 | sensor |" in page
     assert "### P7: validate (9.00x, target <= 3x)" in page and "toArrow" in page
     assert "### P5" not in page
+
+
+@pytest.mark.spark
+def test_cdc_benchmarks_at_tiny_sizes_check_their_tables(spark, tmp_path):
+    from benchmarks import bench_cdc
+
+    late = bench_cdc.run_late(keys=200, changed=40, late=0.25, workdir=tmp_path / "late")
+    assert late["id"] == "P11" and late["late_rows"] == 10 and late["loader_seconds"] > 0
+    scd1 = bench_cdc.run_scd1(keys=200, files=2, changed=30, workdir=tmp_path / "scd1")
+    assert scd1["id"] == "P12" and scd1["baseline_seconds"] > 0  # the tables were checked identical inside

@@ -7,13 +7,10 @@ operator commands that were given, and computes from them what the two tables mu
   loads when it is in the source, not skipped, and valid; a re-delivered version replaces the rows of the
   version before; a corrupt version fails and leaves the rows of the version before in place; a removed file
   keeps the rows it had. reset-state forgets; the next run reloads what is in the source, replacing rows.
-- ``customers`` (scd2): the history defined by the set of change rows applied: per key, in sequence order, the
-  runs of equal tracked values (``name``), each version carrying the starting row's values. A file's rows apply
-  when the file loads, except when one of its rows is older than its key's newest applied change and not itself
-  applied (late-arriving: the file fails), which the model decides against the change rows applied before the
-  run. That equals the loader's per-batch decision because a run loads files in (mtime, path) order and the
-  generator gives later files later sequences (a copy is made only of a file already applied, whose rows are
-  then all applied). Rows already applied (a replay, a copy of a file) apply nothing new.
+- ``customers`` (scd2, late rows re-threaded): the history defined by the set of change rows applied, whatever
+  order they came in (``cdc.history``): per key, in sequence order, the runs of equal tracked values (``name``),
+  each version carrying the starting row's values. A file's rows apply when the file loads; rows already applied
+  (a replay, a copy of a file) apply nothing new.
 
 It also predicts what ``validate-consistency`` must report at a quiescent point: the files whose rows the table
 holds but the tracker cannot know about (after reset-state) until ``fix-inconsistencies`` records them.
@@ -22,6 +19,8 @@ holds but the tracker cannot know about (after reset-state) until ``fix-inconsis
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
+from loader_assets_tests.model.cdc import UPSERT, Event, history
 
 APPEND, SCD2 = "events", "customers"
 TABLES = (APPEND, SCD2)
@@ -76,7 +75,6 @@ class Model:
     # ------------------------------------------------------------------------------------------- commands
     def run(self) -> None:
         """A clean run of every table until nothing is left to load."""
-        before = dict(self.applied)
         for f in sorted(self.files.values(), key=lambda f: (f.mtime, f.path)):
             if not f.present or f.skipped or not f.content.valid:
                 continue
@@ -86,21 +84,11 @@ class Model:
                 continue
             if f.loaded == f.content and f.rows_recorded:
                 continue  # completed: a run does not look at it again
-            if self._late(f.content, before):
-                continue  # refused: the file fails
             for row in f.content.rows or ():
                 key = (row[0], row[3])
                 if key not in self.applied:
                     self.applied[key], self.owner[key] = row, f.path
             f.loaded, f.rows_recorded = f.content, True
-
-    @staticmethod
-    def _late(content: Content, applied: dict[tuple[int, int], ChangeRow]) -> bool:
-        newest: dict[int, int] = {}
-        for cid, seq in applied:
-            newest[cid] = max(newest.get(cid, seq), seq)
-        return any((row[0], row[3]) not in applied and row[3] < newest.get(row[0], row[3])
-                   for row in content.rows or ())
 
     def skip(self, path: str) -> None:
         self.files[path].skipped = True
@@ -141,17 +129,9 @@ class Model:
 
     def expected_history(self) -> list[tuple[int, str, str, int, int | None, bool]]:
         """(customer_id, name, tier, start, end, current) per version, by the definition."""
-        versions = []
-        by_key: dict[int, list[ChangeRow]] = {}
-        for row in self.applied.values():
-            by_key.setdefault(row[0], []).append(row)
-        for cid, rows in by_key.items():
-            rows.sort(key=lambda r: r[3])
-            starts = [r for i, r in enumerate(rows) if i == 0 or rows[i - 1][1] != r[1]]
-            for i, r in enumerate(starts):
-                end = starts[i + 1][3] if i + 1 < len(starts) else None
-                versions.append((cid, r[1], r[2], r[3], end, end is None))
-        return sorted(versions, key=repr)
+        events = [Event(cid, seq, 0, "", UPSERT, (name, tier)) for cid, name, tier, seq in self.applied.values()]
+        return sorted(((v.key, v.values[0], v.values[1], v.start, v.end, v.current) for v in history(events)),
+                      key=repr)
 
     def expected_status(self, f: ModelFile) -> str | None:
         """The tracker status a file present in the source must have after a clean run (None: not checked)."""
@@ -161,11 +141,9 @@ class Model:
             return "skipped"
         if not f.content.valid:
             return "failed"
-        if f.table == SCD2 and f.loaded != f.content:
-            return "failed"  # refused as late-arriving
         return "completed"
 
     def bad_files(self) -> set[str]:
-        """Files that may be failed beyond retries at a quiescent point: corrupt, or refused, or gone."""
+        """Files that may be failed beyond retries at a quiescent point: corrupt, or gone."""
         return {f.path for f in self.files.values()
                 if not f.present or not f.content.valid or self.expected_status(f) == "failed"}

@@ -62,6 +62,7 @@ class Sequence:
         self.next_seq = 0
         self.mtime = 0
         self.latest_name: dict[int, str] = {}
+        self.used_seqs: set[tuple[int, int]] = set()
         # the kills and races of the sequence happen at steps chosen up front, so a seed that has them uses them
         forced = self.rng.sample(range(1, steps), min(kills + races, steps - 1))
         self.forced = {step: op for step, op in zip(forced, ["kill"] * kills + ["race"] * races, strict=False)}
@@ -77,11 +78,18 @@ class Sequence:
             return Content(tuple(rows))
         rows = []
         for key in sorted(self.rng.sample(KEYS, self.rng.randint(1, 3))):
-            self.next_seq += 1
+            # sequences mostly grow with the files, but a quarter go back in time (late rows, re-threaded)
+            self.next_seq += 10
+            seq = self.next_seq
+            if self.rng.random() < 0.25:  # a late row, at a sequence this key never had (no ambiguity)
+                seq = self.rng.randint(0, self.next_seq // 10 - 1) * 10 + 5
+                while (key, seq) in self.used_seqs:
+                    seq += 1
+            self.used_seqs.add((key, seq))
             repeat = key in self.latest_name and self.rng.random() < 0.4
             name = self.latest_name[key] if repeat else self.rng.choice(NAMES)
             self.latest_name[key] = name
-            rows.append((key, name, self.rng.choice(TIERS), self.next_seq))
+            rows.append((key, name, self.rng.choice(TIERS), seq))
         return Content(tuple(rows))
 
     def _write(self, table: str, path: str, content: Content) -> None:
@@ -150,10 +158,7 @@ class Sequence:
 
     def op_copy(self) -> None:
         table = self.rng.choice(TABLES)
-        # an scd2 file is copied only once its rows are applied (see model.py: then the copy is never late)
-        files = [p for p in self._files(table, present=True) if self.model.files[p].content.valid
-                 and (table == APPEND or (self.model.files[p].loaded == self.model.files[p].content
-                                          and self.model.files[p].rows_recorded))]
+        files = [p for p in self._files(table, present=True) if self.model.files[p].content.valid]
         if not files:
             return self.op_add()
         source = self.rng.choice(files)

@@ -125,7 +125,7 @@ def test_seed_guide_scd2_configuration_loads():
         ("    primary_keys: [id, id]\n    tracking_columns: [name]", "primary_keys lists a column twice"),
         ("    primary_keys: [id]\n    tracking_columns: [name, id]", "must not include primary keys: ['id']"),
         ("    primary_keys: [id]\n    tracking_columns: [name]\n    scd2_end_date_column: effective_date",
-         "effective, end and current columns must differ"),
+         "effective, end, current (and deleted) columns must differ"),
         ("    primary_keys: [id]\n    tracking_columns: [is_current]",
          "['is_current'] named both as a source column and as an scd2 output column"),
         ("    primary_keys: [id]\n    tracking_columns: [name]\n    scd2_sequence_column: id",
@@ -136,3 +136,39 @@ def test_scd2_configuration_is_validated_when_loading(tmp_path, fields, expected
     path = write(tmp_path, SCD2_BASE + fields + "\n")
     message = str(pytest.raises(ConfigError, load_settings, path).value)
     assert expected in message and "table 'customers'" in message
+
+
+@pytest.mark.parametrize(
+    ("strategy", "fields", "expected"),
+    [
+        ("append", "    delete_condition: op = 'D'", "delete_condition only apply to loading_strategy scd2 or scd1"),
+        ("append", "    extract_mode: full", "extract_mode only apply to loading_strategy scd2 or scd1"),
+        ("scd1", "    tracking_columns: [name]", "requires primary_keys"),
+        ("scd1", "    primary_keys: [id]\n    tracking_columns: [name]", "tracking_columns only apply to scd2"),
+        ("scd1", "    primary_keys: [id]\n    extract_mode: full\n    hard_deletes: new_record",
+         "hard_deletes new_record keeps history: use scd2"),
+        ("scd2", "    primary_keys: [id]\n    tracking_columns: [name]\n    hard_deletes: invalidate",
+         "hard_deletes invalidate needs extract_mode full or a delete_condition"),
+        ("scd2", "    primary_keys: [id]\n    tracking_columns: [name]\n    extract_mode: full\n"
+                 "    hard_deletes: new_record\n    scd2_deleted_flag_column: is_current",
+         "the scd2 effective, end, current (and deleted) columns must differ"),
+        ("scd2", "    primary_keys: [id]\n    tracking_columns: [name]\n    late_arriving: later",
+         "late_arriving"),
+    ],
+)
+def test_change_data_capture_options_are_validated(tmp_path, strategy, fields, expected):
+    text = SCD2_BASE.replace("loading_strategy: scd2", f"loading_strategy: {strategy}") + fields + "\n"
+    message = str(pytest.raises(ConfigError, load_settings, write(tmp_path, text)).value)
+    assert expected in message
+
+
+def test_change_data_capture_defaults_and_reserved_columns(tmp_path):
+    table = load_settings(write(tmp_path, SCD2_BASE + "    primary_keys: [id]\n    tracking_columns: [name]\n"
+                                "    extract_mode: full\n    hard_deletes: new_record\n")).table("customers")
+    assert table.late_arriving.value == "rethread" and table.flags_deletions and table.keeps_changes
+    assert {"is_deleted", "_change_op", "_change_sequence", "effective_date"} <= table.loader_columns()
+    scd1 = load_settings(write(tmp_path, SCD2_BASE.replace("loading_strategy: scd2", "loading_strategy: scd1")
+                               + "    primary_keys: [id]\n    delete_condition: op = 'D'\n", "s.yaml"))
+    table = scd1.table("customers")
+    assert table.is_scd1 and table.keeps_changes and not table.flags_deletions
+    assert "effective_date" not in table.loader_columns() and "_change_op" in table.loader_columns()
