@@ -41,6 +41,7 @@ from loader_assets.settings import (
     AUDIT_COLUMNS,
     RESCUED_DATA_COLUMN,
     BadRecords,
+    ExtractMode,
     FileFormat,
     SchemaEvolution,
     TableSettings,
@@ -138,6 +139,10 @@ def precheck_file(expected: ExpectedFile, table: TableSettings) -> Precheck:
             return Precheck(problem="file is empty (0 bytes), which is not a valid parquet file")
         if file_format is FileFormat.CSV and _csv_has_header(table):
             return Precheck(problem="file is empty (0 bytes): no header row, so its columns are unknown")
+        if table.keeps_changes and table.extract_mode is ExtractMode.FULL:
+            return Precheck(problem="file is empty (0 bytes): as a full extract it would delete every key; an "
+                                    "empty source is a file with its columns and no rows (a csv header, an "
+                                    "empty parquet file)")
         return Precheck(empty=True)  # an empty json-lines (or header-less csv) file: a valid file of no rows
     if file_format is FileFormat.PARQUET:
         try:

@@ -200,3 +200,45 @@ def test_scd2_reload_after_reset_killed_between_change_record_and_table(spark, l
                        (4, "dora", "d@x", 6, None, True)], key=str)
     assert history(spark, settings) == expected
     assert validate_here(lake) == 0
+
+
+CDC_CASES = {  # scenario -> (table overrides, first files, the killed run's file, expected versions)
+    "rethread": ({}, [[(1, "A", "x", 1, "U")], [(1, "A", "y", 3, "U")]], [(1, "B", "z", 2, "U")],
+                 [(1, "A", "x", 1, 2, False), (1, "B", "z", 2, 3, False), (1, "A", "y", 3, None, True)]),
+    "delete": ({}, [[(1, "A", "x", 1, "U"), (2, "C", "x", 1, "U")]], [(1, "A", "x", 2, "D"), (2, "D", "x", 3, "U")],
+               [(1, "A", "x", 1, 2, False), (2, "C", "x", 1, 3, False), (2, "D", "x", 3, None, True)]),
+    "full_extract": ({"extract_mode": "full", "hard_deletes": "invalidate", "delete_condition": None},
+                     [[(1, "A", "x", 1, "U"), (2, "B", "x", 1, "U")], [(1, "A", "x", 3, "U"), (2, "B", "x", 3, "U")]],
+                     [(1, "A2", "x", 2, "U")],  # a late extract without key 2: deleted on day 2, back on day 3
+                     [(1, "A", "x", 1, 2, False), (1, "A2", "x", 2, 3, False), (1, "A", "x", 3, None, True),
+                      (2, "B", "x", 1, 2, False), (2, "B", "x", 3, None, True)]),
+}
+CDC_POINTS = [("rethread", faults.AFTER_CHANGE_RECORD), ("delete", faults.DURING_TARGET_WRITE),
+              ("full_extract", faults.AFTER_TARGET_COMMIT),
+              *[pytest.param(case, point, marks=pytest.mark.soak) for case in CDC_CASES
+                for point in (faults.AFTER_CHANGE_RECORD, faults.DURING_TARGET_WRITE, faults.AFTER_TARGET_COMMIT)
+                if (case, point) not in {("rethread", faults.AFTER_CHANGE_RECORD),
+                                         ("delete", faults.DURING_TARGET_WRITE),
+                                         ("full_extract", faults.AFTER_TARGET_COMMIT)}]]
+
+
+@pytest.mark.parametrize(("case", "point"), CDC_POINTS)
+def test_cdc_batch_killed_at_a_protocol_point_then_rerun_leaves_the_history_exact(spark, lake, instance, case,
+                                                                                   point):
+    """The re-thread, delete and full-extract paths killed at a point of their batch: the rerun recovers (the
+    change rows of an uncommitted batch do not count and are deleted) and the history is exactly the one the
+    change rows define."""
+    from loader_assets_tests.integration.test_cdc import Feed
+
+    overrides, first, killed, expected = CDC_CASES[case]
+    feed = Feed(lake, spark, instance, **overrides)
+    for rows in first:
+        feed.load(*rows)
+    feed.count += 1
+    feed.write(*killed, name=f"f{feed.count:02d}.parquet")
+    code, _, err = cli(lake, "run", kill_at=point)
+    assert code == -signal.SIGKILL, err[-2000:]
+    summary = rerun(lake)
+    assert summary["total_files_failed"] == 0
+    assert feed.versions() == sorted(expected, key=repr)
+    assert validate_here(lake) == 0

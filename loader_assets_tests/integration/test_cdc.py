@@ -43,14 +43,18 @@ class Feed:
         self.settings = lake.config(tables=[table(**overrides)])
         self.count = 0
 
-    def load(self, *rows, name=None):
-        self.count += 1
-        path = self.lake.landing / "customers" / (name or f"f{self.count:02d}.parquet")
+    def write(self, *rows, name):
+        """Drop a file of (customer_id, name, tier, day, op) rows into the landing zone."""
+        path = self.lake.landing / "customers" / name
         path.parent.mkdir(parents=True, exist_ok=True)
         records = [dict(zip(SCHEMA.names, (cid, nm, tier, day(d), op), strict=True)) for cid, nm, tier, d, op in rows]
         pq.write_table(pa.Table.from_pylist(records, schema=SCHEMA), path)
         moment = (datetime.now(UTC) - timedelta(days=2) + timedelta(minutes=self.count)).timestamp()
         os.utime(path, (moment, moment))
+
+    def load(self, *rows, name=None):
+        self.count += 1
+        self.write(*rows, name=name or f"f{self.count:02d}.parquet")
         summary = run_pipeline(self.settings, instance=self.instance, run_checks=False)
         assert summary.total_files_failed == 0, summary.tables["customers"].failed_files
         violations, difference = keyed_report(self.spark, self.settings.tables[0], self.settings)
