@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from loader_assets.cdc import FILE_TIME, OP, SEQ, UPSERT, VALUES, key_json, struct_of
 from loader_assets.reading import AUDIT_COLUMNS, SOURCE_FILE_COLUMN
-from loader_assets.scd2 import ACTION, INSERT, MERGE_KEY_PREFIX, REMOVE, UPDATE, HistoryDifference, difference
+from loader_assets.scd2 import HistoryDifference, diff, difference, merge_diff
 from loader_assets.settings import TableSettings
 
 if TYPE_CHECKING:
@@ -36,44 +36,22 @@ def latest_from_events(events: DataFrame, table: TableSettings) -> DataFrame:
 
 
 def row_diff(old: DataFrame, new: DataFrame, table: TableSettings) -> DataFrame:
-    """What turns rows ``old`` into ``new`` (both from ``latest_from_events``, same keys): one row per key to insert,
-    update (other values or another source file) or delete, with its merge keys and its new values."""
-    from pyspark.sql import functions as F
-
-    keys = list(table.primary_keys)
-    rest = [VALUES, SOURCE_FILE_COLUMN]
-    joined = old.select(*keys, *[F.col(c).alias(f"__old_{c}") for c in rest], F.lit(True).alias("__in_old")).join(
-        new.withColumn("__in_new", F.lit(True)), keys, "full_outer")
-    same = F.lit(True)
-    for column in rest:
-        same = same & F.col(f"__old_{column}").eqNullSafe(F.col(column))
-    action = (F.when(F.col("__in_old").isNull(), F.lit(INSERT)).when(F.col("__in_new").isNull(), F.lit(REMOVE))
-              .when(~same, F.lit(UPDATE)))
-    replaced = F.col("__in_old").isNotNull()
-    return joined.select(*[F.when(replaced, F.col(k)).alias(MERGE_KEY_PREFIX + k) for k in keys],
-                         action.alias(ACTION), *keys, VALUES, SOURCE_FILE_COLUMN).where(F.col(ACTION).isNotNull())
+    """What turns rows ``old`` into ``new`` (both from ``latest_from_events``, same keys): ``diff`` on the key,
+    comparing values and ``_source_file``."""
+    return diff(old, new, table.primary_keys, [VALUES, SOURCE_FILE_COLUMN])
 
 
-def merge_rows(spark: SparkSession, target_path: str, diff: DataFrame, table: TableSettings,
+def merge_rows(spark: SparkSession, target_path: str, rows: DataFrame, table: TableSettings,
                insert_columns: Sequence[str], audit: Mapping[str, Column]) -> None:
-    """One MERGE (one commit) applying ``row_diff``: matched on the key, update (values, source file and audit
-    columns: the row is the batch's now) or delete; not matched, insert."""
-    from delta.tables import DeltaTable
+    """Apply a ``row_diff``: matched on the key, update (values, source file and audit columns: the row is the
+    batch's now) or delete; not matched, insert."""
     from pyspark.sql import functions as F
 
-    values = diff.schema[VALUES].dataType.names
-    source = diff.select("*", *[F.col(f"{VALUES}.{c}").alias(c) for c in values if c not in diff.columns],
+    values = rows.schema[VALUES].dataType.names
+    source = rows.select("*", *[F.col(f"{VALUES}.{c}").alias(c) for c in values if c not in rows.columns],
                          *[value.alias(name) for name, value in audit.items()])
-    condition = " AND ".join(f"t.`{k}` = s.`{MERGE_KEY_PREFIX}{k}`" for k in table.primary_keys)
-    changed = [*values, SOURCE_FILE_COLUMN, *audit]
-    (
-        DeltaTable.forPath(spark, target_path).alias("t")
-        .merge(source.alias("s"), condition)
-        .whenMatchedUpdate(condition=f"s.`{ACTION}` = '{UPDATE}'", set={c: f"s.`{c}`" for c in changed})
-        .whenMatchedDelete(condition=f"s.`{ACTION}` = '{REMOVE}'")
-        .whenNotMatchedInsert(condition=f"s.`{ACTION}` = '{INSERT}'", values={c: f"s.`{c}`" for c in insert_columns})
-        .execute()
-    )
+    merge_diff(spark, target_path, source, table.primary_keys, [*values, SOURCE_FILE_COLUMN, *audit],
+               insert_columns)
 
 
 def rows_frame(latest: DataFrame, audit: Mapping[str, Column]) -> DataFrame:

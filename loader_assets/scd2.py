@@ -30,7 +30,6 @@ if TYPE_CHECKING:
 
 ACTION = "__action"
 MERGE_KEY_PREFIX = "__mk_"
-MERGE_START = "__m_start"
 INSERT, UPDATE, REMOVE = "insert", "update", "delete"
 
 
@@ -76,48 +75,32 @@ def history_from_events(events: DataFrame, table: TableSettings) -> DataFrame:
     return versions
 
 
-def version_diff(old: DataFrame, new: DataFrame, table: TableSettings) -> DataFrame:
-    """What turns history ``old`` into ``new`` (both from ``history_from_events``, same keys): one row per version
-    to insert, update (its end, flag, deleted flag, values or ``_source_file`` changed) or delete, with the merge
-    keys (``__mk_<key>``, ``__m_start``) of the version it replaces and the new version's columns."""
+def diff(old: DataFrame, new: DataFrame, match: Sequence[str], compared: Sequence[str]) -> DataFrame:
+    """What turns rows ``old`` into ``new`` (the same columns; unique on ``match``): one full outer join on
+    ``match``, one row per row to insert (new only), update (both, any of ``compared`` differs, null-safely) or
+    delete (old only), with ``ACTION``, the merge keys (``__mk_<column>`` of ``match``: NULL for an insert, so the
+    MERGE finds no row for it) and ``new``'s columns."""
     from pyspark.sql import functions as F
 
-    keys = list(table.primary_keys)
-    start, end, current = table.scd2_output_columns
-    rest = [end, current, "__deleted", VALUES, SOURCE_FILE_COLUMN]
-    joined = old.select(*keys, start, *[F.col(c).alias(f"__old_{c}") for c in rest], F.lit(True).alias("__in_old")
-                        ).join(new.withColumn("__in_new", F.lit(True)), [*keys, start], "full_outer")
+    joined = old.select(*match, *[F.col(c).alias(f"__old_{c}") for c in compared], F.lit(True).alias("__in_old")
+                        ).join(new.withColumn("__in_new", F.lit(True)), list(match), "full_outer")
     same = F.lit(True)
-    for column in rest:
+    for column in compared:
         same = same & F.col(f"__old_{column}").eqNullSafe(F.col(column))
     action = (F.when(F.col("__in_old").isNull(), F.lit(INSERT)).when(F.col("__in_new").isNull(), F.lit(REMOVE))
               .when(~same, F.lit(UPDATE)))
     replaced = F.col("__in_old").isNotNull()
-    return joined.select(
-        *[F.when(replaced, F.col(k)).alias(MERGE_KEY_PREFIX + k) for k in keys],
-        F.when(replaced, F.col(start)).alias(MERGE_START), action.alias(ACTION),
-        *keys, start, end, current, "__deleted", VALUES, SOURCE_FILE_COLUMN,
-    ).where(F.col(ACTION).isNotNull())
+    return joined.select(*[F.when(replaced, F.col(c)).alias(MERGE_KEY_PREFIX + c) for c in match],
+                         action.alias(ACTION), *match, *compared).where(F.col(ACTION).isNotNull())
 
 
-def merge_versions(spark: SparkSession, target_path: str, diff: DataFrame, table: TableSettings,
-                   insert_columns: Sequence[str], audit: Mapping[str, Column]) -> None:
-    """One MERGE (one commit) applying ``version_diff``: matched on (key, start), update or delete; not matched,
-    insert. Inserted versions get the audit columns; an updated version keeps the batch that inserted it. The
-    caller sets and clears the txn session confs around it."""
+def merge_diff(spark: SparkSession, target_path: str, source: DataFrame, match: Sequence[str],
+               changed: Sequence[str], insert_columns: Sequence[str]) -> None:
+    """One MERGE (one commit) applying a ``diff`` whose values are columns of ``source``: matched on ``match``,
+    update ``changed`` or delete; not matched, insert ``insert_columns``."""
     from delta.tables import DeltaTable
-    from pyspark.sql import functions as F
 
-    start, end, current = table.scd2_output_columns
-    values = diff.schema[VALUES].dataType.names
-    source = diff.select("*", *[F.col(f"{VALUES}.{c}").alias(c) for c in values if c not in diff.columns],
-                         *[value.alias(name) for name, value in audit.items()])
-    if table.flags_deletions:
-        source = source.withColumn(table.scd2_deleted_flag_column, F.col("__deleted"))
-    condition = " AND ".join([f"t.`{k}` = s.`{MERGE_KEY_PREFIX}{k}`" for k in table.primary_keys]
-                             + [f"t.`{start}` = s.`{MERGE_START}`"])
-    changed = [end, current, *values, SOURCE_FILE_COLUMN,
-               *((table.scd2_deleted_flag_column,) if table.flags_deletions else ())]
+    condition = " AND ".join(f"t.`{c}` = s.`{MERGE_KEY_PREFIX}{c}`" for c in match)
     (
         DeltaTable.forPath(spark, target_path).alias("t")
         .merge(source.alias("s"), condition)
@@ -126,6 +109,31 @@ def merge_versions(spark: SparkSession, target_path: str, diff: DataFrame, table
         .whenNotMatchedInsert(condition=f"s.`{ACTION}` = '{INSERT}'", values={c: f"s.`{c}`" for c in insert_columns})
         .execute()
     )
+
+
+def version_diff(old: DataFrame, new: DataFrame, table: TableSettings) -> DataFrame:
+    """What turns history ``old`` into ``new`` (both from ``history_from_events``, same keys): ``diff`` on (key,
+    start), comparing end, flag, deleted flag, values and ``_source_file``."""
+    start, end, current = table.scd2_output_columns
+    return diff(old, new, [*table.primary_keys, start], [end, current, "__deleted", VALUES, SOURCE_FILE_COLUMN])
+
+
+def merge_versions(spark: SparkSession, target_path: str, versions: DataFrame, table: TableSettings,
+                   insert_columns: Sequence[str], audit: Mapping[str, Column]) -> None:
+    """Apply a ``version_diff``: matched on (key, start), update or delete; not matched, insert. Inserted versions
+    get the audit columns; an updated version keeps the batch that inserted it. The caller sets and clears the
+    txn session confs around it."""
+    from pyspark.sql import functions as F
+
+    start, end, current = table.scd2_output_columns
+    values = versions.schema[VALUES].dataType.names
+    source = versions.select("*", *[F.col(f"{VALUES}.{c}").alias(c) for c in values if c not in versions.columns],
+                             *[value.alias(name) for name, value in audit.items()])
+    deleted = (table.scd2_deleted_flag_column,) if table.flags_deletions else ()
+    if deleted:
+        source = source.withColumn(table.scd2_deleted_flag_column, F.col("__deleted"))
+    merge_diff(spark, target_path, source, [*table.primary_keys, start],
+               [end, current, *values, SOURCE_FILE_COLUMN, *deleted], insert_columns)
 
 
 def versions_frame(history: DataFrame, table: TableSettings, audit: Mapping[str, Column]) -> DataFrame:
@@ -246,19 +254,14 @@ def table_history(target: DataFrame, table: TableSettings) -> DataFrame:
 
 def difference(expected: DataFrame, actual: DataFrame, keys: Sequence[str], rest: Sequence[str],
                label: Column) -> HistoryDifference:
-    """Rows of ``expected`` and ``actual`` (matched on ``keys``) that differ in any of ``rest``: one full outer join
-    and one aggregation."""
+    """Rows of ``expected`` and ``actual`` (matched on ``keys``) that differ in any of ``rest``: the ``diff`` that
+    would turn ``actual`` into ``expected``, counted in one aggregation (a row to insert or update is missing, a
+    row to delete or update is unexpected), with a few keys of each."""
     from pyspark.sql import functions as F
 
-    joined = expected.select(*keys, *[F.col(c).alias(f"__e_{c}") for c in rest], F.lit(True).alias("__e")).join(
-        actual.select(*keys, *[F.col(c).alias(f"__a_{c}") for c in rest], F.lit(True).alias("__a")),
-        list(keys), "full_outer")
-    same = F.lit(True)
-    for column in rest:
-        same = same & F.col(f"__e_{column}").eqNullSafe(F.col(f"__a_{column}"))
-    matched = F.col("__e").isNotNull() & F.col("__a").isNotNull() & same
-    missing, unexpected = F.col("__e").isNotNull() & ~matched, F.col("__a").isNotNull() & ~matched
-    summary = joined.agg(
+    action = F.col(ACTION)
+    missing, unexpected = action.isin(INSERT, UPDATE), action.isin(REMOVE, UPDATE)
+    summary = diff(actual, expected, keys, rest).agg(
         F.sum(missing.cast("long")).alias("missing"), F.sum(unexpected.cast("long")).alias("unexpected"),
         F.slice(F.collect_list(F.when(missing, label)), 1, SAMPLE).alias("sample_missing"),
         F.slice(F.collect_list(F.when(unexpected, label)), 1, SAMPLE).alias("sample_unexpected"),
