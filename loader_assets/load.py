@@ -148,6 +148,7 @@ class LoadOutcome:
     quarantined: dict[str, int] = field(default_factory=dict)
     replaced: bool = False  # a commit replaced rows the files had
     split: bool = False  # a batch that failed as a whole was split to isolate a bad file
+    late_rows: int = 0  # scd2: rows older than their key's newest change (re-threaded); scd1: stale rows
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -419,6 +420,7 @@ class TableLoad:
         assert read.dataframe is not None and self._lease is not None
         budget[0] -= 1
         prepared, errors = self.writer.prepare(part, read.dataframe)
+        outcome.late_rows += int(prepared.extras.get("late_rows") or 0)
         try:
             if errors:
                 self._fail(part, errors, outcome)

@@ -18,6 +18,9 @@ from loader_assets.settings import LoaderSettings, load_settings
 
 DAY = 86400
 
+# the public testing kit's fixtures (loader_spark, loader_instance, loader_lake), and pytester for the README test
+pytest_plugins = ["loader_assets.testing.fixtures", "pytester"]
+
 
 @pytest.fixture(autouse=True)
 def _preserve_environ() -> Iterator[None]:

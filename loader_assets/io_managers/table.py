@@ -39,6 +39,8 @@ def outcome_metadata(outcome: LoadOutcome, settings: LoaderSettings, table: Tabl
         "files_waiting": len(outcome.waiting),
         "num_rows": outcome.num_rows,
     }
+    if table.keeps_changes:  # late rows re-thread an scd2 history; in scd1 they are stale and change nothing
+        metadata["rows_rethreaded" if table.is_scd2 else "rows_stale"] = outcome.late_rows
     if outcome.batch_ids:
         metadata.update({
             "batch_id": ", ".join(outcome.batch_ids),
