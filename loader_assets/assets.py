@@ -14,6 +14,12 @@ from loader_assets.resources.lock import run_ended_checker
 from loader_assets.settings import LoaderSettings, LoadingStrategy, PartitionGranularity, TableSettings
 
 TABLE_TAG = "loader_assets/table"
+
+
+def pool_name(table_name: str) -> str:
+    """The Dagster concurrency pool of a table's asset."""
+    return f"loader_assets/{table_name}"
+
 IO_MANAGER_KEYS = {LoadingStrategy.APPEND: "append_io_manager", LoadingStrategy.SCD2: "scd2_io_manager",
                    LoadingStrategy.SCD1: "scd2_io_manager"}  # scd1 is scd2 without history: the same IO manager
 
@@ -40,6 +46,10 @@ def build_table_asset(table: TableSettings, settings: LoaderSettings) -> dg.Asse
         group_name="tables",
         kinds={"delta", "spark"},
         tags={TABLE_TAG: name},
+        # One queued run per table however it is launched (UI, backfill, sensor, schedule): dagster.yaml gives
+        # every pool one slot with run granularity. In-process runs (CLI, materialize()) bypass the run queue;
+        # the table's Delta lease is what keeps any two writers apart (docs/ARCHITECTURE.md, "Partitions and runs").
+        pool=pool_name(name),
         metadata={
             "table_uri": settings.table_path(name),
             "source_path": table.source_path,

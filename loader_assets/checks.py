@@ -15,6 +15,10 @@ would load every partition). They run after each materialisation of the table an
 - After a load, the table checks look at what that run wrote (its files; the keys of its batches), so their
   cost follows the batch, not the table; run alone (the checks job, a run that loaded nothing) and in
   ``validate-consistency`` they check the whole table.
+- Only the table checks (``target_matches_tracker``, the history checks) need Spark. A whole-table check
+  records the Delta versions it verified (``verified_state``: tracker, target, change record); when it runs
+  again and none of them moved since a passing whole-table evaluation, the result is that one's, reported
+  without starting Spark (a materialisation that loaded nothing costs no JVM).
 """
 
 
@@ -344,7 +348,8 @@ def failed_files_result(tracker: FileTracker, retry_attempts: int) -> dg.AssetCh
     )
 
 
-def history_result(difference: HistoryDifference, scope: str, check_name: str) -> dg.AssetCheckResult:
+def history_result(difference: HistoryDifference, scope: str, check_name: str,
+                   extra: dict[str, Any] | None = None) -> dg.AssetCheckResult:
     return dg.AssetCheckResult(
         check_name=check_name,
         passed=difference.ok,
@@ -353,11 +358,13 @@ def history_result(difference: HistoryDifference, scope: str, check_name: str) -
                      f"{difference.missing} versions the change record defines are missing, "
                      f"{difference.unexpected} versions are not defined by it"),
         metadata={"scope": scope, "missing_versions": difference.missing,
-                  "unexpected_versions": difference.unexpected, "sample_keys": dg.MetadataValue.json(difference.samples)},
+                  "unexpected_versions": difference.unexpected,
+                  "sample_keys": dg.MetadataValue.json(difference.samples), **(extra or {})},
     )
 
 
-def target_consistency_result(consistency: TargetConsistency, scope: str = "whole table") -> dg.AssetCheckResult:
+def target_consistency_result(consistency: TargetConsistency, scope: str = "whole table",
+                              extra: dict[str, Any] | None = None) -> dg.AssetCheckResult:
     problems = []
     if consistency.count_mismatches:
         problems.append(f"{len(consistency.count_mismatches)}+ files whose row counts differ from the tracker")
@@ -376,6 +383,7 @@ def target_consistency_result(consistency: TargetConsistency, scope: str = "whol
             "count_mismatches": dg.MetadataValue.json(consistency.count_mismatches),
             "untracked_files": dg.MetadataValue.json(consistency.untracked_files),
             "duplicate_loads": dg.MetadataValue.json(consistency.duplicate_loads),
+            **(extra or {}),
         },
     )
 
@@ -391,6 +399,40 @@ def batches_of_run(tracker: FileTracker, run_id: str) -> list[str]:
     rows = tracker.read(columns=["batch_id", "run_id", "status"], statuses=[FileStatus.COMPLETED])
     mine = rows.filter(pc.equal(rows["run_id"], run_id))
     return sorted({b for b in mine["batch_id"].to_pylist() if b})
+
+
+def verified_state(tracker: FileTracker, target_path: str, record: ChangeRecord | None) -> str:
+    """The Delta versions a table check's result depends on. Equal states give equal results."""
+    def version(path: str) -> int:
+        table = open_target(path)
+        return -1 if table is None else table.version()
+
+    state = f"tracker@{tracker.version()} target@{version(target_path)}"
+    return state + (f" changes@{version(record.path)}" if record is not None else "")
+
+
+def passed_at(context: dg.AssetCheckExecutionContext, asset: str, check_name: str, state: str) -> str | None:
+    """When the latest evaluation of ``check_name`` was a whole-table pass at ``state``: its run id, else None."""
+    from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
+
+    history = context.instance.event_log_storage.get_asset_check_execution_history(
+        dg.AssetCheckKey(dg.AssetKey(asset), check_name), limit=1,
+        status={AssetCheckExecutionRecordStatus.SUCCEEDED, AssetCheckExecutionRecordStatus.FAILED})
+    if not history or history[0].event is None or history[0].event.dagster_event is None:
+        return None
+    evaluation = history[0].event.dagster_event.event_specific_data
+    metadata = getattr(evaluation, "metadata", None) or {}
+    recorded = getattr(metadata.get("verified_state"), "value", None)
+    if getattr(evaluation, "passed", False) and recorded == state:
+        return history[0].run_id
+    return None
+
+
+def unchanged_result(check_name: str, state: str, run_id: str) -> dg.AssetCheckResult:
+    return dg.AssetCheckResult(
+        check_name=check_name, passed=True, severity=dg.AssetCheckSeverity.ERROR,
+        description=f"unchanged since the whole-table check of run {run_id[:8]} passed ({state}); not re-read",
+        metadata={"scope": "whole table (unchanged)", "verified_state": state, "verified_by_run": run_id})
 
 
 def scope_label(files: list[str]) -> str:
@@ -426,11 +468,15 @@ def build_table_checks(table: TableSettings, settings: LoaderSettings) -> list[d
         if open_target(target_path) is None and table_tracker.status_counts()[FileStatus.COMPLETED.value] == 0:
             return dg.AssetCheckResult(passed=True, description="nothing loaded yet", metadata={"completed_files": 0})
         scope = files_of_run(table_tracker, context.run.run_id)
+        state = verified_state(table_tracker, target_path, record)
+        check_name = f"{name}_target_matches_tracker"
+        if not scope and (run_id := passed_at(context, name, check_name, state)):
+            return unchanged_result(check_name, state, run_id)
         if record is not None:
             consistency = compare_record_with_tracker(spark.session, table_tracker, record, scope or None)
         else:
             consistency = compare_target_with_tracker(spark.session, table_tracker, target_path, scope or None)
-        return target_consistency_result(consistency, scope_label(scope))
+        return target_consistency_result(consistency, scope_label(scope), {} if scope else {"verified_state": state})
 
     @dg.asset_check(
         asset=name,
@@ -492,8 +538,16 @@ def build_table_checks(table: TableSettings, settings: LoaderSettings) -> list[d
                 for spec in specs:
                     yield dg.AssetCheckResult(check_name=spec.name, passed=True, description="nothing loaded yet")
                 return
-            batches = batches_of_run(tracker.for_table(name), context.run.run_id)
+            table_tracker = tracker.for_table(name)
+            batches = batches_of_run(table_tracker, context.run.run_id)
             scope = "keys written by this run" if batches and not is_full(table) else "whole table"
+            state = verified_state(table_tracker, target_path, record)
+            reused = {spec.name: passed_at(context, name, spec.name, state) for spec in specs}
+            if not batches and all(reused.values()):
+                for spec in specs:
+                    yield unchanged_result(spec.name, state, str(reused[spec.name]))
+                return
+            whole = {"verified_state": state} if scope == "whole table" else {}
             violations, difference = keyed_report(spark.session, table, settings, batches or None)
             if violations is not None:
                 yield dg.AssetCheckResult(
@@ -507,9 +561,10 @@ def build_table_checks(table: TableSettings, settings: LoaderSettings) -> list[d
                         "flag_end_disagreements": violations.flag_end_disagreements,
                         "interval_breaks": violations.interval_breaks,
                         "sample_keys": dg.MetadataValue.json(violations.samples),
+                        **whole,
                     },
                 )
-            yield history_result(difference, scope, matches)
+            yield history_result(difference, scope, matches, whole)
 
         checks.append(_history_checks)
     return checks

@@ -107,7 +107,8 @@ class BatchRead:
 
 
 def _csv_has_header(table: TableSettings) -> bool:
-    return table.read_options.get("header", "false").lower() == "true"
+    options = {name.lower(): value for name, value in table.spark_read_options.items()}
+    return options.get("header", "false").lower() == "true"
 
 
 def precheck_file(expected: ExpectedFile, table: TableSettings) -> Precheck:
@@ -249,13 +250,13 @@ def _read_file(spark: SparkSession, table: TableSettings, expected: ExpectedFile
     from pyspark.sql.types import StringType, StructField, StructType
 
     path = expected.path
-    reader = spark.read.format(table.file_format.value).options(**table.read_options)
+    reader = spark.read.format(table.file_format.value).options(**table.spark_read_options)
     try:
         if table.file_format is FileFormat.CSV:
             inferred = reader.load(escape_glob(path)).schema
             with_corrupt = StructType([*inferred.fields, StructField(CORRUPT_RECORD_COLUMN, StringType())])
             frame = (
-                spark.read.format("csv").options(**table.read_options)
+                spark.read.format("csv").options(**table.spark_read_options)
                 .option("mode", "PERMISSIVE").option("columnNameOfCorruptRecord", CORRUPT_RECORD_COLUMN)
                 .schema(with_corrupt).load(escape_glob(path))
             )
@@ -313,7 +314,7 @@ def _read_parquet_group(spark: SparkSession, table: TableSettings, files: list[E
 
     paths = [f.path for f in files]
     try:
-        frame = (spark.read.format("parquet").options(**table.read_options)
+        frame = (spark.read.format("parquet").options(**table.spark_read_options)
                  .load([escape_glob(p) for p in paths]))
         data_schema = frame.schema
         uris = _spark_file_uris(spark, paths)

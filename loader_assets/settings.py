@@ -103,7 +103,8 @@ RESCUED_DATA_COLUMN = "_rescued_data"
 
 
 class PartitionGranularity(str, Enum):
-    """Width of the time-window partitions a table's files are grouped into (docs/ARCHITECTURE.md, "Partitions and runs")."""
+    """Width of the time-window partitions a table's files are grouped into (docs/ARCHITECTURE.md, "Partitions
+    and runs")."""
 
     DAY = "day"
     HOUR = "hour"
@@ -153,6 +154,16 @@ class SparkSettings(_Frozen):
     _stringify = field_validator("conf", mode="before")(lambda value: _string_mapping(value))
 
 
+# What a landing zone holds, not Spark's reader defaults: csv files have a header row and RFC 4180 quoting (a
+# quote inside a quoted field is doubled, a quoted field may hold a newline), as Python's csv module, pandas,
+# pyarrow and spreadsheet exports write them; json files are JSON lines (Spark's default; set multiLine: true
+# for a file holding one JSON array or document). The README ("Reading files") documents them.
+READ_DEFAULTS: dict[FileFormat, dict[str, str]] = {
+    FileFormat.CSV: {"header": "true", "quote": '"', "escape": '"', "multiLine": "true"},
+    FileFormat.JSON: {},
+}
+
+
 class TableSettings(_Frozen):
     """One target table: where its files land, how they are read, and how they are loaded."""
 
@@ -160,7 +171,8 @@ class TableSettings(_Frozen):
     source_path: str = Field(description="Directory the table's files land in, read recursively.")
     file_format: FileFormat = Field(description="parquet, csv or json.")
     read_options: dict[str, str] = Field(
-        default_factory=dict, description="Options passed to the Spark reader (csv header etc.)."
+        default_factory=dict,
+        description="Options passed to the Spark reader, over the format's defaults (see spark_read_options).",
     )
     loading_strategy: LoadingStrategy = Field(default=LoadingStrategy.APPEND, description="append or scd2.")
     partitioning: PartitioningSettings = Field(default_factory=PartitioningSettings)
@@ -196,6 +208,14 @@ class TableSettings(_Frozen):
         return value
 
     _stringify = field_validator("read_options", mode="before")(lambda value: _string_mapping(value))
+
+    @property
+    def spark_read_options(self) -> dict[str, str]:
+        """The options the Spark reader gets: the format's defaults (``READ_DEFAULTS``) with ``read_options``
+        over them. Spark's option names are case-insensitive, so ``multiline`` overrides ``multiLine``."""
+        given = {name.lower() for name in self.read_options}
+        defaults = READ_DEFAULTS.get(self.file_format, {})
+        return {**{k: v for k, v in defaults.items() if k.lower() not in given}, **self.read_options}
 
     # SCD2 (seed guide field names) and SCD1. Keys are required for scd2 and scd1, not allowed otherwise.
     primary_keys: list[str] = Field(default_factory=list, description="Columns that identify a row (scd2, scd1).")

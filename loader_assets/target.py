@@ -9,8 +9,11 @@ commit of one batch. Recovery, planning and the checks decide from these facts, 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.compute as pc
 from deltalake import DeltaTable
 from deltalake.exceptions import TableNotFoundError
 
@@ -28,6 +31,41 @@ def open_target(target_path: str) -> DeltaTable | None:
         return DeltaTable(target_path)
     except TableNotFoundError:
         return None
+
+
+@dataclass(frozen=True)
+class TargetSnapshot:
+    """The target's latest state from its Delta log: commit version, row count, columns (name, Delta type)."""
+
+    version: int
+    row_count: int | None  # None when a data file has no statistics (then the log cannot say)
+    columns: tuple[tuple[str, str], ...]
+
+
+def _type_name(delta_type: Any) -> str:
+    """A Delta type as text: ``long``, ``array<string>``, ``map<string,long>``, ``struct<a:int,b:string>``."""
+    kind = type(delta_type).__name__
+    if kind == "ArrayType":
+        return f"array<{_type_name(delta_type.element_type)}>"
+    if kind == "MapType":
+        return f"map<{_type_name(delta_type.key_type)},{_type_name(delta_type.value_type)}>"
+    if kind == "StructType":
+        return "struct<" + ",".join(f"{f.name}:{_type_name(f.type)}" for f in delta_type.fields) + ">"
+    return str(getattr(delta_type, "type", delta_type))
+
+
+def target_snapshot(target_path: str) -> TargetSnapshot | None:
+    """The target's version, rows and columns from its log alone (the add actions' ``numRecords``; no data
+    file is read), or None if the table was never written. The loader's tables have no deletion vectors, so
+    the add actions' record counts sum to the table's rows."""
+    table = open_target(target_path)
+    if table is None:
+        return None
+    actions = pa.table(table.get_add_actions(flatten=True))
+    counts = actions["num_records"] if actions.num_rows else pa.chunked_array([], pa.int64())
+    rows = None if counts.null_count else int(pc.sum(counts).as_py() or 0)
+    columns = tuple((f.name, _type_name(f.type)) for f in table.schema().fields)
+    return TargetSnapshot(version=table.version(), row_count=rows, columns=columns)
 
 
 def txn_version(target_path: str, application: str) -> int:

@@ -7,60 +7,24 @@ differ only in their writer: ``AppendWriter`` or ``KeyedWriter`` (``writers/``).
 target table to a downstream asset as a Spark DataFrame.
 """
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import dagster as dg
+import pyarrow as pa
+import pyarrow.compute as pc
 
-from loader_assets.load import LoadContext, LoadOutcome, LoadRequest, TableLoad
+from loader_assets.load import LoadContext, LoadRequest, TableLoad
+from loader_assets.materialization import TRACKER_COLUMNS, partition_metadata, run_metadata, table_metadata
 from loader_assets.resources.lock import DeltaLockResource
 from loader_assets.resources.spark import SparkSessionResource
 from loader_assets.resources.tracker import DeltaTrackerResource
-from loader_assets.settings import LoaderSettings, TableSettings, quarantine_location
+from loader_assets.settings import LoaderSettings, TableSettings
 from loader_assets.writers.append import AppendWriter
 from loader_assets.writers.base import TableWriter
 from loader_assets.writers.keyed import KeyedWriter
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame
-
-FAILED_FILES_SHOWN = 50
-
-
-def outcome_metadata(outcome: LoadOutcome, settings: LoaderSettings, table: TableSettings) -> dict[str, Any]:
-    """The materialisation's metadata: what the run's load did to the table."""
-    name = table.table_name
-    metadata: dict[str, Any] = {
-        "table_uri": settings.table_path(name),
-        "files_discovered": outcome.discovered,
-        "files_deferred": outcome.deferred,
-        "files_loaded": len(outcome.loaded),
-        "files_failed": len(outcome.failed),
-        "files_skipped": len(outcome.skipped),
-        "files_waiting": len(outcome.waiting),
-        "num_rows": outcome.num_rows,
-    }
-    if table.keeps_changes:  # late rows re-thread an scd2 history; in scd1 they are stale and change nothing
-        metadata["rows_rethreaded" if table.is_scd2 else "rows_stale"] = outcome.late_rows
-    if outcome.batch_ids:
-        metadata.update({
-            "batch_id": ", ".join(outcome.batch_ids),
-            "batch_seq": max(outcome.batch_seqs),
-            "delta_version": max(outcome.versions),
-            "replaced_existing_rows": outcome.replaced,
-        })
-    if outcome.split:
-        metadata["split_into_batches"] = len(outcome.batch_ids)
-    if outcome.quarantined:
-        metadata["rows_quarantined"] = sum(outcome.quarantined.values())
-        metadata["quarantine_uri"] = quarantine_location(settings.target_root, name)
-    if outcome.failed:
-        metadata["failed_files"] = dg.MetadataValue.json(
-            [{"file": path, "error": error} for path, error in list(outcome.failed.items())[:FAILED_FILES_SHOWN]])
-    if outcome.skipped:
-        metadata["skipped_files"] = dg.MetadataValue.json(
-            [{"file": path, "reason": reason} for path, reason in list(outcome.skipped.items())[:FAILED_FILES_SHOWN]])
-    return metadata
-
 
 class DeltaTableIOManager(dg.ConfigurableIOManager):
     """Base of the target IO managers: runs a table's load for the asset's ``LoadRequest``."""
@@ -88,7 +52,15 @@ class DeltaTableIOManager(dg.ConfigurableIOManager):
         )
         with TableLoad(load_context, self.writer(table, request.settings)) as load:
             outcome = load.run(request.partition_keys)
-        context.add_output_metadata(outcome_metadata(outcome, request.settings, table))
+        # docs/ARCHITECTURE.md, "What a materialisation reports": the partition's own numbers on each partition
+        # event, the run's totals (run_*) and the table's state on all of them
+        keys = list(request.partition_keys or [])
+        rows = load_context.tracker.read(columns=TRACKER_COLUMNS)
+        rows = rows.filter(pc.is_in(rows["partition_key"], pa.array(keys, pa.string())))
+        for key, metadata in partition_metadata(outcome, rows, keys).items():
+            context.step_context.add_asset_metadata(metadata, partition_key=key)
+        context.add_output_metadata({**run_metadata(outcome, request.settings, table, len(keys)),
+                                     **table_metadata(request.settings, table)})
 
     def load_input(self, context: dg.InputContext) -> "DataFrame":
         """The whole target table as a Spark DataFrame (downstream assets filter it themselves)."""

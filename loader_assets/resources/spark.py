@@ -1,15 +1,22 @@
 """The Spark session that writes target tables: created lazily, once per process, with Delta configured.
 
 A session costs about 20 s to start on this class of machine (docs/ARCHITECTURE.md, "Measured costs"), so nothing
-creates it until a batch has files to read. ``getOrCreate`` would silently ignore static confs (jars, extensions) when a session
-already exists, so the builder is applied only when no session is active, and an existing session without the
-Delta extensions is rejected with a clear error instead of failing later.
+creates it until a batch has files to read. ``getOrCreate`` would silently ignore static confs (jars, extensions)
+when a session already exists, so the builder is applied only when no session is active, and an existing session
+without the Delta extensions is rejected with a clear error instead of failing later. The Delta jars are resolved
+once per machine into a list of local files (``resolve_jars``), so a session start runs no Ivy and prints nothing.
 """
 
 
+import hashlib
 import logging
+import os
+import subprocess
+import sys
+import tempfile
 import threading
 from collections.abc import Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import dagster as dg
@@ -61,14 +68,81 @@ def delta_packages() -> str:
     return f"io.delta:delta-spark_{spark_minor}_2.13:{version('delta_spark')}"
 
 
+# Maven Central only: Spark's default Ivy chain also asks a local Maven cache and repos.spark-packages.org, and
+# prints a "Host ... not found" line for every artifact when a machine cannot reach one of them.
+_IVY_SETTINGS = """<ivysettings>
+  <settings defaultResolver="loader-assets"/>
+  <caches defaultCacheDir="{cache}"/>
+  <resolvers>
+    <chain name="loader-assets" returnFirst="true">
+      <ibiblio name="central" m2compatible="true" root="https://repo1.maven.org/maven2/"/>
+    </chain>
+  </resolvers>
+</ivysettings>
+"""
+_PRINT_JARS = (
+    "from pyspark.java_gateway import launch_gateway\n"
+    "print('JARS=' + (launch_gateway().jvm.java.lang.System.getProperty('spark.jars') or ''))\n"
+)
+
+
+def jar_cache_dir() -> Path:
+    """Where resolved jars and their lists live: ``LOADER_ASSETS_JAR_CACHE``, else ~/.cache/loader-assets."""
+    return Path(os.environ.get("LOADER_ASSETS_JAR_CACHE") or Path.home() / ".cache" / "loader-assets")
+
+
+def resolve_jars(packages: str) -> list[str]:
+    """Local paths of the jars of ``packages`` (Maven coordinates, comma-separated) and their dependencies.
+
+    Resolved once per machine and package list, by ``spark-submit --packages`` of a two-line script in a child
+    process whose Ivy report is captured (shown only if resolution fails), from Maven Central alone. Later
+    sessions start with ``spark.jars`` set to the listed files: no Ivy run, nothing printed, a few seconds less.
+    A list whose files are gone (a cleaned cache) is resolved again."""
+    cache = jar_cache_dir()
+    listing = cache / f"jars-{hashlib.sha256(packages.encode()).hexdigest()[:16]}.txt"
+    if listing.exists():
+        jars = listing.read_text().split()
+        if jars and all(Path(jar).is_file() for jar in jars):
+            return jars
+    import pyspark
+
+    cache.mkdir(parents=True, exist_ok=True)
+    settings = cache / "ivysettings.xml"
+    settings.write_text(_IVY_SETTINGS.format(cache=cache / "ivy" / "cache"))
+    spark_home = Path(pyspark.__file__).parent
+    env = {**os.environ, "SPARK_HOME": str(spark_home), "PYSPARK_PYTHON": sys.executable,
+           "PYSPARK_DRIVER_PYTHON": sys.executable}
+    with tempfile.TemporaryDirectory() as scratch:
+        script = Path(scratch) / "print_jars.py"
+        script.write_text(_PRINT_JARS)
+        logger.info("resolving %s from Maven Central (once per machine)", packages)
+        done = subprocess.run(
+            [str(spark_home / "bin" / "spark-submit"), "--packages", packages,
+             "--conf", f"spark.jars.ivySettings={settings}", "--conf", f"spark.jars.ivy={cache / 'ivy'}",
+             str(script)],
+            env=env, capture_output=True, text=True, check=False,
+        )
+    printed = [line[5:] for line in done.stdout.splitlines() if line.startswith("JARS=")]
+    jars = [jar.removeprefix("file://") for jar in printed[0].split(",")] if printed and printed[0] else []
+    if done.returncode != 0 or not jars:
+        raise RuntimeError(f"could not resolve the Spark packages {packages} from Maven Central "
+                           f"(spark-submit exited {done.returncode}):\n{done.stderr[-3000:]}")
+    partial = listing.with_suffix(".partial")
+    partial.write_text("\n".join(jars) + "\n")
+    partial.replace(listing)  # atomic: a concurrent resolver writes the same list
+    return jars
+
+
 def spark_config(master: str, app_name: str, conf: Mapping[str, str]) -> dict[str, str]:
     """Every conf the loader's session is built with: master, app name, the Delta jars and extensions, the
-    defaults, and the user's ``conf`` (which wins over the defaults; user jars are added to Delta's)."""
+    defaults, and the user's ``conf`` (which wins over the defaults; user packages are resolved with Delta's and
+    user jars added to them)."""
     user = dict(conf)
     packages = ",".join(p for p in (delta_packages(), user.pop("spark.jars.packages", "")) if p)
+    jars = ",".join([*resolve_jars(packages), *filter(None, [user.pop("spark.jars", "")])])
     defaults = {**DELTA_DEFAULTS, **(LOCAL_DEFAULTS if master.startswith("local") else {})}
     return {"spark.master": master, "spark.app.name": app_name, **defaults, **DELTA_CONFS,
-            "spark.jars.packages": packages, **user}
+            "spark.jars": jars, **user}
 
 
 def get_or_create_spark(master: str, app_name: str, conf: Mapping[str, str]) -> "SparkSession":

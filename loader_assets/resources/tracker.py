@@ -352,6 +352,11 @@ class FileTracker:
             value = pc.max(self._scan(table, ["batch_seq"])["batch_seq"]).as_py()
         return int(value) if value is not None else 0
 
+    def version(self) -> int:
+        """The tracker's Delta version (-1 when it does not exist): any change to any row makes a new one."""
+        table = self._open()
+        return -1 if table is None else table.version()
+
     def status_counts(self) -> dict[str, int]:
         """Files per status. From the Delta log's per-file record counts of the status partitions when the
         tracker is partitioned (no data read), else from the status column."""

@@ -37,6 +37,22 @@ def test_project_definitions_load_with_every_asset_check_job_and_sensor(monkeypa
     assert asset.partitions_def.get_first_partition_key() == "2024-01-01"
 
 
+def test_every_table_asset_has_its_pool_and_the_project_instance_gives_each_pool_one_slot_per_run(
+        monkeypatch, tmp_path):
+    """However a run is launched (UI, backfill, sensor), the run queue admits one run per table's pool."""
+    from dagster._core.instance.config import PoolGranularity
+
+    monkeypatch.setenv(CONFIG_ENV, str(PROJECT / "configs" / "local.yaml"))
+    definitions = defs()
+    for table in ["transactions", "page_views", "customers"]:
+        node = definitions.resolve_assets_def(table).node_def
+        assert node.pools == {f"loader_assets/{table}"}, node.pools
+    (tmp_path / "dagster.yaml").write_text((PROJECT / "dagster.yaml").read_text())
+    with dg.DagsterInstance.from_config(str(tmp_path)) as instance:
+        pools = instance.get_concurrency_config().pool_config
+        assert (pools.default_pool_limit, pools.pool_granularity) == (1, PoolGranularity.RUN)
+
+
 def test_bad_config_fails_definitions_with_the_field(monkeypatch, tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("target_root: l\ncheckpoint_path: c\ntables: [{table_name: t, source_path: s, file_format: avro}]\n")

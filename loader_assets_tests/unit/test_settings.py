@@ -172,3 +172,21 @@ def test_change_data_capture_defaults_and_reserved_columns(tmp_path):
     table = scd1.table("customers")
     assert table.is_scd1 and table.keeps_changes and not table.flags_deletions
     assert "effective_date" not in table.loader_columns() and "_change_op" in table.loader_columns()
+
+
+def test_reader_defaults_sit_under_the_read_options_whatever_their_case(tmp_path):
+    settings = load_settings(write(tmp_path, """
+target_root: l
+checkpoint_path: c
+tables:
+  - {table_name: plain, source_path: a, file_format: csv}
+  - {table_name: raw, source_path: b, file_format: csv, read_options: {HEADER: false, multiline: false, sep: ";"}}
+  - {table_name: lines, source_path: c, file_format: json}
+  - {table_name: cols, source_path: d, file_format: parquet, read_options: {mergeSchema: true}}
+"""))
+    plain, raw, lines, cols = settings.tables
+    assert plain.spark_read_options == {"header": "true", "quote": '"', "escape": '"', "multiLine": "true"}
+    assert raw.spark_read_options == {"quote": '"', "escape": '"', "HEADER": "false", "multiline": "false",
+                                      "sep": ";"}
+    assert lines.spark_read_options == {}
+    assert cols.spark_read_options == {"mergeSchema": "true"}

@@ -1,0 +1,137 @@
+"""What a table's materialisation tells the operator (docs/ARCHITECTURE.md, "What a materialisation reports").
+
+A run materialises one partition or a range of them, so the metadata has three scopes, named so a sum over
+partitions in the UI never counts a file twice:
+
+- **the partition's own numbers**, one set per partition event (``partition_metadata``): the files of that
+  partition this run loaded, failed, skipped or left waiting, their rows, a table of those files (path, status,
+  rows, commit version, error), and the partition's file counts by status over all runs;
+- **the run's totals**, the same on every event of the run and prefixed ``run_`` (``run_metadata``): batches,
+  commit version, files and rows over all partitions of the run;
+- **the table's state** from its Delta log (``table_metadata``), on every materialisation, one that loaded
+  nothing included: ``dagster/row_count``, ``dagster/column_schema``, ``dagster/table_name``, ``dagster/uri``
+  and ``table_version``. Reading it costs a delta-rs log read, no Spark.
+"""
+
+from collections import Counter
+from typing import Any
+
+import dagster as dg
+import pyarrow as pa
+
+from loader_assets.core.states import FileStatus
+from loader_assets.load import LoadOutcome
+from loader_assets.settings import LoaderSettings, TableSettings, quarantine_location
+from loader_assets.target import target_snapshot
+
+FILES_SHOWN = 50  # rows of a files table; a larger list says how many it left out
+TRACKER_COLUMNS = ["file_path", "partition_key", "status", "row_count", "target_version", "error_message"]
+FILES_SCHEMA = dg.TableSchema(columns=[
+    dg.TableColumn("file", "string"), dg.TableColumn("status", "string"), dg.TableColumn("rows", "int"),
+    dg.TableColumn("commit_version", "int"), dg.TableColumn("error", "string"),
+])
+
+
+def table_metadata(settings: LoaderSettings, table: TableSettings) -> dict[str, Any]:
+    """The table's own state: name, URI and, once it has been written, version, rows and columns."""
+    uri = settings.table_path(table.table_name)
+    metadata: dict[str, Any] = {"dagster/table_name": table.table_name, "dagster/uri": uri, "table_uri": uri}
+    snapshot = target_snapshot(uri)
+    if snapshot is not None:
+        metadata["table_version"] = snapshot.version
+        if snapshot.row_count is not None:
+            metadata["dagster/row_count"] = snapshot.row_count
+        metadata["dagster/column_schema"] = dg.TableSchema(
+            columns=[dg.TableColumn(name, type_name) for name, type_name in snapshot.columns])
+    return metadata
+
+
+def run_metadata(outcome: LoadOutcome, settings: LoaderSettings, table: TableSettings,
+                 partitions: int) -> dict[str, Any]:
+    """The run's totals over every partition it materialised (each key says ``run_``)."""
+    metadata: dict[str, Any] = {
+        "run_partitions": partitions,
+        "run_files_discovered": outcome.discovered,
+        "run_files_deferred": outcome.deferred,
+        "run_files_loaded": len(outcome.loaded),
+        "run_files_failed": len(outcome.failed),
+        "run_files_skipped": len(outcome.skipped),
+        "run_files_waiting": len(outcome.waiting),
+        "run_num_rows": outcome.num_rows,
+    }
+    if table.keeps_changes:  # late rows re-thread an scd2 history; in scd1 they are stale and change nothing
+        metadata["run_rows_rethreaded" if table.is_scd2 else "run_rows_stale"] = outcome.late_rows
+    if outcome.batch_ids:
+        metadata.update({
+            "run_batch_id": ", ".join(outcome.batch_ids),
+            "run_batch_seq": max(outcome.batch_seqs),
+            "run_delta_version": max(outcome.versions),
+            "run_replaced_existing_rows": outcome.replaced,
+        })
+    if outcome.split:
+        metadata["run_split_into_batches"] = len(outcome.batch_ids)
+    if outcome.quarantined:
+        metadata["run_rows_quarantined"] = sum(outcome.quarantined.values())
+        metadata["quarantine_uri"] = quarantine_location(settings.target_root, table.table_name)
+    return metadata
+
+
+def _touched(outcome: LoadOutcome) -> dict[str, tuple[str, str | None]]:
+    """Every file this run decided, with what happened to it and why (errors, skip reasons)."""
+    touched: dict[str, tuple[str, str | None]] = {}
+    touched.update({path: ("waiting", "still being written; back to pending") for path in outcome.waiting})
+    touched.update({path: ("skipped", reason) for path, reason in outcome.skipped.items()})
+    touched.update({path: ("failed", error) for path, error in outcome.failed.items()})
+    touched.update({path: ("loaded", None) for path in outcome.loaded})
+    return touched
+
+
+def files_table(rows: list[dict[str, Any]]) -> dg.TableMetadataValue:
+    """A bounded table of files: path, status, rows, commit version, error."""
+    return dg.MetadataValue.table(
+        records=[dg.TableRecord({
+            "file": row["file"], "status": row["status"], "rows": row.get("rows"),
+            "commit_version": row.get("commit_version"), "error": row.get("error"),
+        }) for row in rows[:FILES_SHOWN]],
+        schema=FILES_SCHEMA,
+    )
+
+
+def partition_metadata(outcome: LoadOutcome, tracker_rows: pa.Table,
+                       partition_keys: list[str]) -> dict[str, dict[str, Any]]:
+    """Per partition of the run: its files' numbers in this run and its files' states over all runs.
+
+    ``tracker_rows`` are the tracker's rows (``TRACKER_COLUMNS``) of the run's partitions."""
+    rows_by_path = {row["file_path"]: row for row in tracker_rows.to_pylist()}
+    touched = _touched(outcome)
+    result: dict[str, dict[str, Any]] = {}
+    for key in partition_keys:
+        of_partition = [row for row in rows_by_path.values() if row["partition_key"] == key]
+        states = Counter(row["status"] for row in of_partition)
+        mine = sorted((path for path in touched if rows_by_path.get(path, {}).get("partition_key") == key))
+        what = Counter(touched[path][0] for path in mine)
+        loaded = [path for path in mine if touched[path][0] == "loaded"]
+        metadata: dict[str, Any] = {
+            "files_loaded": what["loaded"],
+            "files_failed": what["failed"],
+            "files_skipped": what["skipped"],
+            "files_waiting": what["waiting"],
+            "num_rows": sum(outcome.rows.get(path, 0) for path in loaded),
+            "partition_files": dg.MetadataValue.json({s.value: states.get(s.value, 0) for s in FileStatus}),
+        }
+        if mine:
+            table_rows = [{
+                "file": path,
+                "status": rows_by_path[path]["status"],
+                "rows": outcome.rows.get(path) if touched[path][0] == "loaded" else None,
+                "commit_version": rows_by_path[path]["target_version"] if touched[path][0] == "loaded" else None,
+                "error": touched[path][1],
+            } for path in mine]
+            metadata["files"] = files_table(table_rows)
+            if len(mine) > FILES_SHOWN:
+                metadata["files_shown"] = f"{FILES_SHOWN} of {len(mine)}"
+        failed = [{"file": path, "error": touched[path][1]} for path in mine if touched[path][0] == "failed"]
+        if failed:
+            metadata["failed_files"] = dg.MetadataValue.json(failed[:FILES_SHOWN])
+        result[key] = metadata
+    return result

@@ -1,0 +1,116 @@
+"""What each materialisation reports (docs/ARCHITECTURE.md, "What a materialisation reports"): a partition's own
+numbers on its event, the run's totals as run_*, and the table's state from its Delta log on every event,
+one that loaded nothing included. Read back from a real Dagster instance."""
+
+import dagster as dg
+import pytest
+
+from loader_assets.api import run_pipeline
+from loader_assets.assets import build_table_asset
+from loader_assets.definitions import build_resources
+
+pytestmark = pytest.mark.spark
+
+
+def _events(instance, table="events"):
+    """The latest materialisation event of each partition, by partition key."""
+    records = instance.fetch_materializations(dg.AssetKey(table), limit=1000).records
+    latest = {}
+    for record in sorted(records, key=lambda r: r.storage_id):
+        latest[record.partition_key] = record.asset_materialization
+    return latest
+
+
+def _values(materialization, *keys):
+    return {key: getattr(materialization.metadata.get(key), "value", None) for key in keys}
+
+
+def test_a_ranged_run_gives_each_partition_its_own_numbers_and_the_table_its_state(spark, lake, instance):
+    # three day partitions: two good files each; the middle day also gets a corrupt file
+    files = {}
+    for days_ago in (3, 2, 1):
+        for n in (1, 2):
+            ids = [days_ago * 100 + n * 10 + i for i in range(n)]
+            files[(days_ago, n)] = lake.write_parquet("events", f"d{days_ago}_{n}.parquet", ids, days_ago=days_ago)
+    corrupt = lake.write_bytes("events", "d2_bad.parquet", b"PAR1 not parquet PAR1", days_ago=2)
+    settings = lake.config()
+
+    summary = run_pipeline(settings, instance=instance, run_checks=False)
+
+    assert summary.tables["events"].rows_loaded == 9 and summary.total_files_failed == 1
+    events = _events(instance)
+    assert len(events) == 3
+    per_partition = {key: _values(m, "files_loaded", "files_failed", "num_rows") for key, m in events.items()}
+    assert sorted(per_partition.values(), key=lambda v: v["files_failed"]) == [
+        {"files_loaded": 2, "files_failed": 0, "num_rows": 3},
+        {"files_loaded": 2, "files_failed": 0, "num_rows": 3},
+        {"files_loaded": 2, "files_failed": 1, "num_rows": 3},
+    ]
+    bad_key = next(key for key, v in per_partition.items() if v["files_failed"])
+    bad_event = events[bad_key]
+    assert bad_event.metadata["partition_files"].value == {
+        "pending": 0, "processing": 0, "completed": 2, "failed": 1, "skipped": 0}
+    assert [f["file"] for f in bad_event.metadata["failed_files"].value] == [str(corrupt)]
+    records = {r.data["file"]: r.data for r in bad_event.metadata["files"].value.records}
+    assert set(records) == {str(corrupt), str(files[(2, 1)]), str(files[(2, 2)])}
+    assert records[str(corrupt)]["status"] == "failed" and "parquet" in records[str(corrupt)]["error"]
+    assert records[str(files[(2, 2)])]["rows"] == 2 and records[str(files[(2, 2)])]["commit_version"] == 0
+    for materialization in events.values():  # the run's totals and the table's state, the same on each
+        assert _values(materialization, "run_files_loaded", "run_num_rows", "run_files_failed", "run_partitions",
+                       "dagster/row_count", "table_version", "run_delta_version") == {
+            "run_files_loaded": 6, "run_num_rows": 9, "run_files_failed": 1, "run_partitions": 3,
+            "dagster/row_count": 9, "table_version": 0, "run_delta_version": 0}
+        columns = [(c.name, c.type) for c in materialization.metadata["dagster/column_schema"].value.columns]
+        assert columns == [("id", "long"), ("name", "string"), ("_source_file", "string"),
+                           ("_load_timestamp", "timestamp"), ("_batch_id", "string")]
+        assert materialization.metadata["dagster/uri"].value == settings.table_path("events")
+        assert materialization.metadata["dagster/table_name"].value == "events"
+
+
+def test_a_run_that_loads_nothing_still_reports_the_tables_state(spark, lake, instance):
+    lake.write_parquet("events", "a.parquet", [1, 2, 3], days_ago=1)
+    settings = lake.config()
+    run_pipeline(settings, instance=instance, run_checks=False)
+    day = next(iter(_events(instance)))
+
+    asset = build_table_asset(settings.table("events"), settings)
+    result = dg.materialize([asset], instance=instance, partition_key=day, resources=build_resources(settings))
+
+    assert result.success
+    noop = _events(instance)[day]
+    assert _values(noop, "files_loaded", "num_rows", "run_files_loaded", "dagster/row_count", "table_version") == {
+        "files_loaded": 0, "num_rows": 0, "run_files_loaded": 0, "dagster/row_count": 3, "table_version": 0}
+    assert "run_batch_id" not in noop.metadata and "dagster/column_schema" in noop.metadata
+    assert noop.metadata["partition_files"].value["completed"] == 1
+
+
+def test_a_materialisation_that_loads_nothing_runs_its_checks_without_spark(spark, lake, instance):
+    from loader_assets.checks import build_table_checks
+    from loader_assets.resources.spark import sessions_started
+
+    lake.write_parquet("events", "a.parquet", [1, 2], days_ago=1)
+    settings = lake.config()
+    run_pipeline(settings, instance=instance)  # loads; its checks look at the run's files only
+    day = next(iter(_events(instance)))
+    table = settings.table("events")
+    assets = [build_table_asset(table, settings), *build_table_checks(table, settings)]
+
+    def click():  # what Materialize on the partition does in the UI
+        before = sessions_started()
+        result = dg.materialize(assets, instance=instance, partition_key=day, resources=build_resources(settings))
+        checks = {e.check_name: (e.passed, e.description) for e in result.get_asset_check_evaluations()}
+        return sessions_started() - before, checks
+
+    used_spark, checks = click()  # the first whole-table check reads the table
+    assert used_spark == 1 and checks["events_target_matches_tracker"][0]
+    used_spark, checks = click()  # nothing moved since: the passing result stands, no Spark
+    assert used_spark == 0
+    passed, description = checks["events_target_matches_tracker"]
+    assert passed and description.startswith("unchanged since the whole-table check of run")
+    assert all(passed for passed, _ in checks.values()), checks
+
+    lake.write_parquet("events", "b.parquet", [3], days_ago=0)  # the tracker and the target move on
+    run_pipeline(settings, instance=instance, run_checks=False)
+    used_spark, checks = click()
+    assert used_spark == 1 and checks["events_target_matches_tracker"][0]
+    assert not checks["events_target_matches_tracker"][1].startswith("unchanged")
