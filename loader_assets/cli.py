@@ -312,22 +312,9 @@ def open_instance() -> "dg.DagsterInstance":
     return instance
 
 
-def scd2_history_counts(target_path: str, current_column: str) -> tuple[int, int] | None:
-    """(all versions, current versions) of an SCD2 table, counted with delta-rs (no Spark)."""
-    import pyarrow.compute as pc
-
-    from loader_assets.target import open_target
-
-    table = open_target(target_path)
-    if table is None:
-        return None
-    # Only the flag column is read. (A filtered count_rows on delta-rs' dataset returned 0 for a boolean column
-    # with true rows, so the count is done on the column itself.)
-    flags = table.to_pyarrow_dataset().to_table(columns=[current_column])[current_column]
-    return len(flags), int(pc.sum(pc.cast(flags, "int64")).as_py() or 0)
-
-
 def _print_run(settings: LoaderSettings, summary: "RunSummary") -> None:
+    from loader_assets.target import history_counts
+
     print("=== LOAD SUMMARY ===")
     print(f"Overall Status: {'SUCCESS' if summary.success else 'FAILED'}")
     print(f"Files discovered: {summary.total_files_discovered}")
@@ -343,7 +330,7 @@ def _print_run(settings: LoaderSettings, summary: "RunSummary") -> None:
               f"{table.rows_loaded} rows -> {settings.table_path(name)}")
         spec = settings.table(name)
         if spec.is_scd2:
-            history = scd2_history_counts(settings.table_path(name), spec.scd2_current_flag_column)
+            history = history_counts(settings.table_path(name), spec.scd2_current_flag_column)
             if history:
                 print(f"    history: {history[0]} versions, {history[1]} current, {history[0] - history[1]} closed")
         for path, error in list(table.failed_files.items())[:20]:

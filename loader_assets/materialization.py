@@ -10,7 +10,8 @@ partitions in the UI never counts a file twice:
   commit version, files and rows over all partitions of the run;
 - **the table's state** from its Delta log (``table_metadata``), on every materialisation, one that loaded
   nothing included: ``dagster/row_count``, ``dagster/column_schema``, ``dagster/table_name``, ``dagster/uri``
-  and ``table_version``. Reading it costs a delta-rs log read, no Spark.
+  and ``table_version`` (for scd2 also ``history_versions``, ``history_current``, ``history_closed``). Reading
+  it costs a delta-rs log read (and for scd2 one boolean column), no Spark.
 """
 
 from collections import Counter
@@ -22,7 +23,7 @@ import pyarrow as pa
 from loader_assets.core.states import FileStatus
 from loader_assets.load import LoadOutcome
 from loader_assets.settings import LoaderSettings, TableSettings, quarantine_location
-from loader_assets.target import target_snapshot
+from loader_assets.target import history_counts, target_snapshot
 
 FILES_SHOWN = 50  # rows of a files table; a larger list says how many it left out
 TRACKER_COLUMNS = ["file_path", "partition_key", "status", "row_count", "target_version", "error_message"]
@@ -43,6 +44,11 @@ def table_metadata(settings: LoaderSettings, table: TableSettings) -> dict[str, 
             metadata["dagster/row_count"] = snapshot.row_count
         metadata["dagster/column_schema"] = dg.TableSchema(
             columns=[dg.TableColumn(name, type_name) for name, type_name in snapshot.columns])
+        if table.is_scd2:  # the history at a glance: versions, current, closed
+            counts = history_counts(uri, table.scd2_current_flag_column)
+            if counts is not None:
+                metadata.update({"history_versions": counts[0], "history_current": counts[1],
+                                 "history_closed": counts[0] - counts[1]})
     return metadata
 
 
