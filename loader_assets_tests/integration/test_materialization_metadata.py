@@ -114,3 +114,18 @@ def test_a_materialisation_that_loads_nothing_runs_its_checks_without_spark(spar
     used_spark, checks = click()
     assert used_spark == 1 and checks["events_target_matches_tracker"][0]
     assert not checks["events_target_matches_tracker"][1].startswith("unchanged")
+
+
+def test_an_scd2_materialisation_shows_its_history_at_a_glance(spark, lake, instance):
+    table = {"table_name": "people", "source_path": "landing/people", "file_format": "csv",
+             "loading_strategy": "scd2", "primary_keys": ["id"], "tracking_columns": ["city"],
+             "scd2_sequence_column": "seq", "read_options": {"inferSchema": True}}
+    lake.write_bytes("people", "1.csv", b"id,city,seq\n1,Oslo,1\n2,Rome,1\n", days_ago=1)
+    lake.write_bytes("people", "2.csv", b"id,city,seq\n1,Bergen,2\n2,Rome,2\n", days_ago=1)
+    settings = lake.config(tables=[table])
+
+    run_pipeline(settings, instance=instance, run_checks=False)
+
+    (event,) = _events(instance, "people").values()
+    assert _values(event, "history_versions", "history_current", "history_closed", "dagster/row_count") == {
+        "history_versions": 3, "history_current": 2, "history_closed": 1, "dagster/row_count": 3}
