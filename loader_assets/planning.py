@@ -118,6 +118,7 @@ class PendingWork:
     partition_keys: tuple[str, ...]
     ranges: tuple[tuple[str, str], ...]
     digest: str  # changes whenever the work changes (a new file, a retry, a new batch id), stable otherwise
+    idle: str = ""  # when there is no work: why, in an operator's words (the sensor's skip reason)
 
     @property
     def has_work(self) -> bool:
@@ -155,7 +156,44 @@ def pending_work(
         partition_keys=tuple(keys),
         ranges=tuple(group_into_ranges(keys, table.partitioning.granularity.value)),
         digest=hashlib.sha256("\n".join(entries).encode()).hexdigest()[:16],
+        idle="" if keys else idle_reason(listing, known, table, retry_attempts, now or datetime.now(UTC)),
     )
+
+
+def idle_reason(listing: pa.Table, known: pa.Table, table: TableSettings, retry_attempts: int,
+                now: datetime) -> str:
+    """Why a table with no work has none: what its files are waiting for, and who resolves each kind."""
+    name = table.table_name
+    present = known.filter(pc.is_in(known["file_path"], listing["file_path"]))
+    status = present["status"]
+    failed = present.filter(pc.equal(status, FileStatus.FAILED.value))
+    exhausted = pc.greater_equal(pc.fill_null(failed["retry_count"], 0), retry_attempts)
+    held = pc.and_(pc.invert(exhausted), pc.invert(pc.fill_null(failed["retryable"], True)))
+    waiting = failed.filter(pc.invert(pc.or_(exhausted, held)))
+    new = listing.filter(pc.invert(pc.is_in(listing["file_path"], known["file_path"])))
+    young = new.num_rows - int(pc.sum(_settled(new["file_modified_time"], table, now)).as_py() or 0)
+
+    def count(value: str) -> int:
+        return int(pc.sum(pc.equal(status, value)).as_py() or 0)
+
+    parts = [f"{count(FileStatus.COMPLETED.value)} completed"]
+    if waiting.num_rows:
+        next_at = pc.min(waiting["next_attempt_at"]).as_py()
+        parts.append(f"{waiting.num_rows} failed, retried after their backoff"
+                     + (f" (next at {next_at:%Y-%m-%d %H:%M:%S} UTC)" if next_at else ""))
+    if int(pc.sum(exhausted).as_py() or 0):
+        parts.append(f"{int(pc.sum(exhausted).as_py())} failed with no retries left "
+                     f"(`loader-assets retry --table {name}` or `skip`)")
+    if int(pc.sum(held).as_py() or 0):
+        parts.append(f"{int(pc.sum(held).as_py())} failed until an operator acts "
+                     f"(`loader-assets retry --table {name}` or `skip`)")
+    if count(FileStatus.PROCESSING.value):
+        parts.append(f"{count(FileStatus.PROCESSING.value)} being loaded by a live run")
+    if count(FileStatus.SKIPPED.value):
+        parts.append(f"{count(FileStatus.SKIPPED.value)} skipped")
+    if young:
+        parts.append(f"{young} new, younger than min_file_age_seconds={table.min_file_age_seconds:g}")
+    return f"nothing to load among {listing.num_rows} files in {table.source_path}: " + ", ".join(parts)
 
 
 @dataclass

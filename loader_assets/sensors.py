@@ -57,7 +57,7 @@ def build_table_sensor(table: TableSettings, settings: LoaderSettings, job_name:
         live = holder_is_live(lock.for_table(name).read(), run_ended_checker(context.instance))
         work = pending_work(table, tracker.for_table(name), settings.retry_attempts, holder_live=live)
         if not work.has_work:
-            return dg.SkipReason(f"no new or retryable files among {work.discovered} in {table.source_path}")
+            return dg.SkipReason(work.idle)
         requests = []
         ranges = work.ranges[: settings.sensor_max_runs_per_tick]  # each run loads <= max_files_per_run files
         for start, end in ranges:

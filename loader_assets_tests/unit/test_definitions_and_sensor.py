@@ -93,4 +93,41 @@ def test_sensor_skips_an_empty_landing_zone(lake, instance):
     result = sensor.evaluate_tick(dg.build_sensor_context(
         instance=instance, resources={"tracker": DeltaTrackerResource(checkpoint_path=settings.checkpoint_path),
                                       "lock": DeltaLockResource(checkpoint_path=settings.checkpoint_path)}))
-    assert result.run_requests == [] and "no new or retryable files among 0" in result.skip_message
+    assert result.run_requests == [] and result.skip_message == (
+        f"nothing to load among 0 files in {settings.tables[0].source_path}: 0 completed")
+
+
+def test_an_idle_tables_skip_reason_says_what_each_file_waits_for_and_who_resolves_it(lake):
+    from datetime import UTC, datetime, timedelta
+
+    import pyarrow as pa
+
+    from loader_assets.core.discovery import LISTING_SCHEMA
+    from loader_assets.planning import WORK_COLUMNS, idle_reason
+    from loader_assets.resources.tracker import TRACKER_SCHEMA
+
+    now = datetime(2025, 3, 1, 12, tzinfo=UTC)
+    settings = lake.config(tables=[{"table_name": "events", "source_path": "landing/events",
+                                    "file_format": "parquet", "min_file_age_seconds": 60}])
+    files = ["done", "backoff", "exhausted", "held", "loading", "skipped", "young"]
+    listing = pa.table({"file_path": files, "file_size": [1] * 7,
+                        "file_modified_time": [now - timedelta(hours=1)] * 6 + [now]}, schema=LISTING_SCHEMA)
+    rows = [("done", "completed", 0, True, None), ("backoff", "failed", 1, True, now + timedelta(minutes=5)),
+            ("exhausted", "failed", 3, True, None), ("held", "failed", 1, False, None),
+            ("loading", "processing", 0, True, None), ("skipped", "skipped", 0, True, None)]
+    schema = pa.schema([TRACKER_SCHEMA.field(name) for name in WORK_COLUMNS])
+    known = pa.table({name: [None] * len(rows) for name in WORK_COLUMNS}, schema=schema)
+    for column, values in {"file_path": [r[0] for r in rows], "status": [r[1] for r in rows],
+                           "retry_count": [r[2] for r in rows], "retryable": [r[3] for r in rows],
+                           "next_attempt_at": [r[4] for r in rows]}.items():
+        known = known.set_column(schema.get_field_index(column), schema.field(column),
+                                 pa.array(values, schema.field(column).type))
+
+    reason = idle_reason(listing, known, settings.tables[0], retry_attempts=3, now=now)
+
+    assert reason == (
+        f"nothing to load among 7 files in {settings.tables[0].source_path}: 1 completed, "
+        "1 failed, retried after their backoff (next at 2025-03-01 12:05:00 UTC), "
+        "1 failed with no retries left (`loader-assets retry --table events` or `skip`), "
+        "1 failed until an operator acts (`loader-assets retry --table events` or `skip`), "
+        "1 being loaded by a live run, 1 skipped, 1 new, younger than min_file_age_seconds=60")
