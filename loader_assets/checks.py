@@ -5,6 +5,8 @@ would load every partition). They run after each materialisation of the table an
 ``<table>_checks_job``.
 
 - ``<table>_no_failed_files``: files that failed. WARN while retries remain, ERROR once any file exhausted them.
+  Its ``files_not_completed`` table lists every file that is not completed (failed, processing, pending,
+  skipped) with the reason and the exact command that resolves it: the per-file state on the asset's page.
 - ``<table>_target_matches_tracker``: every completed file's row count equals its rows in the target, no rows
   come from a file that is not completed, and no file's rows carry two batch ids (a duplicate load). For an
   scd2 table the count is the file's change rows in the change record, and no change row may come from a file
@@ -58,6 +60,7 @@ from loader_assets.settings import LoaderSettings, TableSettings
 from loader_assets.target import open_target
 
 SAMPLE = 20
+SAMPLE_TABLE = 50  # rows of a files table in a check's metadata; a longer list says how many it left out
 
 
 @dataclass
@@ -323,15 +326,63 @@ def exhausted_failures(failed: pa.Table, retry_attempts: int) -> pa.Table:
     ))
 
 
+CONFIG_PLACEHOLDER = "$LOADER_ASSETS_CONFIG"  # the config the Dagster deployment loads (definitions.CONFIG_ENV)
+NOT_COMPLETED = [FileStatus.PENDING, FileStatus.PROCESSING, FileStatus.FAILED, FileStatus.SKIPPED]
+NOT_COMPLETED_SCHEMA = dg.TableSchema(columns=[
+    dg.TableColumn("file", "string"), dg.TableColumn("status", "string"), dg.TableColumn("partition", "string"),
+    dg.TableColumn("reason", "string"), dg.TableColumn("resolve_with", "string"),
+])
+
+
+def not_completed_rows(rows: pa.Table, table_name: str, retry_attempts: int) -> list[dict[str, Any]]:
+    """Each file that is not completed: its state, why, and the exact command that resolves it."""
+    cli = f"loader-assets {{}} --config {CONFIG_PLACEHOLDER} --table {table_name}"
+    out = []
+    for row in rows.to_pylist():
+        path, status = row["file_path"], row["status"]
+        one = f"{cli} --file '{path}'"
+        if status == FileStatus.FAILED.value:
+            exhausted = (row["retry_count"] or 0) >= retry_attempts or row["retryable"] is False
+            reason = row["error_message"] or "failed"
+            resolve = (f"{one.format('retry')}   (or {one.format('skip')} --reason '...')" if exhausted
+                       else f"retried by the next run after its backoff; now: {one.format('retry')}")
+            reason = reason if exhausted else f"{reason} (attempt {row['retry_count'] or 0} of {retry_attempts})"
+        elif status == FileStatus.PENDING.value:
+            reason, resolve = "waiting for the next run", cli.format("run")
+        elif status == FileStatus.PROCESSING.value:
+            reason = f"claimed by batch {row['batch_id']}"
+            resolve = (f"finishes with its run; if that run is gone: {cli.format('run')} (recovers it) or "
+                       f"loader-assets fix-inconsistencies --config {CONFIG_PLACEHOLDER}")
+        else:
+            reason, resolve = row["error_message"] or "skipped", f"{one.format('reprocess')} (to load it after all)"
+        out.append({"file": path, "status": status, "partition": row["partition_key"], "reason": reason,
+                    "resolve_with": resolve})
+    return out
+
+
 def failed_files_result(tracker: FileTracker, retry_attempts: int) -> dg.AssetCheckResult:
-    failed = tracker.read(columns=["file_path", "error_message", "retry_count", "retryable"],
-                          statuses=[FileStatus.FAILED])
+    rows = tracker.read(columns=["file_path", "status", "partition_key", "error_message", "retry_count",
+                                 "retryable", "batch_id"], statuses=NOT_COMPLETED)
+    failed = rows.filter(pc.equal(rows["status"], FileStatus.FAILED.value))
     exhausted = exhausted_failures(failed, retry_attempts)
     sample = [
         {"file": r["file_path"], "error": r["error_message"], "retry_count": r["retry_count"]}
         for r in failed.slice(0, SAMPLE).to_pylist()
     ]
+    # failed files first (those waiting for an operator first of all), then processing, pending, skipped
+    order = {FileStatus.FAILED.value: 0, FileStatus.PROCESSING.value: 1, FileStatus.PENDING.value: 2}
+    listed = sorted(not_completed_rows(rows, tracker.table_name, retry_attempts),
+                    key=lambda r: (order.get(r["status"], 3), "attempt" in r["reason"], r["file"]))
     severity = dg.AssetCheckSeverity.ERROR if exhausted.num_rows else dg.AssetCheckSeverity.WARN
+    metadata: dict[str, Any] = {
+        "failed_files": failed.num_rows,
+        "retries_exhausted": exhausted.num_rows,
+        "sample": dg.MetadataValue.json(sample),
+        "files_not_completed": dg.MetadataValue.table(
+            records=[dg.TableRecord(r) for r in listed[:SAMPLE_TABLE]], schema=NOT_COMPLETED_SCHEMA),
+    }
+    if len(listed) > SAMPLE_TABLE:
+        metadata["files_not_completed_shown"] = f"{SAMPLE_TABLE} of {len(listed)}"
     return dg.AssetCheckResult(
         passed=failed.num_rows == 0,
         severity=severity,
@@ -340,11 +391,7 @@ def failed_files_result(tracker: FileTracker, retry_attempts: int) -> dg.AssetCh
             else f"{failed.num_rows} failed files, {exhausted.num_rows} waiting for an operator (no retries left "
             "or not retryable: `loader-assets retry`, `reprocess` or `skip`)"
         ),
-        metadata={
-            "failed_files": failed.num_rows,
-            "retries_exhausted": exhausted.num_rows,
-            "sample": dg.MetadataValue.json(sample),
-        },
+        metadata=metadata,
     )
 
 

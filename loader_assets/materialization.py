@@ -8,10 +8,11 @@ partitions in the UI never counts a file twice:
   rows, commit version, error), and the partition's file counts by status over all runs;
 - **the run's totals**, the same on every event of the run and prefixed ``run_`` (``run_metadata``): batches,
   commit version, files and rows over all partitions of the run;
-- **the table's state** from its Delta log (``table_metadata``), on every materialisation, one that loaded
-  nothing included: ``dagster/row_count``, ``dagster/column_schema``, ``dagster/table_name``, ``dagster/uri``
-  and ``table_version`` (for scd2 also ``history_versions``, ``history_current``, ``history_closed``). Reading
-  it costs a delta-rs log read (and for scd2 one boolean column), no Spark.
+- **the table's state** from its Delta log and tracker (``table_metadata``), on every materialisation, one that
+  loaded nothing included: ``dagster/row_count``, ``dagster/column_schema``, ``dagster/table_name``,
+  ``dagster/uri``, ``table_version``, the files by status as ``tracker_<status>`` (for scd2 also
+  ``history_versions``, ``history_current``, ``history_closed``). Reading it costs a delta-rs log read (for
+  scd2 one boolean column), no Spark.
 """
 
 from collections import Counter
@@ -33,10 +34,12 @@ FILES_SCHEMA = dg.TableSchema(columns=[
 ])
 
 
-def table_metadata(settings: LoaderSettings, table: TableSettings) -> dict[str, Any]:
-    """The table's own state: name, URI and, once it has been written, version, rows and columns."""
+def table_metadata(settings: LoaderSettings, table: TableSettings, status_counts: dict[str, int]) -> dict[str, Any]:
+    """The table's own state: name, URI, its files by status (``tracker_<status>``: numbers Dagster plots over
+    time) and, once it has been written, version, rows and columns."""
     uri = settings.table_path(table.table_name)
-    metadata: dict[str, Any] = {"dagster/table_name": table.table_name, "dagster/uri": uri, "table_uri": uri}
+    metadata: dict[str, Any] = {"dagster/table_name": table.table_name, "dagster/uri": uri, "table_uri": uri,
+                                **{f"tracker_{status}": count for status, count in status_counts.items()}}
     snapshot = target_snapshot(uri)
     if snapshot is not None:
         metadata["table_version"] = snapshot.version

@@ -60,7 +60,7 @@ class DeltaTableIOManager(dg.ConfigurableIOManager):
         for key, metadata in partition_metadata(outcome, rows, keys).items():
             context.step_context.add_asset_metadata(metadata, partition_key=key)
         context.add_output_metadata({**run_metadata(outcome, request.settings, table, len(keys)),
-                                     **table_metadata(request.settings, table)})
+                                     **table_metadata(request.settings, table, load_context.tracker.status_counts())})
 
     def load_input(self, context: dg.InputContext) -> "DataFrame":
         """The whole target table as a Spark DataFrame (downstream assets filter it themselves)."""

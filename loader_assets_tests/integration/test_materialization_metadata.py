@@ -65,6 +65,20 @@ def test_a_ranged_run_gives_each_partition_its_own_numbers_and_the_table_its_sta
                            ("_load_timestamp", "timestamp"), ("_batch_id", "string")]
         assert materialization.metadata["dagster/uri"].value == settings.table_path("events")
         assert materialization.metadata["dagster/table_name"].value == "events"
+        assert _values(materialization, "tracker_completed", "tracker_failed", "tracker_pending") == {
+            "tracker_completed": 6, "tracker_failed": 1, "tracker_pending": 0}
+
+    # the failed-files check lists the file with its reason and the command that resolves it
+    from loader_assets.checks import failed_files_result
+    from loader_assets.resources.tracker import DeltaTrackerResource
+
+    tracker = DeltaTrackerResource(checkpoint_path=settings.checkpoint_path).for_table("events")
+    check = failed_files_result(tracker, retry_attempts=3)
+    (listed,) = [r.data for r in check.metadata["files_not_completed"].value.records]
+    assert listed["file"] == str(corrupt) and listed["status"] == "failed" and listed["partition"] == bad_key
+    assert listed["reason"].endswith("(attempt 1 of 3)") and "parquet" in listed["reason"]
+    assert listed["resolve_with"] == ("retried by the next run after its backoff; now: loader-assets retry "
+                                      f"--config $LOADER_ASSETS_CONFIG --table events --file '{corrupt}'")
 
 
 def test_a_run_that_loads_nothing_still_reports_the_tables_state(spark, lake, instance):
