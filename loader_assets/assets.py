@@ -6,6 +6,8 @@ runs the whole load inside the table's lease (``load.TableLoad``). Wide ranges r
 (``BackfillPolicy.single_run()``) with one Spark session, which starts only when the batch has files to read.
 """
 
+from datetime import timedelta
+
 import dagster as dg
 
 from loader_assets.core.partitions import parse_start
@@ -34,6 +36,14 @@ def partitions_def_for(table: TableSettings) -> dg.TimeWindowPartitionsDefinitio
     return dg.DailyPartitionsDefinition(start_date=start.strftime("%Y-%m-%d"), end_offset=1, timezone="UTC")
 
 
+def freshness_policy_for(table: TableSettings) -> dg.FreshnessPolicy | None:
+    """Dagster's freshness policy from ``freshness.max_lag_minutes``: warn at it, fail at twice it."""
+    if table.freshness is None or table.freshness.max_lag_minutes is None:
+        return None
+    lag = timedelta(minutes=table.freshness.max_lag_minutes)
+    return dg.FreshnessPolicy.time_window(fail_window=2 * lag, warn_window=lag)
+
+
 def build_table_asset(table: TableSettings, settings: LoaderSettings) -> dg.AssetsDefinition:
     """The software-defined asset of one target table."""
     name = table.table_name
@@ -50,6 +60,7 @@ def build_table_asset(table: TableSettings, settings: LoaderSettings) -> dg.Asse
         # every pool one slot with run granularity. In-process runs (CLI, materialize()) bypass the run queue;
         # the table's Delta lease is what keeps any two writers apart (docs/ARCHITECTURE.md, "Partitions and runs").
         pool=pool_name(name),
+        freshness_policy=freshness_policy_for(table),
         metadata={
             "table_uri": settings.table_path(name),
             "source_path": table.source_path,

@@ -11,6 +11,8 @@ would load every partition). They run after each materialisation of the table an
   come from a file that is not completed, and no file's rows carry two batch ids (a duplicate load). For an
   scd2 table the count is the file's change rows in the change record, and no change row may come from a file
   the tracker does not count as loaded.
+- ``<table>_freshness`` (tables with ``freshness``): the newest loaded file is at most ``max_lag_minutes`` old
+  (WARN, ERROR past twice that) and no file waited longer than ``max_pending_minutes`` (ERROR). No Spark.
 - ``<table>_scd2_invariants`` (scd2 tables): one current row per key, flag agrees with end date, intervals of a
   key neither overlap nor leave gaps.
 - ``<table>_history_matches_changes`` (scd2 tables): the versions are exactly those the change record defines.
@@ -27,6 +29,7 @@ would load every partition). They run after each materialisation of the table an
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import dagster as dg
@@ -395,6 +398,44 @@ def failed_files_result(tracker: FileTracker, retry_attempts: int) -> dg.AssetCh
     )
 
 
+def freshness_result(table: TableSettings, tracker: FileTracker, retry_attempts: int,
+                     now: datetime | None = None) -> dg.AssetCheckResult:
+    """How old the newest loaded file is (against ``max_lag_minutes``), and how long the oldest file that is
+    still work has waited (against ``max_pending_minutes``). From the listing and the tracker; no Spark."""
+    from loader_assets.core.discovery import list_source_files
+    from loader_assets.planning import WORK_COLUMNS, work_files
+
+    assert table.freshness is not None
+    now = now or datetime.now(UTC)
+    limits = table.freshness
+    completed = tracker.read(columns=["file_modified_time"], statuses=[FileStatus.COMPLETED])
+    newest = pc.max(completed["file_modified_time"]).as_py() if completed.num_rows else None
+    work = work_files(list_source_files(table.source_path), tracker.read(columns=WORK_COLUMNS), table,
+                      retry_attempts, now)
+    oldest = pc.min(work["file_modified_time"]).as_py() if work.num_rows else None
+    lag = (now - newest).total_seconds() / 60 if newest else None
+    waited = (now - oldest).total_seconds() / 60 if oldest else 0.0
+    problems, severity = [], dg.AssetCheckSeverity.WARN
+    if limits.max_pending_minutes is not None and waited > limits.max_pending_minutes:
+        problems.append(f"a file has waited {waited:.0f} min to be loaded (limit {limits.max_pending_minutes:g})")
+        severity = dg.AssetCheckSeverity.ERROR
+    if limits.max_lag_minutes is not None and (lag is None or lag > limits.max_lag_minutes):
+        problems.append("no file loaded yet" if lag is None else
+                        f"the newest loaded file is {lag:.0f} min old (limit {limits.max_lag_minutes:g})")
+        if lag is not None and lag > 2 * limits.max_lag_minutes:
+            severity = dg.AssetCheckSeverity.ERROR
+    metadata: dict[str, Any] = {"files_waiting": work.num_rows, "oldest_waiting_minutes": round(waited, 1)}
+    if lag is not None:
+        metadata["newest_loaded_minutes"] = round(lag, 1)
+        metadata["newest_loaded_file_time"] = newest.isoformat()
+    return dg.AssetCheckResult(
+        passed=not problems, severity=severity, metadata=metadata,
+        description="; ".join(problems) or (
+            f"newest loaded file {lag:.0f} min old, " if lag is not None else "") + (
+            f"{work.num_rows} files waiting, the oldest {waited:.0f} min" if work.num_rows else "no file waiting"),
+    )
+
+
 def history_result(difference: HistoryDifference, scope: str, check_name: str,
                    extra: dict[str, Any] | None = None) -> dg.AssetCheckResult:
     return dg.AssetCheckResult(
@@ -566,6 +607,17 @@ def build_table_checks(table: TableSettings, settings: LoaderSettings) -> list[d
         )
 
     checks = [_no_failed_files, _target_matches_tracker, _no_orphaned_processing, _lock_not_stale]
+    if table.freshness is not None:
+        @dg.asset_check(
+            asset=name,
+            name=f"{name}_freshness",
+            description=("The newest loaded file is at most max_lag_minutes old (WARN; ERROR past twice that) and no "
+                         "file has waited longer than max_pending_minutes to be loaded (ERROR)."),
+        )
+        def _freshness(tracker: DeltaTrackerResource) -> dg.AssetCheckResult:
+            return freshness_result(table, tracker.for_table(name), settings.retry_attempts)
+
+        checks.append(_freshness)
     if table.keeps_changes:
         matches = f"{name}_history_matches_changes" if table.is_scd2 else f"{name}_rows_match_changes"
         specs = [dg.AssetCheckSpec(matches, asset=name, description=(

@@ -144,6 +144,20 @@ class PartitioningSettings(_Frozen):
         raise ValueError(f"start must look like 2024-01-01 (or 2024-01-01-00:00 for hourly), got {value!r}")
 
 
+class FreshnessSettings(_Frozen):
+    """How fresh a table must be. Either limit may be left out."""
+
+    max_lag_minutes: float | None = Field(
+        default=None, gt=0,
+        description="The newest loaded file may be at most this old (its modification time); WARN past it, "
+                    "ERROR past twice it. Also the asset's Dagster freshness policy (warn at it, fail at twice).",
+    )
+    max_pending_minutes: float | None = Field(
+        default=None, gt=0,
+        description="No file may wait this long in the landing zone without being loaded (ERROR past it).",
+    )
+
+
 class SparkSettings(_Frozen):
     """The Spark session the target tables are written with. ``conf`` is passed through to the builder."""
 
@@ -195,6 +209,9 @@ class TableSettings(_Frozen):
     min_file_age_seconds: float = Field(
         default=0, ge=0,
         description="A file modified less than this many seconds ago is left for a later run (still being written).",
+    )
+    freshness: FreshnessSettings | None = Field(
+        default=None, description="Freshness limits: a <table>_freshness check and a Dagster freshness policy.",
     )
 
     @field_validator("table_name")

@@ -23,7 +23,7 @@ def test_project_definitions_load_with_every_asset_check_job_and_sensor(monkeypa
     per_table = ["no_failed_files", "target_matches_tracker", "no_orphaned_processing", "lock_not_stale"]
     assert check_names == sorted(
         [f"{table}_{check}" for table in ["customers", "page_views", "transactions"] for check in per_table]
-        + ["customers_scd2_invariants", "customers_history_matches_changes"]
+        + ["customers_scd2_invariants", "customers_history_matches_changes", "transactions_freshness"]
     )
     assert sorted(s.name for s in definitions.sensors) == [
         "customers_files_sensor", "page_views_files_sensor", "transactions_files_sensor"]

@@ -211,3 +211,41 @@ def test_small_files_are_compacted_as_they_pile_up(tmp_path):
     assert len(table.file_uris()) <= MAX_SMALL_FILES + 1, len(table.file_uris())
     assert tracker.status_counts()["completed"] == 30 and tracker.max_batch_seq() == 30
     assert sorted(tracker.read(columns=["batch_id"])["batch_id"].to_pylist()) == sorted(f"b{n}" for n in range(30))
+
+
+def test_the_freshness_check_measures_the_newest_loaded_file_and_the_longest_wait(tmp_path):
+    import os
+    from datetime import UTC, datetime, timedelta
+
+    import dagster as dg
+
+    from loader_assets.checks import freshness_result
+    from loader_assets.settings import TableSettings
+
+    now = datetime(2025, 3, 1, 12, tzinfo=UTC)
+    source = tmp_path / "in"
+    source.mkdir()
+    for name, minutes_ago in [("loaded.csv", 90), ("waiting.csv", 40)]:
+        (source / name).write_text("h\n1\n")
+        moment = (now - timedelta(minutes=minutes_ago)).timestamp()
+        os.utime(source / name, (moment, moment))
+    tracker = new_tracker(tmp_path / "ckpt")
+    listing = list_source_files(str(source))
+    tracker.register(listing, partition_keys_for(listing["file_modified_time"], "day", "2024-01-01"))
+    loaded = str(source / "loaded.csv")
+    tracker.claim([loaded], "b1", 1, "run1")
+    tracker.complete({loaded: 1}, "b1", 0)
+
+    def check(**limits):
+        table = TableSettings(table_name="t", source_path=str(source), file_format="csv", freshness=limits)
+        result = freshness_result(table, tracker, retry_attempts=3, now=now)
+        return result.passed, result.severity, result.description
+
+    assert check(max_lag_minutes=120, max_pending_minutes=60) == (
+        True, dg.AssetCheckSeverity.WARN, "newest loaded file 90 min old, 1 files waiting, the oldest 40 min")
+    assert check(max_lag_minutes=60) == (
+        False, dg.AssetCheckSeverity.WARN, "the newest loaded file is 90 min old (limit 60)")
+    assert check(max_lag_minutes=30) == (
+        False, dg.AssetCheckSeverity.ERROR, "the newest loaded file is 90 min old (limit 30)")
+    assert check(max_pending_minutes=30) == (
+        False, dg.AssetCheckSeverity.ERROR, "a file has waited 40 min to be loaded (limit 30)")
