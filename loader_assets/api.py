@@ -9,6 +9,8 @@ whose batch was capped by ``max_files_per_run`` is run again until nothing eligi
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -114,10 +116,12 @@ def run_pipeline(
     instance: dg.DagsterInstance | None = None,
     log_level: str = "INFO",
     run_checks: bool = True,
+    progress: Callable[[str], None] | None = None,
 ) -> RunSummary:
     """Load every table (or the named ones) until no eligible file is left. Returns what was done. With
     ``run_checks`` false the asset checks do not run after each load (``validate_consistency`` runs the same
-    checks over whole tables when wanted)."""
+    checks over whole tables when wanted). ``progress`` gets one line per run as it ends (table, partitions,
+    files loaded and failed, rows, seconds): the CLI prints them on a terminal."""
     definitions = build_definitions(settings, load_checks=run_checks)
     selected = [settings.table(name) for name in tables] if tables else list(settings.tables)
     own_instance = instance is None
@@ -150,6 +154,7 @@ def run_pipeline(
                     break
                 last_digest = work.digest
                 for start, end in work.ranges:
+                    started = time.monotonic()
                     tags = range_tags(start, end) if start != end else {}
                     outcome = job.execute_in_process(
                         instance=instance,
@@ -159,6 +164,8 @@ def run_pipeline(
                         raise_on_error=False,
                     )
                     result.run_ids.append(outcome.run_id)
+                    if progress is not None:
+                        progress(_progress_line(name, start, end, outcome, time.monotonic() - started))
                     if not outcome.success:
                         for event in outcome.all_events:
                             if event.is_step_failure and event.step_failure_data:
@@ -179,6 +186,20 @@ def run_pipeline(
             instance.dispose()
     summary.spark_session_started = spark_resource.sessions_started() > started_before
     return summary
+
+
+def _progress_line(name: str, start: str, end: str, outcome: dg.ExecuteInProcessResult, seconds: float) -> str:
+    """One run's numbers from its materialisation's run_* metadata."""
+    events = outcome.get_asset_materialization_events()
+    metadata = events[0].materialization.metadata if events else {}
+
+    def value(key: str) -> Any:
+        return getattr(metadata.get(key), "value", 0)
+
+    window = start if start == end else f"{start}..{end}"
+    state = "" if outcome.success else ", run FAILED"
+    return (f"{name} {window}: {value('run_files_loaded')} files loaded, {value('run_num_rows')} rows, "
+            f"{value('run_files_failed')} failed{state} ({seconds:.1f} s)")
 
 
 @dataclass

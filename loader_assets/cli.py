@@ -347,7 +347,12 @@ def _cmd_run(args: argparse.Namespace, settings: LoaderSettings) -> int:
             settings.table(name)  # ConfigError (exit 2) for an unknown table
     instance = open_instance()
     try:
-        summary = run_pipeline(settings, tables=args.tables, instance=instance, run_checks=not args.skip_checks)
+        # Dagster's own log lines only from WARNING up (LOADER_ASSETS_LOG_LEVEL=INFO for all); on a terminal,
+        # one progress line per run on stderr, so stdout stays the summary (or the --json document)
+        summary = run_pipeline(settings, tables=args.tables, instance=instance, run_checks=not args.skip_checks,
+                               log_level=os.environ.get("LOADER_ASSETS_LOG_LEVEL", "WARNING"),
+                               progress=(lambda line: print(line, file=sys.stderr, flush=True))
+                               if sys.stderr.isatty() else None)
     finally:
         instance.dispose()
     if args.json:

@@ -35,9 +35,11 @@ def test_a_ranged_run_gives_each_partition_its_own_numbers_and_the_table_its_sta
     corrupt = lake.write_bytes("events", "d2_bad.parquet", b"PAR1 not parquet PAR1", days_ago=2)
     settings = lake.config()
 
-    summary = run_pipeline(settings, instance=instance, run_checks=False)
+    lines = []
+    summary = run_pipeline(settings, instance=instance, run_checks=False, progress=lines.append)
 
     assert summary.tables["events"].rows_loaded == 9 and summary.total_files_failed == 1
+    assert len(lines) == 1 and lines[0].startswith("events 20") and ": 6 files loaded, 9 rows, 1 failed (" in lines[0]
     events = _events(instance)
     assert len(events) == 3
     per_partition = {key: _values(m, "files_loaded", "files_failed", "num_rows") for key, m in events.items()}
