@@ -12,7 +12,7 @@ re-threads the history around the rows applied before it, a delete that arrives 
 full extract deletes the keys absent from it wherever it falls in sequence order, and rows that repeated a key's
 current values, which leave no trace in the table, still decide where a later version starts. The record is
 also how a replay (a reload after ``reset-state``, the same content under a new name) is recognised, and what
-``<table>_history_matches_changes`` checks the table against.
+``history_matches_changes`` checks the table against.
 
 Exactly once, across two tables. A batch writes the record first (an append carrying ``txnAppId =
 loader_assets/<table>/changes``, ``txnVersion = batch_seq``), then its one commit on the target (carrying the

@@ -4,18 +4,18 @@ The checks read the tracker and the Delta table themselves instead of taking the
 would load every partition). They run after each materialisation of the table and alone, through the table's
 ``<table>_checks_job``.
 
-- ``<table>_no_failed_files``: files that failed. WARN while retries remain, ERROR once any file exhausted them.
+- ``no_failed_files``: files that failed. WARN while retries remain, ERROR once any file exhausted them.
   Its ``files_not_completed`` table lists every file that is not completed (failed, processing, pending,
   skipped) with the reason and the exact command that resolves it: the per-file state on the asset's page.
-- ``<table>_target_matches_tracker``: every completed file's row count equals its rows in the target, no rows
+- ``target_matches_tracker``: every completed file's row count equals its rows in the target, no rows
   come from a file that is not completed, and no file's rows carry two batch ids (a duplicate load). For an
   scd2 table the count is the file's change rows in the change record, and no change row may come from a file
   the tracker does not count as loaded.
-- ``<table>_freshness`` (tables with ``freshness``): the newest loaded file is at most ``max_lag_minutes`` old
+- ``freshness`` (tables with ``freshness``): the newest loaded file is at most ``max_lag_minutes`` old
   (WARN, ERROR past twice that) and no file waited longer than ``max_pending_minutes`` (ERROR). No Spark.
-- ``<table>_scd2_invariants`` (scd2 tables): one current row per key, flag agrees with end date, intervals of a
+- ``scd2_invariants`` (scd2 tables): one current row per key, flag agrees with end date, intervals of a
   key neither overlap nor leave gaps.
-- ``<table>_history_matches_changes`` (scd2 tables): the versions are exactly those the change record defines.
+- ``history_matches_changes`` (scd2 tables): the versions are exactly those the change record defines.
 - After a load, the table checks look at what that run wrote (its files; the keys of its batches), so their
   cost follows the batch, not the table; run alone (the checks job, a run that loaded nothing) and in
   ``validate-consistency`` they check the whole table.
@@ -535,7 +535,7 @@ def build_table_checks(table: TableSettings, settings: LoaderSettings) -> list[d
 
     @dg.asset_check(
         asset=name,
-        name=f"{name}_no_failed_files",
+        name="no_failed_files",
         description="Files of this table that failed to load (WARN while retries remain, ERROR after).",
     )
     def _no_failed_files(tracker: DeltaTrackerResource) -> dg.AssetCheckResult:
@@ -543,7 +543,7 @@ def build_table_checks(table: TableSettings, settings: LoaderSettings) -> list[d
 
     @dg.asset_check(
         asset=name,
-        name=f"{name}_target_matches_tracker",
+        name="target_matches_tracker",
         description=(
             "Every completed file's row count equals its rows in the table (for scd2: its change rows in the change "
             "record); no rows from files that are not completed; no file loaded twice."
@@ -557,7 +557,7 @@ def build_table_checks(table: TableSettings, settings: LoaderSettings) -> list[d
             return dg.AssetCheckResult(passed=True, description="nothing loaded yet", metadata={"completed_files": 0})
         scope = files_of_run(table_tracker, context.run.run_id)
         state = verified_state(table_tracker, target_path, record)
-        check_name = f"{name}_target_matches_tracker"
+        check_name = "target_matches_tracker"
         if not scope and (run_id := passed_at(context, name, check_name, state)):
             return unchanged_result(check_name, state, run_id)
         if record is not None:
@@ -568,7 +568,7 @@ def build_table_checks(table: TableSettings, settings: LoaderSettings) -> list[d
 
     @dg.asset_check(
         asset=name,
-        name=f"{name}_no_orphaned_processing",
+        name="no_orphaned_processing",
         description="Files left 'processing' by a run that is gone (resolved by the next run or fix-inconsistencies).",
     )
     def _no_orphaned_processing(
@@ -591,7 +591,7 @@ def build_table_checks(table: TableSettings, settings: LoaderSettings) -> list[d
 
     @dg.asset_check(
         asset=name,
-        name=f"{name}_lock_not_stale",
+        name="lock_not_stale",
         description="The table's lock is free or held by a live holder (not expired, process alive, run not ended).",
     )
     def _lock_not_stale(context: dg.AssetCheckExecutionContext, lock: DeltaLockResource) -> dg.AssetCheckResult:
@@ -610,7 +610,7 @@ def build_table_checks(table: TableSettings, settings: LoaderSettings) -> list[d
     if table.freshness is not None:
         @dg.asset_check(
             asset=name,
-            name=f"{name}_freshness",
+            name="freshness",
             description=("The newest loaded file is at most max_lag_minutes old (WARN; ERROR past twice that) and no "
                          "file has waited longer than max_pending_minutes to be loaded (ERROR)."),
         )
@@ -619,13 +619,13 @@ def build_table_checks(table: TableSettings, settings: LoaderSettings) -> list[d
 
         checks.append(_freshness)
     if table.keeps_changes:
-        matches = f"{name}_history_matches_changes" if table.is_scd2 else f"{name}_rows_match_changes"
+        matches = "history_matches_changes" if table.is_scd2 else "rows_match_changes"
         specs = [dg.AssetCheckSpec(matches, asset=name, description=(
             "Every version is the one the change record defines: per key, the runs of equal tracked values over "
             "every change row applied, in sequence order, ended by deletes" if table.is_scd2 else
             "Every row is the one the change record defines: per key, its latest change, unless that is a delete"))]
         if table.is_scd2:
-            specs.insert(0, dg.AssetCheckSpec(f"{name}_scd2_invariants", asset=name, description=(
+            specs.insert(0, dg.AssetCheckSpec("scd2_invariants", asset=name, description=(
                 "At most one current row per key (exactly one unless keys can be deleted); the current flag is set "
                 "exactly when the end date is NULL; a key's versions never overlap and leave no gaps but deletes.")))
 
@@ -650,7 +650,7 @@ def build_table_checks(table: TableSettings, settings: LoaderSettings) -> list[d
             violations, difference = keyed_report(spark.session, table, settings, batches or None)
             if violations is not None:
                 yield dg.AssetCheckResult(
-                    check_name=f"{name}_scd2_invariants",
+                    check_name="scd2_invariants",
                     passed=violations.ok,
                     severity=dg.AssetCheckSeverity.ERROR,
                     description="history is consistent" if violations.ok else "SCD2 invariants violated",

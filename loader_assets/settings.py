@@ -211,7 +211,7 @@ class TableSettings(_Frozen):
         description="A file modified less than this many seconds ago is left for a later run (still being written).",
     )
     freshness: FreshnessSettings | None = Field(
-        default=None, description="Freshness limits: a <table>_freshness check and a Dagster freshness policy.",
+        default=None, description="Freshness limits: a freshness check and a Dagster freshness policy.",
     )
 
     @field_validator("table_name")

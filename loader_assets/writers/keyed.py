@@ -189,5 +189,5 @@ class KeyedWriter(TableWriter):
     def row_counts(self, spark: SparkSession, batch: ClaimedBatch, commit: Mapping[str, Any],
                    footer_rows: Mapping[str, int]) -> dict[str, int]:
         """Change rows each file contributed to the record (all its batches): what the table's history holds
-        of the file, and what ``<table>_target_matches_tracker`` compares for scd2 and scd1 tables."""
+        of the file, and what ``target_matches_tracker`` compares for scd2 and scd1 tables."""
         return self.record.rows_per_file(spark, batch.paths, batch.batch_seq)

@@ -47,7 +47,7 @@ def test_first_load_is_the_union_of_the_files_with_audit_columns(spark, lake, in
     run = instance.get_run_by_id(summary.tables["events"].run_ids[0])
     assert run.is_success and run.tags["loader_assets/table"] == "events"
     checks = instance.event_log_storage.get_latest_asset_check_execution_by_key(
-        [dg.AssetCheckKey(dg.AssetKey("events"), "events_target_matches_tracker")])
+        [dg.AssetCheckKey(dg.AssetKey("events"), "target_matches_tracker")])
     assert list(checks.values())[0].status.value == "SUCCEEDED"
 
 
@@ -141,7 +141,7 @@ def test_corrupt_and_empty_files_fail_alone_while_good_files_load(spark, lake, i
     run_id = summary.tables["events"].run_ids[0]
     evaluations = [e.dagster_event.event_specific_data for e in instance.all_logs(run_id)
                    if e.dagster_event and e.dagster_event.event_type_value == "ASSET_CHECK_EVALUATION"]
-    failed_check = next(e for e in evaluations if e.check_name == "events_no_failed_files")
+    failed_check = next(e for e in evaluations if e.check_name == "no_failed_files")
     assert not failed_check.passed and failed_check.severity == dg.AssetCheckSeverity.WARN
     assert "corrupt.parquet" in str(failed_check.metadata["sample"].value)
     # Retries stop at retry_attempts; the good file is never touched again.

@@ -118,18 +118,18 @@ def test_a_materialisation_that_loads_nothing_runs_its_checks_without_spark(spar
         return sessions_started() - before, checks
 
     used_spark, checks = click()  # the first whole-table check reads the table
-    assert used_spark == 1 and checks["events_target_matches_tracker"][0]
+    assert used_spark == 1 and checks["target_matches_tracker"][0]
     used_spark, checks = click()  # nothing moved since: the passing result stands, no Spark
     assert used_spark == 0
-    passed, description = checks["events_target_matches_tracker"]
+    passed, description = checks["target_matches_tracker"]
     assert passed and description.startswith("unchanged since the whole-table check of run")
     assert all(passed for passed, _ in checks.values()), checks
 
     lake.write_parquet("events", "b.parquet", [3], days_ago=0)  # the tracker and the target move on
     run_pipeline(settings, instance=instance, run_checks=False)
     used_spark, checks = click()
-    assert used_spark == 1 and checks["events_target_matches_tracker"][0]
-    assert not checks["events_target_matches_tracker"][1].startswith("unchanged")
+    assert used_spark == 1 and checks["target_matches_tracker"][0]
+    assert not checks["target_matches_tracker"][1].startswith("unchanged")
 
 
 def test_an_scd2_materialisation_shows_its_history_at_a_glance(spark, lake, instance):

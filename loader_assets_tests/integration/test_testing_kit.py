@@ -26,10 +26,10 @@ def test_an_append_table_loads_each_file_once(loader_lake):
     assert result.success and day == "2025-03-01"
     assert lake.rows("orders") == [(1, 5), (2, 7), (3, 1)]
     assert lake.files("orders") == {"a.parquet": ("completed", 2), "b.parquet": ("completed", 1)}
-    assert lake.checks(result) == {"orders_no_failed_files": (True, "WARN"),
-                                   "orders_target_matches_tracker": (True, "ERROR"),
-                                   "orders_no_orphaned_processing": (True, "WARN"),
-                                   "orders_lock_not_stale": (True, "WARN")}
+    assert lake.checks(result) == {"no_failed_files": (True, "WARN"),
+                                   "target_matches_tracker": (True, "ERROR"),
+                                   "no_orphaned_processing": (True, "WARN"),
+                                   "lock_not_stale": (True, "WARN")}
 
 
 def test_materializing_the_same_partition_twice_loads_nothing_the_second_time(loader_lake):
@@ -68,14 +68,14 @@ def test_a_bad_file_fails_alone_and_the_failed_files_check_warns(loader_lake):
     assert lake.rows("orders") == [(1,)]
     assert lake.files("orders") == {"good.parquet": ("completed", 1), "bad.parquet": ("failed", None)}
     assert "not a readable parquet file" in lake.errors("orders")["bad.parquet"]
-    assert lake.checks(result)["orders_no_failed_files"] == (False, "WARN")  # retries remain
+    assert lake.checks(result)["no_failed_files"] == (False, "WARN")  # retries remain
 
 
 def test_a_file_out_of_retries_fails_the_check_with_error_severity(loader_lake):
     lake = loader_lake(tables=[{"table_name": "orders", "file_format": "parquet"}], retry_attempts=0)
     day = lake.drop_bytes("orders", "bad.parquet", b"PAR1 not parquet", modified="2025-03-01T10:05")
     result = lake.materialize("orders", day)
-    assert lake.checks(result)["orders_no_failed_files"] == (False, "ERROR")  # waits for an operator
+    assert lake.checks(result)["no_failed_files"] == (False, "ERROR")  # waits for an operator
 
 
 def test_a_ranged_materialisation_over_several_partitions_is_one_run_and_one_commit(loader_lake):

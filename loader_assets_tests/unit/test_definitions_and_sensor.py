@@ -19,12 +19,16 @@ def test_project_definitions_load_with_every_asset_check_job_and_sensor(monkeypa
     repo = definitions.get_repository_def()
     assert sorted(k.to_user_string() for k in repo.asset_graph.get_all_asset_keys()) == [
         "customers", "page_views", "transactions"]
-    check_names = sorted(k.name for k in repo.asset_graph.asset_check_keys)
+    check_keys = sorted((k.asset_key.to_user_string(), k.name) for k in repo.asset_graph.asset_check_keys)
     per_table = ["no_failed_files", "target_matches_tracker", "no_orphaned_processing", "lock_not_stale"]
-    assert check_names == sorted(
-        [f"{table}_{check}" for table in ["customers", "page_views", "transactions"] for check in per_table]
-        + ["customers_scd2_invariants", "customers_history_matches_changes", "transactions_freshness"]
+    assert check_keys == sorted(
+        [(table, check) for table in ["customers", "page_views", "transactions"] for check in per_table]
+        + [("customers", "scd2_invariants"), ("customers", "history_matches_changes"),
+           ("transactions", "freshness")]
     )
+    # a check's step reads as <table>_<check>, its name not repeating the table
+    job = definitions.resolve_job_def("transactions_checks_job")
+    assert "transactions_no_failed_files" in {node.name for node in job.nodes}
     assert sorted(s.name for s in definitions.sensors) == [
         "customers_files_sensor", "page_views_files_sensor", "transactions_files_sensor"]
     assert definitions.resolve_assets_def("customers").get_io_manager_key_for_asset_key(
