@@ -31,7 +31,8 @@ import pyarrow.parquet as pq
 import yaml
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
-from loader_assets.assets import partitions_def_for
+from loader_assets.assets import build_table_asset, partitions_def_for
+from loader_assets.checks import build_table_checks
 from loader_assets.core.partitions import partition_keys_for
 from loader_assets.definitions import build_definitions, build_resources
 from loader_assets.resources.tracker import DeltaTrackerResource
@@ -135,10 +136,9 @@ class LoaderTestLake:
         keys = sorted([partitions] if isinstance(partitions, str) else partitions)
         tags = {} if len(keys) == 1 else {ASSET_PARTITION_RANGE_START_TAG: keys[0],
                                           ASSET_PARTITION_RANGE_END_TAG: keys[-1]}
-        checks = [c for c in self.definitions.asset_checks or [] if dg.AssetKey(table) in
-                  {k.asset_key for k in c.check_keys}]
+        spec = self.settings.table(table)  # the asset and checks unbound: materialize() binds the resources
         return dg.materialize(
-            [self.definitions.resolve_assets_def(table), *checks], instance=self.instance,
+            [build_table_asset(spec, self.settings), *build_table_checks(spec, self.settings)], instance=self.instance,
             resources=build_resources(self.settings), partition_key=keys[0] if len(keys) == 1 else None, tags=tags,
             raise_on_error=raise_on_error)
 

@@ -27,11 +27,15 @@ SPARK_CONF = {"spark.sql.shuffle.partitions": "2", "spark.ui.enabled": "false",
 
 @pytest.fixture(scope="session")
 def loader_spark() -> Iterator[Any]:
+    from pyspark.sql import SparkSession
+
     from loader_assets.resources.spark import get_or_create_spark
 
+    ours = SparkSession.getActiveSession() is None  # a session someone else started is theirs to stop
     session = get_or_create_spark("local[2]", "loader-assets-tests", SPARK_CONF)
     yield session
-    session.stop()
+    if ours:
+        session.stop()
 
 
 @pytest.fixture

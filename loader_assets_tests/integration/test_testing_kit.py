@@ -104,5 +104,7 @@ def test_the_readme_section_works_when_pasted_into_a_new_test_file(pytester):
     conftest, tests = readme_section()
     pytester.makeconftest(conftest)
     pytester.makepyfile(test_my_tables=tests)
-    result = pytester.runpytest_inprocess("-q", "-p", "no:cacheprovider")
+    # a fresh interpreter, as in a user's repository (an in-process run would unload modules this session
+    # imported, and their re-import registers Dagster's serdes classes twice)
+    result = pytester.runpytest_subprocess("-q", "-p", "no:cacheprovider", timeout=600)
     result.assert_outcomes(passed=tests.count("\ndef test_"))
