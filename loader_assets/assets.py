@@ -6,6 +6,7 @@ runs the whole load inside the table's lease (``load.TableLoad``). Wide ranges r
 (``BackfillPolicy.single_run()``) with one Spark session, which starts only when the batch has files to read.
 """
 
+import warnings
 from datetime import timedelta
 
 import dagster as dg
@@ -48,34 +49,39 @@ def build_table_asset(table: TableSettings, settings: LoaderSettings) -> dg.Asse
     """The software-defined asset of one target table."""
     name = table.table_name
 
-    @dg.asset(
-        name=name,
-        partitions_def=partitions_def_for(table),
-        backfill_policy=dg.BackfillPolicy.single_run(),
-        io_manager_key=IO_MANAGER_KEYS[table.loading_strategy],
-        group_name="tables",
-        kinds={"delta", "spark"},
-        tags={TABLE_TAG: name},
-        # One queued run per table however it is launched (UI, backfill, sensor, schedule): dagster.yaml gives
-        # every pool one slot with run granularity. In-process runs (CLI, materialize()) bypass the run queue;
-        # the table's Delta lease is what keeps any two writers apart (docs/ARCHITECTURE.md, "Partitions and runs").
-        pool=pool_name(name),
-        freshness_policy=freshness_policy_for(table),
-        metadata={
-            "table_uri": settings.table_path(name),
-            "source_path": table.source_path,
-            "file_format": table.file_format.value,
-            "loading_strategy": table.loading_strategy.value,
-        },
-        description=(
-            f"Delta table `{name}`: {table.file_format.value} files from `{table.source_path}` loaded exactly once "
-            f"({table.loading_strategy.value}). A partition is a window of file arrival times; materialising it "
-            "loads every file of the window that is not completed yet."
-        ),
-    )
-    def _table_asset(context: dg.AssetExecutionContext) -> LoadRequest:
-        keys = tuple(context.partition_keys) if context.has_partition_key_range or context.has_partition_key else None
-        return LoadRequest(settings=settings, table_name=name, partition_keys=keys, run_id=context.run.run_id,
-                           run_ended=run_ended_checker(context.instance))
+    # backfill_policy is a beta parameter: its BetaWarning would greet every CLI start
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", dg.BetaWarning)
+
+        @dg.asset(
+            name=name,
+            partitions_def=partitions_def_for(table),
+            backfill_policy=dg.BackfillPolicy.single_run(),
+            io_manager_key=IO_MANAGER_KEYS[table.loading_strategy],
+            group_name="tables",
+            kinds={"delta", "spark"},
+            tags={TABLE_TAG: name},
+            # One queued run per table however it is launched (UI, backfill, sensor, schedule): dagster.yaml gives
+            # every pool one slot with run granularity. In-process runs (CLI, materialize()) bypass the run queue;
+            # the table's Delta lease is what keeps any two writers apart (docs/ARCHITECTURE.md, "Partitions and runs").
+            pool=pool_name(name),
+            freshness_policy=freshness_policy_for(table),
+            metadata={
+                "table_uri": settings.table_path(name),
+                "source_path": table.source_path,
+                "file_format": table.file_format.value,
+                "loading_strategy": table.loading_strategy.value,
+            },
+            description=(
+                f"Delta table `{name}`: {table.file_format.value} files from `{table.source_path}` loaded exactly once "
+                f"({table.loading_strategy.value}). A partition is a window of file arrival times; materialising it "
+                "loads every file of the window that is not completed yet."
+            ),
+        )
+        def _table_asset(context: dg.AssetExecutionContext) -> LoadRequest:
+            partitioned = context.has_partition_key_range or context.has_partition_key
+            keys = tuple(context.partition_keys) if partitioned else None
+            return LoadRequest(settings=settings, table_name=name, partition_keys=keys, run_id=context.run.run_id,
+                               run_ended=run_ended_checker(context.instance))
 
     return _table_asset

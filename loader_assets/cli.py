@@ -281,15 +281,19 @@ def _cmd_history(args: argparse.Namespace, settings: LoaderSettings) -> int:
 
 
 def ensure_dagster_home() -> Path:
-    """Use $DAGSTER_HOME, or ./.dagster_home seeded with ./dagster.yaml, so CLI runs persist and show in the UI."""
+    """Use $DAGSTER_HOME, or ./.dagster_home seeded with ./dagster.yaml (or a minimal one: telemetry off), so CLI
+    runs persist and show in the UI."""
     home = os.environ.get("DAGSTER_HOME")
     if home:
         Path(home).mkdir(parents=True, exist_ok=True)
         return Path(home)
     path = Path(".dagster_home").resolve()
     path.mkdir(exist_ok=True)
-    if Path("dagster.yaml").exists() and not (path / "dagster.yaml").exists():
-        shutil.copy("dagster.yaml", path / "dagster.yaml")
+    if not (path / "dagster.yaml").exists():
+        if Path("dagster.yaml").exists():
+            shutil.copy("dagster.yaml", path / "dagster.yaml")
+        else:  # an instance config of its own, so Dagster neither warns that there is none nor asks about telemetry
+            (path / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
     os.environ["DAGSTER_HOME"] = str(path)
     return path
 

@@ -48,6 +48,8 @@ LOCAL_DEFAULTS = {
     "spark.sql.session.timeZone": "UTC",
 }
 
+LOG4J2_PROPERTIES = Path(__file__).with_name("log4j2.properties")
+
 _lock = threading.Lock()
 _sessions_started = 0
 
@@ -140,9 +142,12 @@ def spark_config(master: str, app_name: str, conf: Mapping[str, str]) -> dict[st
     user = dict(conf)
     packages = ",".join(p for p in (delta_packages(), user.pop("spark.jars.packages", "")) if p)
     jars = ",".join([*resolve_jars(packages), *filter(None, [user.pop("spark.jars", "")])])
+    java_options = user.pop("spark.driver.extraJavaOptions", "")
+    if "log4j2.configurationFile" not in java_options:  # errors only: see log4j2.properties
+        java_options = f"-Dlog4j2.configurationFile=file:{LOG4J2_PROPERTIES} {java_options}".strip()
     defaults = {**DELTA_DEFAULTS, **(LOCAL_DEFAULTS if master.startswith("local") else {})}
     return {"spark.master": master, "spark.app.name": app_name, **defaults, **DELTA_CONFS,
-            "spark.jars": jars, **user}
+            "spark.jars": jars, "spark.driver.extraJavaOptions": java_options, **user}
 
 
 def get_or_create_spark(master: str, app_name: str, conf: Mapping[str, str]) -> "SparkSession":

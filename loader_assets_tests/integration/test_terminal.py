@@ -29,7 +29,9 @@ def test_a_cli_run_prints_the_loaders_summary_and_nothing_of_sparks(lake, spark)
     lines = (done.stdout + done.stderr).splitlines()
     assert [line for line in lines if NOISE.match(line)] == [], "\n".join(lines)
     assert "=== LOAD SUMMARY ===" in done.stdout and "Overall Status: SUCCESS" in done.stdout
-    assert len(lines) < 40, "\n".join(lines)
+    # what remains besides the summary: the JVM's own notice of Spark's incubator module (no option silences it)
+    assert [line for line in lines if line not in done.stdout.splitlines()] in (
+        [], ["WARNING: Using incubator modules: jdk.incubator.vector"]), "\n".join(lines)
 
 
 def test_the_jar_list_is_resolved_once_and_again_when_its_files_are_gone(tmp_path, monkeypatch, spark):
