@@ -7,7 +7,8 @@ A batch is the files the tracker moved to ``processing`` in one commit, under on
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +33,9 @@ class ClaimedBatch:
     batch_seq: int
     files: tuple[ExpectedFile, ...]
     replace: bool
+    # what the read found per file that commits with the rows (``quarantined`` rows, ``expectations`` results):
+    # it rides in the commit's userMetadata, so recovery restores it with the batch (docs/ARCHITECTURE.md)
+    quality: tuple[tuple[str, str], ...] = ()
 
     @property
     def table_name(self) -> str:
@@ -51,7 +55,18 @@ class ClaimedBatch:
         return {f.path: f.modified_micros for f in self.files}
 
     def user_metadata(self) -> str:
-        return commit_metadata(self.batch_id, self.batch_seq, self.run_id, self.table_name, len(self.files))
+        return commit_metadata(self.batch_id, self.batch_seq, self.run_id, self.table_name, len(self.files),
+                               {path: json.loads(found) for path, found in self.quality})
+
+    def with_quality(self, quarantined: Mapping[str, int], expectations: Mapping[str, Any]) -> ClaimedBatch:
+        """This batch carrying what its read found per file (see ``quality``)."""
+        found = {}
+        for path in self.paths:
+            entry = {**({"quarantined": quarantined[path]} if path in quarantined else {}),
+                     **({"expectations": expectations[path]} if path in expectations else {})}
+            if entry:
+                found[path] = json.dumps(entry, sort_keys=True)
+        return replace(self, quality=tuple(sorted(found.items())))
 
     def txn_options(self) -> dict[str, str]:
         """The DataFrameWriter options that make an append or overwrite this batch's one commit."""
@@ -61,7 +76,8 @@ class ClaimedBatch:
         """The batch of some of these files under a new id and number (a split batch's half)."""
         wanted = set(paths)
         return replace(self, batch_id=batch_id, batch_seq=batch_seq,
-                       files=tuple(f for f in self.files if f.path in wanted))
+                       files=tuple(f for f in self.files if f.path in wanted),
+                       quality=tuple(q for q in self.quality if q[0] in wanted))
 
 
 @dataclass

@@ -11,6 +11,8 @@ would load every partition). They run after each materialisation of the table an
   come from a file that is not completed, and no file's rows carry two batch ids (a duplicate load). For an
   scd2 table the count is the file's change rows in the change record, and no change row may come from a file
   the tracker does not count as loaded.
+- ``expectation_<name>`` (one per configured expectation): rows checked, passed and failed over the table's
+  current files, from the counts the loads stored in the tracker, with sample failing rows. No Spark.
 - ``freshness`` (tables with ``freshness``): the newest loaded file is at most ``max_lag_minutes`` old
   (WARN, ERROR past twice that) and no file waited longer than ``max_pending_minutes`` (ERROR). No Spark.
 - ``scd2_invariants`` (scd2 tables): one current row per key, flag agrees with end date, intervals of a
@@ -26,6 +28,7 @@ would load every partition). They run after each materialisation of the table an
 """
 
 
+import json
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -59,7 +62,7 @@ from loader_assets.scd2 import (
     version_columns,
     violations_of,
 )
-from loader_assets.settings import LoaderSettings, TableSettings
+from loader_assets.settings import Expectation, ExpectationAction, LoaderSettings, TableSettings
 from loader_assets.target import open_target
 
 SAMPLE = 20
@@ -436,6 +439,41 @@ def freshness_result(table: TableSettings, tracker: FileTracker, retry_attempts:
     )
 
 
+def expectation_result(tracker: FileTracker, rule: Expectation) -> dg.AssetCheckResult:
+    """One expectation over the table's current files (completed, and failed ones it may have failed): rows
+    checked, passed and failed, the files with failures and sample failing rows. From the tracker; no Spark."""
+    rows = tracker.read(columns=["file_path", "status", "expectation_results"],
+                        statuses=[FileStatus.COMPLETED, FileStatus.FAILED])
+    checked = failed = files = 0
+    samples: list[dict[str, Any]] = []
+    for row in rows.to_pylist():
+        if not row["expectation_results"]:
+            continue
+        results = json.loads(row["expectation_results"])
+        checked += int(results.get("rows") or 0)
+        found = (results.get("failed") or {}).get(rule.name)
+        if not found:
+            continue
+        failed += int(found["rows"])
+        files += 1
+        if len(samples) < SAMPLE:
+            samples.append({"file": row["file_path"], "status": row["status"], "failed_rows": found["rows"],
+                            "sample": found.get("sample")})
+    what = {ExpectationAction.WARN: "loaded anyway", ExpectationAction.DROP: "left out",
+            ExpectationAction.QUARANTINE: "in the quarantine table",
+            ExpectationAction.FAIL_FILE: "their files failed"}[rule.action]
+    return dg.AssetCheckResult(
+        passed=failed == 0,
+        severity=dg.AssetCheckSeverity.ERROR if rule.action is ExpectationAction.FAIL_FILE
+        else dg.AssetCheckSeverity.WARN,
+        description=(f"{failed} of {checked} rows fail `{rule.condition}` ({what}), in {files} files"
+                     if failed else f"all {checked} rows meet `{rule.condition}`"),
+        metadata={"rows_checked": checked, "rows_passed": checked - failed, "rows_failed": failed,
+                  "files_with_failures": files, "action": rule.action.value, "condition": rule.condition,
+                  "samples": dg.MetadataValue.json(samples)},
+    )
+
+
 def history_result(difference: HistoryDifference, scope: str, check_name: str,
                    extra: dict[str, Any] | None = None) -> dg.AssetCheckResult:
     return dg.AssetCheckResult(
@@ -607,6 +645,17 @@ def build_table_checks(table: TableSettings, settings: LoaderSettings) -> list[d
         )
 
     checks = [_no_failed_files, _target_matches_tracker, _no_orphaned_processing, _lock_not_stale]
+    for rule in table.expectations:
+        def expectation_check(rule: Expectation = rule) -> dg.AssetChecksDefinition:
+            @dg.asset_check(asset=name, name=f"expectation_{rule.name}", description=(
+                f"Rows meeting `{rule.condition}` (action {rule.action.value}): passed and failed counts over "
+                "the table's current files, with sample failing rows."))
+            def _expectation(tracker: DeltaTrackerResource) -> dg.AssetCheckResult:
+                return expectation_result(tracker.for_table(name), rule)
+
+            return _expectation
+
+        checks.append(expectation_check())
     if table.freshness is not None:
         @dg.asset_check(
             asset=name,

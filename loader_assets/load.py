@@ -44,7 +44,7 @@ from __future__ import annotations
 import logging
 import traceback
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
@@ -149,6 +149,7 @@ class LoadOutcome:
     replaced: bool = False  # a commit replaced rows the files had
     split: bool = False  # a batch that failed as a whole was split to isolate a bad file
     late_rows: int = 0  # scd2: rows older than their key's newest change (re-threaded); scd1: stale rows
+    expectations: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)  # per file (reading.py)
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -290,7 +291,7 @@ class TableLoad:
                 self._log.warning(f"table {name}: {note}")
                 outcome.notes.append(note)
             if read.errors:
-                self._fail(batch, read.errors, outcome)
+                self._fail(batch, read.errors, outcome, read.expectations)
             if read.dataframe is not None and read.loaded_paths:
                 evolve = read.evolves_schema or self._table.schema_evolution is not SchemaEvolution.FAIL
                 part = batch.part(read.loaded_paths, batch.batch_id, batch.batch_seq)
@@ -404,9 +405,11 @@ class TableLoad:
             self._fail(batch, problems, outcome)
         return readable
 
-    def _fail(self, batch: ClaimedBatch, errors: dict[str, str], outcome: LoadOutcome) -> None:
-        self._tracker.fail(errors, backoff=self.context.settings.retry_delay)
+    def _fail(self, batch: ClaimedBatch, errors: dict[str, str], outcome: LoadOutcome,
+              expectations: Mapping[str, Mapping[str, Any]] | None = None) -> None:
+        self._tracker.fail(errors, backoff=self.context.settings.retry_delay, expectations=expectations)
         outcome.failed.update(errors)
+        outcome.expectations.update({p: r for p, r in (expectations or {}).items() if p in errors})
         for path, error in errors.items():
             self._log.error(f"table {self._table.table_name}: file {path!r} failed: {error}")
 
@@ -427,6 +430,7 @@ class TableLoad:
                 part = part.part([p for p in part.paths if p not in errors], part.batch_id, part.batch_seq)
             if not part.files:
                 return
+            part = part.with_quality(read.quarantined, read.expectations)  # commits with the rows
             self._lease.ensure_held()
             faults.crash_point(faults.BEFORE_TARGET_COMMIT)
             faults.crash_during(faults.DURING_TARGET_WRITE)
@@ -460,7 +464,9 @@ class TableLoad:
         counts = self.writer.row_counts(self.context.spark(), part, commit, read.footer_rows)
         faults.crash_during(faults.DURING_TRACKER_COMMIT)
         quarantined = {p: read.quarantined[p] for p in part.paths if p in read.quarantined}
-        self._tracker.complete({p: counts.get(p, 0) for p in part.paths}, part.batch_id, version, quarantined)
+        expectations = {p: read.expectations[p] for p in part.paths if p in read.expectations}
+        self._tracker.complete({p: counts.get(p, 0) for p in part.paths}, part.batch_id, version, quarantined,
+                               expectations)
         self._in_flight = [b for b in self._in_flight if b.batch_id != part.batch_id]
         faults.crash_point(faults.AFTER_COMPLETE)
         rows = sum(counts.get(p, 0) for p in part.paths)
@@ -472,6 +478,7 @@ class TableLoad:
         outcome.loaded.extend(part.paths)
         outcome.rows.update({p: counts.get(p, 0) for p in part.paths})
         outcome.quarantined.update(quarantined)
+        outcome.expectations.update(expectations)
         outcome.replaced = outcome.replaced or part.replace
 
     def _write_failed(self, part: ClaimedBatch, error: Exception, evolve: bool,
@@ -501,7 +508,7 @@ class TableLoad:
                 # file (a group read maps _source_file from file paths), so the bad file would fail both halves.
                 read = reader(group)
                 if read.errors:
-                    self._fail(half, read.errors, outcome)
+                    self._fail(half, read.errors, outcome, read.expectations)
                 loaded = [p for p in read.loaded_paths if p not in read.errors]
                 if read.dataframe is None or not loaded:
                     continue
@@ -521,8 +528,9 @@ class TableLoad:
             raise BatchWriteError(name, part.batch_id, cause) from error
 
     def _write_quarantine(self, part: ClaimedBatch, read: BatchRead) -> None:
-        """Malformed rows of the part's files to the quarantine table, replacing those files' earlier ones (so a
-        retried batch never doubles them). Written before the target commit; a crash in between is harmless."""
+        """Malformed rows and rows failing a quarantine expectation of the part's files to the quarantine table,
+        replacing those files' earlier ones (so a retried batch never doubles them). Written before the target
+        commit; a crash in between is harmless."""
         if read.quarantine is None or not any(p in read.quarantined for p in part.paths):
             return
         from pyspark.sql import functions as F
@@ -535,6 +543,7 @@ class TableLoad:
         (
             rows.write.format("delta").mode("overwrite")
             .option("replaceWhere", replace_predicate(part.paths))
+            .option("mergeSchema", "true")  # a quarantine table from before expectations gains their column
             .save(self.context.settings.quarantine_path(self._table.table_name))
         )
 

@@ -79,10 +79,25 @@ def run_metadata(outcome: LoadOutcome, settings: LoaderSettings, table: TableSet
         })
     if outcome.split:
         metadata["run_split_into_batches"] = len(outcome.batch_ids)
+    if table.expectations:
+        metadata["run_expectations"] = dg.MetadataValue.json(expectation_summary(outcome, list(outcome.expectations)))
     if outcome.quarantined:
         metadata["run_rows_quarantined"] = sum(outcome.quarantined.values())
         metadata["quarantine_uri"] = quarantine_location(settings.target_root, table.table_name)
     return metadata
+
+
+def expectation_summary(outcome: LoadOutcome, paths: list[str]) -> dict[str, Any]:
+    """Rows checked and, per expectation, rows failed and files, over ``paths`` of this run."""
+    checked, failed, files = 0, Counter[str](), Counter[str]()
+    for path in paths:
+        results = outcome.expectations.get(path) or {}
+        checked += int(results.get("rows") or 0)
+        for name, found in (results.get("failed") or {}).items():
+            failed[name] += int(found["rows"])
+            files[name] += 1
+    return {"rows_checked": checked,
+            "failed": {name: {"rows": failed[name], "files": files[name]} for name in sorted(failed)}}
 
 
 def _touched(outcome: LoadOutcome) -> dict[str, tuple[str, str | None]]:
@@ -139,6 +154,8 @@ def partition_metadata(outcome: LoadOutcome, tracker_rows: pa.Table,
             metadata["files"] = files_table(table_rows)
             if len(mine) > FILES_SHOWN:
                 metadata["files_shown"] = f"{FILES_SHOWN} of {len(mine)}"
+        if outcome.expectations:
+            metadata["expectations"] = dg.MetadataValue.json(expectation_summary(outcome, mine))
         failed = [{"file": path, "error": touched[path][1]} for path in mine if touched[path][0] == "failed"]
         if failed:
             metadata["failed_files"] = dg.MetadataValue.json(failed[:FILES_SHOWN])

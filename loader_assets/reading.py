@@ -30,7 +30,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
@@ -41,6 +41,7 @@ from loader_assets.settings import (
     AUDIT_COLUMNS,
     RESCUED_DATA_COLUMN,
     BadRecords,
+    ExpectationAction,
     ExtractMode,
     FileFormat,
     SchemaEvolution,
@@ -92,8 +93,12 @@ class Precheck:
 class BatchRead:
     """The outcome of reading a batch: a DataFrame of the good files and an error per bad file.
 
-    ``quarantine`` holds the malformed rows (``_source_file``, ``raw_record``) when bad_records=quarantine, and
-    ``quarantined`` their count per file; ``cached`` frames are unpersisted when the batch is done."""
+    ``quarantine`` holds the rows for the quarantine table (``_source_file``, ``raw_record``, ``expectation``:
+    malformed rows when bad_records=quarantine, with no expectation; rows failing a quarantine expectation, with
+    its name), and ``quarantined`` their count per file; ``expectations`` gives per file the rows checked and,
+    for each expectation some rows failed, how many and one of them as JSON (``{"rows": n, "failed": {name:
+    {"rows": n, "sample": "..."}}}``), and ``dropped`` the rows a drop expectation left out; ``cached`` frames
+    are unpersisted when the batch is done."""
 
     dataframe: DataFrame | None
     loaded_paths: list[str] = field(default_factory=list)
@@ -104,6 +109,8 @@ class BatchRead:
     evolves_schema: bool = False
     footer_rows: dict[str, int] = field(default_factory=dict)  # parquet: rows per file, from its footer
     notes: list[str] = field(default_factory=list)  # what the read did that the operator should know
+    expectations: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    dropped: dict[str, int] = field(default_factory=dict)
 
 
 def _csv_has_header(table: TableSettings) -> bool:
@@ -487,8 +494,87 @@ def _split_bad_records(
         return union.where(~F.col(SOURCE_FILE_COLUMN).isin(failing)).drop(CORRUPT_RECORD_COLUMN)
     result.quarantined = {row[SOURCE_FILE_COLUMN]: int(row["bad_rows"]) for row in counts}
     result.quarantine = union.where(bad).select(
-        F.col(SOURCE_FILE_COLUMN), F.col(CORRUPT_RECORD_COLUMN).alias("raw_record"))
+        F.col(SOURCE_FILE_COLUMN), F.col(CORRUPT_RECORD_COLUMN).alias("raw_record"),
+        F.lit(None).cast("string").alias(EXPECTATION_COLUMN))
     return union.where(~bad).drop(CORRUPT_RECORD_COLUMN)
+
+
+EXPECTATION_COLUMN = "expectation"  # in the quarantine table: the expectation a row failed (NULL: malformed)
+SAMPLE_CHARS = 200  # a failing row in the tracker and the commit metadata
+
+
+def apply_expectations(table: TableSettings, frame: DataFrame, result: BatchRead) -> DataFrame:
+    """Check every expectation over the batch's rows in one aggregation per file; fail the files of a failing
+    ``fail_file`` expectation, leave out ``drop`` rows, move ``quarantine`` rows to ``result.quarantine`` (a row
+    failing a quarantine and a drop expectation is quarantined). Counts and a sample row per file and expectation
+    go to ``result.expectations``; a parquet file's footer row count is lowered by the rows it lost, so the rows
+    written still add up. An expectation Spark cannot evaluate fails every file, naming it."""
+    from pyspark.errors import PySparkException
+    from pyspark.sql import functions as F
+
+    rules = table.expectations
+    if not rules or not result.loaded_paths:
+        return frame
+    for rule in rules:  # analysis is eager: a bad condition raises here, before any data is read
+        try:
+            frame.select(F.expr(rule.condition))
+        except PySparkException as error:
+            message = (f"expectation {rule.name!r} of table {table.table_name!r} cannot be evaluated "
+                       f"({rule.condition}): {root_cause(error)}")
+            result.errors.update(dict.fromkeys(result.loaded_paths, message))
+            result.loaded_paths = []
+            return frame
+    data = [c for c in frame.columns if c != SOURCE_FILE_COLUMN]
+    row_json = F.to_json(F.struct(*[F.col(f"`{c}`") for c in data]))
+    failing = {r.name: ~F.coalesce(F.expr(r.condition).cast("boolean"), F.lit(False)) for r in rules}
+    quarantine_rules = [r for r in rules if r.action is ExpectationAction.QUARANTINE]
+    drop_rules = [r for r in rules if r.action is ExpectationAction.DROP]
+    to_quarantine = F.coalesce(*[F.when(failing[r.name], F.lit(r.name)) for r in quarantine_rules]) \
+        if quarantine_rules else F.lit(None).cast("string")
+    to_drop = F.lit(False)
+    for rule in drop_rules:
+        to_drop = to_drop | failing[rule.name]
+    flagged = frame.select("*", *[failing[r.name].alias(f"__fails_{i}") for i, r in enumerate(rules)],
+                           to_quarantine.alias("__quarantine"), to_drop.alias("__drop"))
+    flagged = flagged.persist()
+    result.cached.append(flagged)
+    aggregates = [F.count(F.lit(1)).alias("__rows"),
+                  F.sum(F.col("__quarantine").isNotNull().cast("long")).alias("__quarantined"),
+                  F.sum((F.col("__drop") & F.col("__quarantine").isNull()).cast("long")).alias("__dropped")]
+    for i, _ in enumerate(rules):
+        aggregates += [F.sum(F.col(f"__fails_{i}").cast("long")).alias(f"__n{i}"),
+                       F.min(F.when(F.col(f"__fails_{i}"), row_json)).alias(f"__s{i}")]
+    per_file = flagged.groupBy(SOURCE_FILE_COLUMN).agg(*aggregates).collect()  # one row per file
+    failed_files: dict[str, str] = {}
+    for row in per_file:
+        path = row[SOURCE_FILE_COLUMN]
+        found = {rule.name: {"rows": int(row[f"__n{i}"]), "sample": (row[f"__s{i}"] or "")[:SAMPLE_CHARS]}
+                 for i, rule in enumerate(rules) if row[f"__n{i}"]}
+        result.expectations[path] = {"rows": int(row["__rows"]), "failed": found}
+        fatal = [r for r in rules if r.action is ExpectationAction.FAIL_FILE and r.name in found]
+        if fatal:
+            rule = fatal[0]
+            failed_files[path] = (
+                f"expectation {rule.name!r} ({rule.condition}) failed on {found[rule.name]['rows']} row(s) "
+                f"(action fail_file); for example: {found[rule.name]['sample']}")
+            continue
+        moved, dropped = int(row["__quarantined"]), int(row["__dropped"])
+        if moved:
+            result.quarantined[path] = result.quarantined.get(path, 0) + moved
+        if dropped:
+            result.dropped[path] = dropped
+        if (moved or dropped) and path in result.footer_rows:
+            result.footer_rows[path] -= moved + dropped
+    if failed_files:
+        result.errors.update(failed_files)
+        result.loaded_paths = [p for p in result.loaded_paths if p not in failed_files]
+        flagged = flagged.where(~F.col(SOURCE_FILE_COLUMN).isin(list(failed_files)))
+    if quarantine_rules:
+        moved_rows = flagged.where(F.col("__quarantine").isNotNull()).select(
+            F.col(SOURCE_FILE_COLUMN), row_json.alias("raw_record"), F.col("__quarantine").alias(EXPECTATION_COLUMN))
+        result.quarantine = moved_rows if result.quarantine is None else result.quarantine.unionByName(moved_rows)
+    kept = flagged.where(F.col("__quarantine").isNull() & ~F.col("__drop"))
+    return kept.drop(*[f"__fails_{i}" for i in range(len(rules))], "__quarantine", "__drop")
 
 
 def read_batch(
@@ -533,7 +619,7 @@ def read_batch(
         for types in own_types for f in schema.fields if f.name in types
     )
     check = text and (cast_per_value or any(item.may_have_bad_rows for item in good))
-    frame = _split_bad_records(table, union, result, check)
+    frame = apply_expectations(table, _split_bad_records(table, union, result, check), result)
     if result.loaded_paths:
         result.dataframe = frame
     return result

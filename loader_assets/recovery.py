@@ -27,7 +27,7 @@ from loader_assets.batch import ClaimedBatch
 from loader_assets.core.states import FileStatus
 from loader_assets.reading import ExpectedFile
 from loader_assets.resources.tracker import FileTracker
-from loader_assets.target import batch_commit, target_txn_version
+from loader_assets.target import batch_commit, commit_quality, target_txn_version
 from loader_assets.writers.base import TableWriter
 
 if TYPE_CHECKING:
@@ -74,7 +74,10 @@ def recover_interrupted(
         claimed = ClaimedBatch(table, target_path, batch["run_id"] or "", batch_id, int(batch_seq),
                                tuple(ExpectedFile(p, 0, 0) for p in paths), replace=False)
         counts = writer.row_counts(spark(), claimed, commit, {})
-        tracker.complete({p: counts.get(p, 0) for p in paths}, batch_id, int(commit["version"]))
+        quality = commit_quality(commit)  # quarantined rows and expectation results committed with the rows
+        tracker.complete({p: counts.get(p, 0) for p in paths}, batch_id, int(commit["version"]),
+                         {p: q["quarantined"] for p, q in quality.items() if "quarantined" in q},
+                         {p: q["expectations"] for p, q in quality.items() if "expectations" in q})
         report.completed.extend(paths)
         logger.warning("table %s: batch %s had committed (version %s) before its run died; marked %d files "
                        "completed", table.table_name, batch_id, commit["version"], len(paths))

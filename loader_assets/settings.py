@@ -91,6 +91,35 @@ class BadRecords(str, Enum):
     QUARANTINE = "quarantine"  # good rows load; bad rows go to the table's quarantine Delta table, counted
 
 
+class ExpectationAction(str, Enum):
+    """What a row that fails an expectation does (DLT's expect / expect_or_drop / expect_or_fail, plus quarantine)."""
+
+    WARN = "warn"  # the row loads; failures are counted
+    DROP = "drop"  # the row is left out, counted
+    QUARANTINE = "quarantine"  # the row goes to the quarantine table with the expectation's name, counted
+    FAIL_FILE = "fail_file"  # the row's file fails, naming the expectation and a failing row
+
+
+class Expectation(BaseModel):
+    """A data-quality rule: ``condition`` is a SQL boolean over the source row; a row fails it when the condition
+    is false or NULL."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(description="Names the rule in counts, checks (expectation_<name>) and the quarantine.")
+    condition: str = Field(description="SQL boolean over the source row, e.g. \"amount >= 0\".")
+    action: ExpectationAction = Field(default=ExpectationAction.WARN, description="warn, drop, quarantine or "
+                                                                                  "fail_file.")
+
+    @field_validator("name")
+    @classmethod
+    def _valid_name(cls, value: str) -> str:
+        if not _TABLE_NAME.match(value):
+            raise ValueError(f"expectation name {value!r} must start with a letter or underscore and contain only "
+                             "letters, digits and underscores (it names an asset check)")
+        return value
+
+
 class SchemaEvolution(str, Enum):
     """A file whose columns differ from the table's (the Auto Loader modes)."""
 
@@ -210,6 +239,10 @@ class TableSettings(_Frozen):
         default=0, ge=0,
         description="A file modified less than this many seconds ago is left for a later run (still being written).",
     )
+    expectations: list[Expectation] = Field(
+        default_factory=list,
+        description="Data-quality rules over each source row, checked before the write (see Expectation).",
+    )
     freshness: FreshnessSettings | None = Field(
         default=None, description="Freshness limits: a freshness check and a Dagster freshness policy.",
     )
@@ -298,6 +331,14 @@ class TableSettings(_Frozen):
         scd2 = self.scd2_output_columns if self.is_scd2 else ()
         deleted = (self.scd2_deleted_flag_column,) if self.flags_deletions else ()
         return {*AUDIT_COLUMNS, *scd2, *changes, *deleted, *rescue}
+
+    @model_validator(mode="after")
+    def _unique_expectations(self) -> TableSettings:
+        names = [e.name for e in self.expectations]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"table {self.table_name!r}: expectations named twice: {twice}")
+        return self
 
     @model_validator(mode="after")
     def _strategy_fields(self) -> TableSettings:

@@ -110,7 +110,20 @@ def batch_commit(target_path: str, batch_id: str, search_depth: int = 200) -> di
     return None
 
 
-def commit_metadata(batch_id: str, batch_seq: int, run_id: str, table_name: str, files: int) -> str:
-    """The userMetadata of a batch's commit (JSON naming the batch)."""
-    return json.dumps({"batch_id": batch_id, "batch_seq": batch_seq, "run_id": run_id, "table": table_name,
-                       "files": files}, sort_keys=True)
+def commit_metadata(batch_id: str, batch_seq: int, run_id: str, table_name: str, files: int,
+                    quality: dict[str, Any] | None = None) -> str:
+    """The userMetadata of a batch's commit (JSON naming the batch; ``quality``: per file, the rows it had
+    quarantined and its expectation results, when any)."""
+    payload: dict[str, Any] = {"batch_id": batch_id, "batch_seq": batch_seq, "run_id": run_id, "table": table_name,
+                               "files": files}
+    if quality:
+        payload["quality"] = quality
+    return json.dumps(payload, sort_keys=True)
+
+
+def commit_quality(commit: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """What a batch's commit recorded per file (``commit_metadata``'s ``quality``): empty when nothing."""
+    try:
+        return dict(json.loads(commit.get("userMetadata") or "{}").get("quality") or {})
+    except (ValueError, AttributeError):
+        return {}

@@ -48,11 +48,13 @@ of 13 ms with 20 (docs/ARCHITECTURE.md, "Decisions").
 """
 
 
+import json
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import dagster as dg
 import pyarrow as pa
@@ -78,7 +80,7 @@ from loader_assets.settings import LoaderSettings, OnFileChange
 logger = logging.getLogger(__name__)
 
 TRACKER_DIR = "file_processing_tracker"
-TRACKER_SCHEMA_VERSION = "3"
+TRACKER_SCHEMA_VERSION = "4"
 SCHEMA_VERSION_PROPERTY = "loader_assets.tracker_schema_version"
 PARTITION_COLUMNS = ["status"]
 SMALL_FILE_BYTES = 1024 * 1024
@@ -113,6 +115,8 @@ TRACKER_SCHEMA = pa.schema(
         pa.field("next_attempt_at", TIMESTAMP),
         pa.field("retryable", pa.bool_()),
         pa.field("quarantined_rows", pa.int64()),
+        # schema version 4: rows the expectations checked and those that failed (JSON, reading.apply_expectations)
+        pa.field("expectation_results", pa.string()),
     ]
 )
 TABLE_PROPERTIES = {SCHEMA_VERSION_PROPERTY: TRACKER_SCHEMA_VERSION, **STATE_TABLE_PROPERTIES}
@@ -180,6 +184,13 @@ def changed_files(known: pa.Table, listing: pa.Table) -> pa.Table:
     differs = pc.and_(pc.not_equal(listed, seen), pc.not_equal(known["status"], FileStatus.PROCESSING.value))
     return (known.append_column("_fp", listed).append_column("_size", sizes).append_column("_mtime", mtimes)
             .filter(pc.fill_null(differs, False)))
+
+
+def _expectation_results(paths: Sequence[str], results: Mapping[str, Mapping[str, Any]] | None) -> pa.Array:
+    """The ``expectation_results`` column for ``paths``: each file's results as JSON (NULL: no expectations)."""
+    results = results or {}
+    return pa.array([json.dumps(results[p], sort_keys=True) if results.get(p) else None for p in paths],
+                    pa.string())
 
 
 class FileTracker:
@@ -538,6 +549,7 @@ class FileTracker:
                 "next_attempt_at": pa.nulls(n, TIMESTAMP),
                 "retryable": pa.nulls(n, pa.bool_()),
                 "quarantined_rows": pa.nulls(n, pa.int64()),
+                "expectation_results": pa.nulls(n, pa.string()),
             },
             schema=TRACKER_SCHEMA,
         )
@@ -672,9 +684,10 @@ class FileTracker:
         batch_id: str,
         target_version: int | None,
         quarantined: Mapping[str, int] | None = None,
+        expectations: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> int:
-        """processing -> completed with each file's row count (and quarantined rows) and the target commit
-        version. One commit."""
+        """processing -> completed with each file's row count (and quarantined rows, and its expectation
+        results) and the target commit version. One commit."""
         now = _now()
         quarantined = quarantined or {}
 
@@ -685,6 +698,7 @@ class FileTracker:
                 rows,
                 row_count=pa.array(counts, pa.int64()),
                 quarantined_rows=pa.array([quarantined.get(p) for p in paths], pa.int64()),
+                expectation_results=_expectation_results(paths, expectations),
                 retry_count=0,
                 retryable=None,
                 next_attempt_at=None,
@@ -703,6 +717,7 @@ class FileTracker:
         count_retry: bool = True,
         backoff: Callable[[int], float] | None = None,
         run_id: str | None = None,
+        expectations: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> int:
         """processing | pending -> failed with the error; ``retry_count`` grows by one (unless the failure is an
         interruption) and, with ``backoff`` (retry_count -> seconds), the next attempt waits; ``run_id`` names the
@@ -722,6 +737,7 @@ class FileTracker:
             failed = _replace(
                 rows,
                 error_message=pa.array(messages, pa.string()),
+                expectation_results=_expectation_results(rows["file_path"].to_pylist(), expectations),
                 retry_count=retries,
                 next_attempt_at=next_at,
                 processing_end_time=now,

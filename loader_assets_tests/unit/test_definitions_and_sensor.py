@@ -24,7 +24,8 @@ def test_project_definitions_load_with_every_asset_check_job_and_sensor(monkeypa
     assert check_keys == sorted(
         [(table, check) for table in ["customers", "page_views", "transactions"] for check in per_table]
         + [("customers", "scd2_invariants"), ("customers", "history_matches_changes"),
-           ("transactions", "freshness")]
+           ("transactions", "freshness"), ("transactions", "expectation_known_currency"),
+           ("transactions", "expectation_plausible_amount")]
     )
     # a check's step reads as <table>_<check>, its name not repeating the table
     job = definitions.resolve_job_def("transactions_checks_job")
