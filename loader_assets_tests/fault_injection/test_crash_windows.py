@@ -244,3 +244,31 @@ def test_cdc_batch_killed_at_a_protocol_point_then_rerun_leaves_the_history_exac
     assert summary["total_files_failed"] == 0
     assert feed.versions() == sorted(expected, key=repr)
     assert validate_here(lake) == 0
+
+
+def test_expectation_counts_survive_a_kill_between_the_target_commit_and_the_tracker(spark, lake, instance):
+    """The counts ride in the batch's commit: recovery completes the files with them, nothing counted twice."""
+    from loader_assets.api import run_pipeline
+
+    table = {"table_name": "sales", "source_path": "landing/sales", "file_format": "csv",
+             "read_options": {"inferSchema": True},
+             "expectations": [{"name": "not_negative", "condition": "amount >= 0", "action": "drop"},
+                              {"name": "not_huge", "condition": "amount < 1000", "action": "quarantine"}]}
+    lake.write_bytes("sales", "a.csv", b"id,amount\n1,5\n2,-1\n3,2000\n", days_ago=1)
+    settings = lake.config(tables=[table])
+    code, _, err = cli(lake, "run", "--skip-checks", kill_at=faults.AFTER_TARGET_COMMIT)
+    assert code == -signal.SIGKILL, err[-2000:]
+
+    summary = run_pipeline(settings, instance=instance, run_checks=False)  # recovery, in this process
+
+    assert summary.total_files_processed == 0  # recovered as committed, not loaded again
+    (row,) = DeltaTrackerResource(checkpoint_path=settings.checkpoint_path).for_table("sales").read().to_pylist()
+    assert (row["status"], row["row_count"], row["quarantined_rows"]) == ("completed", 1, 1)
+    assert json.loads(row["expectation_results"]) == {"rows": 3, "failed": {
+        "not_negative": {"rows": 1, "sample": '{"id":2,"amount":-1}'},
+        "not_huge": {"rows": 1, "sample": '{"id":3,"amount":2000}'}}}
+    quarantine = spark.read.format("delta").load(settings.quarantine_path("sales"))
+    assert [(r["expectation"], r["raw_record"]) for r in quarantine.collect()] == [
+        ("not_huge", '{"id":3,"amount":2000}')]
+    assert [tuple(r) for r in spark.read.format("delta").load(settings.table_path("sales"))
+            .select("id", "amount").collect()] == [(1, 5)]
