@@ -474,7 +474,8 @@ def table_location(target_root: str, table_name: str) -> str:
 
 
 def quarantine_location(target_root: str, table_name: str) -> str:
-    """``<target_root>/_quarantine/<table_name>``: the malformed rows of a table's files."""
+    """``<target_root>/_quarantine/<table_name>``: the malformed rows of a table's files and the rows that failed a
+    quarantine expectation."""
     return f"{target_root.rstrip('/')}/_quarantine/{table_name}"
 
 
