@@ -8,6 +8,7 @@ It starts ``dagster-webserver`` on a free port of 127.0.0.1 over the same ``DAGS
 ``docs/images/<page>.png`` for each page below with Debian's ``chromium`` (``apt-get install chromium``).
 """
 
+import json
 import os
 import socket
 import subprocess
@@ -45,6 +46,11 @@ def main() -> int:
                 break
             except OSError:
                 time.sleep(1)
+        # the UI's one-time "Join the Dagster community" dialog would cover the page: mark it seen
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/graphql",
+                                         data=json.dumps({"query": "mutation { setNuxSeen }"}).encode(),
+                                         headers={"Content-Type": "application/json"})
+        urllib.request.urlopen(request, timeout=30).read()
         for name, page in PAGES.items():
             out = ROOT / "docs" / "images" / f"{name}.png"
             subprocess.run(["chromium", "--headless=new", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
