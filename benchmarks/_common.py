@@ -150,6 +150,7 @@ def tracker_rows(
             "next_attempt_at": pa.nulls(n, TIMESTAMP),
             "retryable": pa.nulls(n, pa.bool_()),
             "quarantined_rows": pa.nulls(n, pa.int64()),
+            "expectation_results": pa.nulls(n, pa.string()),
         },
         schema=TRACKER_SCHEMA,
     )
