@@ -341,14 +341,18 @@ NOT_COMPLETED_SCHEMA = dg.TableSchema(columns=[
 
 
 def not_completed_rows(rows: pa.Table, table_name: str, retry_attempts: int) -> list[dict[str, Any]]:
-    """Each file that is not completed: its state, why, and the exact command that resolves it."""
+    """Each file that is not completed: its state, why, and the exact command that resolves it; failed files
+    first (those waiting for an operator first of all), then processing, pending, skipped."""
     cli = f"loader-assets {{}} --config {CONFIG_PLACEHOLDER} --table {table_name}"
     out = []
+    ranks = []
     for row in rows.to_pylist():
+        exhausted = (row["retry_count"] or 0) >= retry_attempts or row["retryable"] is False
         path, status = row["file_path"], row["status"]
         one = f"{cli} --file '{path}'"
+        ranks.append(({FileStatus.FAILED.value: 0, FileStatus.PROCESSING.value: 1,
+                       FileStatus.PENDING.value: 2}.get(status, 3), not exhausted, path))
         if status == FileStatus.FAILED.value:
-            exhausted = (row["retry_count"] or 0) >= retry_attempts or row["retryable"] is False
             reason = row["error_message"] or "failed"
             resolve = (f"{one.format('retry')}   (or {one.format('skip')} --reason '...')" if exhausted
                        else f"retried by the next run after its backoff; now: {one.format('retry')}")
@@ -363,7 +367,7 @@ def not_completed_rows(rows: pa.Table, table_name: str, retry_attempts: int) -> 
             reason, resolve = row["error_message"] or "skipped", f"{one.format('reprocess')} (to load it after all)"
         out.append({"file": path, "status": status, "partition": row["partition_key"], "reason": reason,
                     "resolve_with": resolve})
-    return out
+    return [entry for _, entry in sorted(zip(ranks, out, strict=True), key=lambda pair: pair[0])]
 
 
 def failed_files_result(tracker: FileTracker, retry_attempts: int) -> dg.AssetCheckResult:
@@ -375,10 +379,7 @@ def failed_files_result(tracker: FileTracker, retry_attempts: int) -> dg.AssetCh
         {"file": r["file_path"], "error": r["error_message"], "retry_count": r["retry_count"]}
         for r in failed.slice(0, SAMPLE).to_pylist()
     ]
-    # failed files first (those waiting for an operator first of all), then processing, pending, skipped
-    order = {FileStatus.FAILED.value: 0, FileStatus.PROCESSING.value: 1, FileStatus.PENDING.value: 2}
-    listed = sorted(not_completed_rows(rows, tracker.table_name, retry_attempts),
-                    key=lambda r: (order.get(r["status"], 3), "attempt" in r["reason"], r["file"]))
+    listed = not_completed_rows(rows, tracker.table_name, retry_attempts)
     severity = dg.AssetCheckSeverity.ERROR if exhausted.num_rows else dg.AssetCheckSeverity.WARN
     metadata: dict[str, Any] = {
         "failed_files": failed.num_rows,

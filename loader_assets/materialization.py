@@ -128,11 +128,16 @@ def partition_metadata(outcome: LoadOutcome, tracker_rows: pa.Table,
     ``tracker_rows`` are the tracker's rows (``TRACKER_COLUMNS``) of the run's partitions."""
     rows_by_path = {row["file_path"]: row for row in tracker_rows.to_pylist()}
     touched = _touched(outcome)
+    states_of: dict[str, Counter[str]] = {}  # one pass over the rows, not one per partition
+    for row in rows_by_path.values():
+        states_of.setdefault(row["partition_key"], Counter())[row["status"]] += 1
+    touched_of: dict[str, list[str]] = {}
+    for path in sorted(touched):
+        touched_of.setdefault(rows_by_path.get(path, {}).get("partition_key"), []).append(path)
     result: dict[str, dict[str, Any]] = {}
     for key in partition_keys:
-        of_partition = [row for row in rows_by_path.values() if row["partition_key"] == key]
-        states = Counter(row["status"] for row in of_partition)
-        mine = sorted((path for path in touched if rows_by_path.get(path, {}).get("partition_key") == key))
+        states = states_of.get(key, Counter())
+        mine = touched_of.get(key, [])
         what = Counter(touched[path][0] for path in mine)
         loaded = [path for path in mine if touched[path][0] == "loaded"]
         metadata: dict[str, Any] = {
