@@ -43,6 +43,7 @@ from loader_assets.cdc import absence_events, as_events, extracts_of, is_full
 from loader_assets.changes import ChangeRecord, changes_location
 from loader_assets.core.spark_hash import spark_hash, weighted_sums
 from loader_assets.core.states import FileStatus
+from loader_assets.planning import needs_operator
 from loader_assets.reading import AUDIT_COLUMNS, BATCH_ID_COLUMN, SOURCE_FILE_COLUMN
 from loader_assets.resources.lock import (
     DeltaLockResource,
@@ -326,10 +327,7 @@ def _compare_per_file(result: TargetConsistency, frame: Any, expected: pa.Table)
 
 def exhausted_failures(failed: pa.Table, retry_attempts: int) -> pa.Table:
     """Failed rows no run will retry: retries used up, or marked not retryable (they need an operator)."""
-    return failed.filter(pc.or_(
-        pc.greater_equal(pc.fill_null(failed["retry_count"], 0), retry_attempts),
-        pc.invert(pc.fill_null(failed["retryable"], True)),
-    ))
+    return failed.filter(needs_operator(failed, retry_attempts))
 
 
 CONFIG_PLACEHOLDER = "$LOADER_ASSETS_CONFIG"  # the config the Dagster deployment loads (definitions.CONFIG_ENV)
@@ -346,8 +344,8 @@ def not_completed_rows(rows: pa.Table, table_name: str, retry_attempts: int) -> 
     cli = f"loader-assets {{}} --config {CONFIG_PLACEHOLDER} --table {table_name}"
     out = []
     ranks = []
-    for row in rows.to_pylist():
-        exhausted = (row["retry_count"] or 0) >= retry_attempts or row["retryable"] is False
+    waits = needs_operator(rows, retry_attempts).to_pylist() if rows.num_rows else []
+    for row, exhausted in zip(rows.to_pylist(), waits, strict=True):
         path, status = row["file_path"], row["status"]
         one = f"{cli} --file '{path}'"
         ranks.append(({FileStatus.FAILED.value: 0, FileStatus.PROCESSING.value: 1,

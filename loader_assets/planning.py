@@ -41,17 +41,30 @@ VANISHED_MESSAGE = ("the file is no longer in the source (deleted or moved befor
                     "comes back")
 
 
+def retries_used_up(rows: pa.Table, retry_attempts: int) -> pa.Array:
+    """Rows (failed ones) whose automatic retries are used up."""
+    return pc.greater_equal(pc.fill_null(rows["retry_count"], 0), retry_attempts)
+
+
+def marked_for_operator(rows: pa.Table) -> pa.Array:
+    """Rows (failed ones) marked not retryable: a failure no retry can mend, held until an operator acts."""
+    return pc.invert(pc.fill_null(rows["retryable"], True))
+
+
+def needs_operator(rows: pa.Table, retry_attempts: int) -> pa.Array:
+    """Failed rows no run will retry: retries used up, or marked not retryable. The one definition of "waiting
+    for an operator" that the planner (``eligible_mask``), the sensor's idle reason and the checks share."""
+    return pc.or_(retries_used_up(rows, retry_attempts), marked_for_operator(rows))
+
+
 def eligible_mask(rows: pa.Table, retry_attempts: int, now: datetime) -> pa.Array:
     """Tracker rows a run may load now: pending, or failed with retries left whose backoff is over and that an
-    operator need not look at first (``retryable`` false)."""
+    operator need not look at first (``needs_operator``)."""
     status = rows["status"]
     pending = pc.equal(status, FileStatus.PENDING.value)
     retryable = pc.and_(
-        pc.and_(pc.equal(status, FileStatus.FAILED.value),
-                pc.less(pc.fill_null(rows["retry_count"], 0), retry_attempts)),
-        pc.and_(pc.fill_null(rows["retryable"], True),
-                pc.less_equal(pc.fill_null(rows["next_attempt_at"], pa.scalar(now, TIMESTAMP)),
-                              pa.scalar(now, TIMESTAMP))),
+        pc.and_(pc.equal(status, FileStatus.FAILED.value), pc.invert(needs_operator(rows, retry_attempts))),
+        pc.less_equal(pc.fill_null(rows["next_attempt_at"], pa.scalar(now, TIMESTAMP)), pa.scalar(now, TIMESTAMP)),
     )
     return pc.fill_null(pc.or_(pending, retryable), False)
 
@@ -167,9 +180,9 @@ def idle_reason(listing: pa.Table, known: pa.Table, table: TableSettings, retry_
     present = known.filter(pc.is_in(known["file_path"], listing["file_path"]))
     status = present["status"]
     failed = present.filter(pc.equal(status, FileStatus.FAILED.value))
-    exhausted = pc.greater_equal(pc.fill_null(failed["retry_count"], 0), retry_attempts)
-    held = pc.and_(pc.invert(exhausted), pc.invert(pc.fill_null(failed["retryable"], True)))
-    waiting = failed.filter(pc.invert(pc.or_(exhausted, held)))
+    exhausted = retries_used_up(failed, retry_attempts)
+    held = pc.and_(pc.invert(exhausted), marked_for_operator(failed))
+    waiting = failed.filter(pc.invert(needs_operator(failed, retry_attempts)))
     new = listing.filter(pc.invert(pc.is_in(listing["file_path"], known["file_path"])))
     young = new.num_rows - int(pc.sum(_settled(new["file_modified_time"], table, now)).as_py() or 0)
 

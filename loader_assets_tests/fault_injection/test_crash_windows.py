@@ -1,5 +1,7 @@
 """Real processes: the CLI killed with SIGKILL at named protocol points, and two CLIs racing on one table."""
 
+import contextlib
+import io
 import json
 import os
 import signal
@@ -33,6 +35,19 @@ def cli(lake, *args, kill_at=None, hit=1, wait=True):
     return process.returncode, out, err
 
 
+def cli_here(lake, *args):
+    """A CLI command through ``main()`` in this process, on the test session's warm Spark: only the process that
+    is killed, or that races, needs a process (and a JVM) of its own. Returns the exit code, stdout and stderr."""
+    from loader_assets.cli import main
+
+    os.environ["DAGSTER_HOME"] = str(lake.root / "dagster_home")
+    Path(os.environ["DAGSTER_HOME"]).mkdir(exist_ok=True)
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main([*args, "--config", str(lake.config_path)])
+    return code, out.getvalue(), err.getvalue()
+
+
 def seed_files(lake, n=4):
     return [lake.write_parquet("events", f"part {i}, 'x'.parquet", list(range(i * 100, i * 100 + 7)),
                                days_ago=2 - i * 0.3) for i in range(n)]
@@ -54,10 +69,9 @@ COMMITTED_BEFORE_KILL = {faults.AFTER_TARGET_COMMIT, faults.AFTER_COMPLETE}
 
 def validate_here(lake):
     """`validate-consistency` through the CLI's main() in this process, reusing the test session's Spark."""
-    from loader_assets.cli import main
-
-    os.environ["DAGSTER_HOME"] = str(lake.root / "dagster_home")
-    return main(["validate-consistency", "--config", str(lake.config_path)])
+    code, out, _ = cli_here(lake, "validate-consistency")
+    assert code == 0, out
+    return code
 
 
 def assert_lock_free(settings, table):
@@ -65,7 +79,8 @@ def assert_lock_free(settings, table):
 
 
 def rerun(lake):
-    code, out, err = cli(lake, "run", "--json")
+    """The run after the kill, in this process: recovery is what is under test, not a second JVM start."""
+    code, out, err = cli_here(lake, "run", "--json")
     assert code == 0, err[-3000:]
     summary = json.loads(out)
     assert summary["total_files_failed"] == 0
@@ -171,7 +186,7 @@ def test_append_reload_after_reset_killed_mid_way_keeps_each_row_once(spark, lak
     settings = lake.config(max_files_per_run=max_files)
     expected = sorted((i * 10 + j, f"n{i * 10 + j}", str(p)) for i, p in enumerate(paths) for j in range(10))
     assert run_pipeline(settings, instance=instance, run_checks=False).total_rows_loaded == 60  # no JVM start
-    code, _, err = cli(lake, "reset-state", "--yes")
+    code, _, err = cli_here(lake, "reset-state", "--yes")
     assert code == 0, err[-2000:]
     code, _, err = cli(lake, "run", kill_at=point, hit=hit)
     assert code == -signal.SIGKILL, err[-2000:]
@@ -200,7 +215,7 @@ def test_scd2_reload_after_reset_killed_between_change_record_and_table(spark, l
     # a new extract, so the killed run has a change row to record that is not in the record yet
     lake.write_bytes("customers", "extract_6.csv",
                      b"customer_id,name,email,updated_at\n4,dora,d@x,2025-01-06T00:00:00\n", days_ago=0.5)
-    code, _, err = cli(lake, "reset-state", "--yes")
+    code, _, err = cli_here(lake, "reset-state", "--yes")
     assert code == 0, err[-2000:]
     code, _, err = cli(lake, "run", kill_at=faults.AFTER_CHANGE_RECORD, hit=3)  # the third batch: extract 5 and 6
     assert code == -signal.SIGKILL, err[-2000:]
