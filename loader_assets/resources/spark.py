@@ -99,16 +99,37 @@ def resolve_jars(packages: str) -> list[str]:
     Resolved once per machine and package list, by ``spark-submit --packages`` of a two-line script in a child
     process whose Ivy report is captured (shown only if resolution fails), from Maven Central alone. Later
     sessions start with ``spark.jars`` set to the listed files: no Ivy run, nothing printed, a few seconds less.
-    A list whose files are gone (a cleaned cache) is resolved again."""
+    A list whose files are gone (a cleaned cache) is resolved again. Processes that start at once on a fresh
+    machine (test workers, several CLIs) resolve one at a time under a file lock, and the later ones read the
+    list the first one wrote: two Ivy runs on one cache can corrupt it.
+    """
+    import fcntl
+
     cache = jar_cache_dir()
     listing = cache / f"jars-{hashlib.sha256(packages.encode()).hexdigest()[:16]}.txt"
+    jars = _listed_jars(listing)
+    if jars:
+        return jars
+    cache.mkdir(parents=True, exist_ok=True)
+    with open(cache / "resolve.lock", "a") as guard:
+        fcntl.flock(guard, fcntl.LOCK_EX)
+        try:
+            return _listed_jars(listing) or _resolve(packages, cache, listing)
+        finally:
+            fcntl.flock(guard, fcntl.LOCK_UN)
+
+
+def _listed_jars(listing: Path) -> list[str]:
     if listing.exists():
         jars = listing.read_text().split()
         if jars and all(Path(jar).is_file() for jar in jars):
             return jars
+    return []
+
+
+def _resolve(packages: str, cache: Path, listing: Path) -> list[str]:
     import pyspark
 
-    cache.mkdir(parents=True, exist_ok=True)
     settings = cache / "ivysettings.xml"
     settings.write_text(_IVY_SETTINGS.format(cache=cache / "ivy" / "cache"))
     spark_home = Path(pyspark.__file__).parent
