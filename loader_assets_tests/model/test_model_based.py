@@ -337,8 +337,7 @@ class Sequence:
 CI_SEEDS = [(seed, 1 if seed % 5 in (1, 3) else 0, 1 if seed % 7 == 2 else 0) for seed in range(1, 21)]
 CI_STEPS = 8
 TOTALS: Counter[str] = Counter()
-# the CI seeds and the coverage test that sums them run in one pytest worker (./dev test: --dist loadfile)
-pytestmark = pytest.mark.xdist_group("model-based")
+# the CI seeds and the coverage test that sums them are one file, so one pytest worker (./dev test: --dist loadfile)
 
 
 @pytest.fixture
