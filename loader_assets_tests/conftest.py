@@ -30,15 +30,20 @@ def _preserve_environ() -> Iterator[None]:
     os.environ.update(saved)
 
 
+# Test tables are tiny, so Spark's per-job overheads dominate: one partition for Delta's log replay saves a second
+# per Delta operation or so, and adaptive query execution off saves about a tenth of a batch (it re-plans every
+# shuffle of a few rows). Production keeps Spark's defaults; the CLIs the fault tests start read this too.
+TEST_SPARK_CONF = {"spark.sql.shuffle.partitions": "2", "spark.ui.enabled": "false",
+                   "spark.databricks.delta.snapshotPartitions": "1", "spark.sql.adaptive.enabled": "false"}
+
+
 @pytest.fixture(scope="session")
 def spark() -> Any:
     from loader_assets.resources.spark import get_or_create_spark
 
     session = get_or_create_spark(
         "local[2]", "loader-assets-tests",
-        {"spark.sql.shuffle.partitions": "2", "spark.ui.enabled": "false", "spark.driver.memory": "2g",
-         # test tables are tiny: one partition for Delta's log replay saves a second per Delta operation or so
-         "spark.databricks.delta.snapshotPartitions": "1"},
+        {**TEST_SPARK_CONF, "spark.driver.memory": "2g"},
     )
     yield session
     session.stop()
@@ -64,7 +69,7 @@ class Lake:
             "retry_attempts": 3,
             "retry_backoff_seconds": 0,
             "lock_wait_seconds": 120,
-            "spark": {"master": "local[2]", "conf": {"spark.sql.shuffle.partitions": "2", "spark.ui.enabled": "false"}},
+            "spark": {"master": "local[2]", "conf": dict(TEST_SPARK_CONF)},
             "tables": tables
             or [{"table_name": "events", "source_path": "landing/events", "file_format": "parquet",
                  "partitioning": {"granularity": "day", "start": "2024-01-01"}}],

@@ -107,7 +107,7 @@ class Sequence:
 
     # ------------------------------------------------------------------------------------------- operations
     def choices(self) -> list[tuple[str, float]]:
-        ops = [("add", 3.0), ("redeliver", 1.0), ("corrupt", 0.6), ("remove", 0.8), ("copy", 0.5), ("run", 2.0),
+        ops = [("add", 3.0), ("redeliver", 1.0), ("corrupt", 0.6), ("remove", 0.8), ("copy", 1.0), ("run", 2.0),
                ("reset", 0.5), ("fix", 0.4)]
         if self.model.files:  # aimed by the tracker's statuses, after a clean run or not (a kill, a reset)
             ops += [("skip", 1.2), ("retry", 0.8), ("reprocess", 1.0)]
@@ -155,11 +155,12 @@ class Sequence:
         self._did("remove", f"remove {path}")
 
     def op_copy(self) -> None:
-        table = self.rng.choice(TABLES)
-        files = [p for p in self._files(table, present=True) if self.model.files[p].content.valid]
-        if not files:
+        copyable = [p for p in sorted(self.model.files) if self.model.files[p].present
+                    and self.model.files[p].content.valid]  # from either table: a copy is rarer than an add
+        if not copyable:
             return self.op_add()
-        source = self.rng.choice(files)
+        source = self.rng.choice(copyable)
+        table = self.model.files[source].table
         path = self._new_path(table)
         self._write(table, path, self.model.files[source].content)
         self._did("copy", f"copy {source} to {path}")

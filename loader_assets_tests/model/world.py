@@ -27,6 +27,7 @@ import yaml
 from loader_assets.core import faults
 from loader_assets.resources.tracker import DeltaTrackerResource
 from loader_assets.settings import LoaderSettings, load_settings
+from loader_assets_tests.conftest import TEST_SPARK_CONF
 from loader_assets_tests.model.model import APPEND, SCD2, Content
 
 EPOCH = datetime(2025, 1, 1, tzinfo=UTC)  # sequence n of the scd2 table is EPOCH + n seconds
@@ -57,8 +58,7 @@ class World:
         config = {
             "target_root": "lake", "checkpoint_path": "checkpoints", "retry_attempts": retry_attempts,
             "retry_backoff_seconds": 0, "lock_wait_seconds": 900, "max_files_per_run": max_files_per_run,
-            "spark": {"master": "local[2]", "conf": {"spark.sql.shuffle.partitions": "2", "spark.ui.enabled": "false",
-                                                  "spark.databricks.delta.snapshotPartitions": "1"}},
+            "spark": {"master": "local[2]", "conf": dict(TEST_SPARK_CONF)},
             "tables": [
                 {"table_name": APPEND, "source_path": f"landing/{APPEND}", "file_format": "parquet"},
                 {"table_name": SCD2, "source_path": f"landing/{SCD2}", "file_format": "parquet",
