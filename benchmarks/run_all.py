@@ -84,6 +84,12 @@ BENCHMARKS: dict[str, tuple[str, str, dict[str, Any], dict[str, Any]]] = {
         {"keys": 1_000_000, "files": 5, "changed": 100_000},
         {"keys": 300, "files": 2, "changed": 40},
     ),
+    "P13": (
+        "benchmarks.bench_p13_noop",
+        "no-op materialisation of a loaded partition with its checks (the UI's Materialize), no JVM",
+        {"files": 100, "partitions": 4, "repeats": 3},
+        {"files": 4, "partitions": 2, "repeats": 1},
+    ),
 }
 
 NOTES_MD = HERE / "NOTES.md"
