@@ -214,14 +214,28 @@ class Sequence:
 
     def _operator(self, action: str) -> None:
         """An operator command on a file, picked mostly among those whose tracker status it applies to (as an
-        operator picks them from ``status``), sometimes at random. The command must be done exactly when the
+        operator picks them from ``status``), sometimes at random. When no file has such a status, the case
+        is made first (a corrupt file and a run for skip and retry, a new file and a run for reprocess), so the
+        command is done, not only refused, in the CI seeds. The command must be done exactly when the
         file's status is one it applies to (``core.states.TRANSITIONS``), and refused otherwise."""
         files = sorted(self.model.files)
         if not files:
             return self.op_add()
-        status = {p: r["status"] for t in TABLES for p, r in self.world.tracker_rows(t).items()}
         applies_to = {s.value for s in sources_of(action)}
-        fitting = [p for p in files if status.get(p) in applies_to]
+
+        def fitting_files() -> tuple[dict[str, str], list[str]]:
+            status = {p: r["status"] for t in TABLES for p, r in self.world.tracker_rows(t).items()}
+            return status, [p for p in sorted(self.model.files) if status.get(p) in applies_to]
+
+        status, fitting = fitting_files()
+        if not fitting:  # as an operator acts on what went wrong: first the case the command is for
+            if action == "reprocess":
+                self.op_add()  # completed after the run
+            else:
+                self.op_corrupt()  # failed after the run
+            self.op_run()
+            files = sorted(self.model.files)
+            status, fitting = fitting_files()
         path = self.rng.choice(fitting if fitting and self.rng.random() < 0.8 else files)
         table = self.model.files[path].table
         code, out = self.world.cli(action, "--table", table, "--file", path, "--reason", "model test")
