@@ -44,7 +44,8 @@ def test_project_definitions_load_with_every_asset_check_job_and_sensor(monkeypa
 
 def test_every_table_asset_has_its_pool_and_the_project_instance_gives_each_pool_one_slot_per_run(
         monkeypatch, tmp_path):
-    """However a run is launched (UI, backfill, sensor), the run queue admits one run per table's pool."""
+    """The configuration the run queue limits each table by (its behaviour under a real daemon:
+    integration/test_run_queue.py)."""
     from dagster._core.instance.config import PoolGranularity
 
     monkeypatch.setenv(CONFIG_ENV, str(PROJECT / "configs" / "local.yaml"))
