@@ -29,6 +29,7 @@ before its files are split or retried. Batch numbers take the record's txn versi
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -101,6 +102,9 @@ class ChangeRecord:
             .option("mergeSchema", str(evolve_schema).lower())
             .option("txnAppId", self.app_id)
             .option("txnVersion", str(batch_seq))
+            # names the batch as the target's commit does, so a check can tell the loader's commits from others
+            .option("userMetadata", json.dumps({"batch_id": batch_id, "batch_seq": batch_seq,
+                                                "table": self.table_name}, sort_keys=True))
             .save(self.path)
         )
 

@@ -24,7 +24,9 @@ would load every partition). They run after each materialisation of the table an
 - Only the table checks (``target_matches_tracker``, the history checks) need Spark. A whole-table check
   records the Delta versions it verified (``verified_state``: tracker, target, change record); when it runs
   again and none of them moved since a passing whole-table evaluation, the result is that one's, reported
-  without starting Spark (a materialisation that loaded nothing costs no JVM).
+  without starting Spark (a materialisation that loaded nothing costs no JVM). A load's scoped pass carries
+  the verified state forward when every change since it is the run's own (``loader_assets.verification``),
+  so the first such materialisation after a load needs no JVM either.
 """
 
 
@@ -65,6 +67,14 @@ from loader_assets.scd2 import (
 )
 from loader_assets.settings import Expectation, ExpectationAction, LoaderSettings, TableSettings
 from loader_assets.target import open_target
+from loader_assets.verification import (
+    CHECKED_TRACKER_COLUMNS,
+    VerifiedState,
+    carried_metadata,
+    carry_forward,
+    current_state,
+    unchanged_since,
+)
 
 SAMPLE = 20
 SAMPLE_TABLE = 50  # rows of a files table in a check's metadata; a longer list says how many it left out
@@ -161,7 +171,7 @@ def files_with_rows(tracker: FileTracker) -> pa.Table:
     """Tracker rows of the files whose rows the table should hold: completed ones, and those loaded before and
     now waiting for a reload (changed in the source, reprocess, skip of a new version): until the reload
     commits, the old rows stay, with the row count recorded when they loaded."""
-    rows = tracker.read(columns=["file_path", "row_count", "status", "target_version", "batch_id"])
+    rows = tracker.read(columns=CHECKED_TRACKER_COLUMNS)
     return rows.filter(pc.or_(pc.equal(rows["status"], FileStatus.COMPLETED.value),
                               pc.is_valid(rows["target_version"])))
 
@@ -526,31 +536,23 @@ def batches_of_run(tracker: FileTracker, run_id: str) -> list[str]:
     return sorted({b for b in mine["batch_id"].to_pylist() if b})
 
 
-def verified_state(tracker: FileTracker, target_path: str, record: ChangeRecord | None) -> str:
-    """The Delta versions a table check's result depends on. Equal states give equal results."""
-    def version(path: str) -> int:
-        table = open_target(path)
-        return -1 if table is None else table.version()
-
-    state = f"tracker@{tracker.version()} target@{version(target_path)}"
-    return state + (f" changes@{version(record.path)}" if record is not None else "")
-
-
-def passed_at(context: dg.AssetCheckExecutionContext, asset: str, check_name: str, state: str) -> str | None:
-    """When the latest evaluation of ``check_name`` was a whole-table pass at ``state``: its run id, else None."""
-    from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
-
-    history = context.instance.event_log_storage.get_asset_check_execution_history(
-        dg.AssetCheckKey(dg.AssetKey(asset), check_name), limit=1,
-        status={AssetCheckExecutionRecordStatus.SUCCEEDED, AssetCheckExecutionRecordStatus.FAILED})
-    if not history or history[0].event is None or history[0].event.dagster_event is None:
-        return None
-    evaluation = history[0].event.dagster_event.event_specific_data
-    metadata = getattr(evaluation, "metadata", None) or {}
-    recorded = getattr(metadata.get("verified_state"), "value", None)
-    if getattr(evaluation, "passed", False) and recorded == state:
-        return history[0].run_id
-    return None
+def state_metadata(context: dg.AssetCheckExecutionContext, asset: str, check_name: str, before: VerifiedState,
+                   passed: bool, tracker: FileTracker, target_path: str, record: ChangeRecord | None,
+                   batches: Sequence[str] | None, files: Sequence[str] | None = None) -> dict[str, Any]:
+    """What an evaluation records about the whole table (``verification``): a whole-table one (``batches`` None)
+    its ``verified_state``; a scoped pass the state it carries the last verified one forward to, or why not.
+    Nothing when the versions moved while the check read them (another run committed meanwhile)."""
+    after = current_state(tracker, target_path, record)
+    if after != before:
+        return {"whole_table": f"not recorded: the tables moved from {before} to {after} during the check"}
+    if batches is None:
+        return {"verified_state": str(before)}
+    if not passed:
+        return {}
+    base_run, reason = carry_forward(context.instance, asset, check_name, before, tracker, target_path, record,
+                                     set(batches), set(files) if files is not None else None)
+    return carried_metadata(before, base_run) if base_run is not None else {
+        "whole_table": f"not carried forward: {reason}"}
 
 
 def unchanged_result(check_name: str, state: str, run_id: str) -> dg.AssetCheckResult:
@@ -593,15 +595,18 @@ def build_table_checks(table: TableSettings, settings: LoaderSettings) -> list[d
         if open_target(target_path) is None and table_tracker.status_counts()[FileStatus.COMPLETED.value] == 0:
             return dg.AssetCheckResult(passed=True, description="nothing loaded yet", metadata={"completed_files": 0})
         scope = files_of_run(table_tracker, context.run.run_id)
-        state = verified_state(table_tracker, target_path, record)
+        state = current_state(table_tracker, target_path, record)
         check_name = "target_matches_tracker"
-        if not scope and (run_id := passed_at(context, name, check_name, state)):
-            return unchanged_result(check_name, state, run_id)
+        if not scope and (run_id := unchanged_since(context.instance, name, check_name, state)):
+            return unchanged_result(check_name, str(state), run_id)
         if record is not None:
             consistency = compare_record_with_tracker(spark.session, table_tracker, record, scope or None)
         else:
             consistency = compare_target_with_tracker(spark.session, table_tracker, target_path, scope or None)
-        return target_consistency_result(consistency, scope_label(scope), {} if scope else {"verified_state": state})
+        recorded = state_metadata(context, name, check_name, state, consistency.consistent, table_tracker,
+                                  target_path, record, batches_of_run(table_tracker, context.run.run_id) if scope
+                                  else None, scope)
+        return target_consistency_result(consistency, scope_label(scope), recorded)
 
     @dg.asset_check(
         asset=name,
@@ -688,14 +693,18 @@ def build_table_checks(table: TableSettings, settings: LoaderSettings) -> list[d
             table_tracker = tracker.for_table(name)
             batches = batches_of_run(table_tracker, context.run.run_id)
             scope = "keys written by this run" if batches and not is_full(table) else "whole table"
-            state = verified_state(table_tracker, target_path, record)
-            reused = {spec.name: passed_at(context, name, spec.name, state) for spec in specs}
+            state = current_state(table_tracker, target_path, record)
+            reused = {spec.name: unchanged_since(context.instance, name, spec.name, state) for spec in specs}
             if not batches and all(reused.values()):
                 for spec in specs:
-                    yield unchanged_result(spec.name, state, str(reused[spec.name]))
+                    yield unchanged_result(spec.name, str(state), str(reused[spec.name]))
                 return
-            whole = {"verified_state": state} if scope == "whole table" else {}
             violations, difference = keyed_report(spark.session, table, settings, batches or None)
+
+            def recorded(check_name: str, passed: bool) -> dict[str, Any]:
+                return state_metadata(context, name, check_name, state, passed, table_tracker, target_path, record,
+                                      batches if scope != "whole table" else None)
+
             if violations is not None:
                 yield dg.AssetCheckResult(
                     check_name="scd2_invariants",
@@ -708,10 +717,10 @@ def build_table_checks(table: TableSettings, settings: LoaderSettings) -> list[d
                         "flag_end_disagreements": violations.flag_end_disagreements,
                         "interval_breaks": violations.interval_breaks,
                         "sample_keys": dg.MetadataValue.json(violations.samples),
-                        **whole,
+                        **recorded("scd2_invariants", violations.ok),
                     },
                 )
-            yield history_result(difference, scope, matches, whole)
+            yield history_result(difference, scope, matches, recorded(matches, difference.ok))
 
         checks.append(_history_checks)
     return checks

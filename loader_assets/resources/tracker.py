@@ -345,6 +345,14 @@ class FileTracker:
             return empty.select(list(columns)) if columns else empty
         return self._scan(table, columns, statuses, paths)
 
+    def read_as_of(self, version: int, columns: Sequence[str] | None = None) -> pa.Table:
+        """All rows (or the given columns) as of a Delta version; -1 (before the tracker existed) reads as empty.
+        Raises when the version's log or data files are gone."""
+        if version < 0:
+            empty = TRACKER_SCHEMA.empty_table()
+            return empty.select(list(columns)) if columns else empty
+        return self._scan(DeltaTable(self.path, version=version, storage_options=self.options or None), columns)
+
     @staticmethod
     def _file_stats(table: DeltaTable) -> pa.Table:
         """The data files' statistics from the Delta log (no data read)."""

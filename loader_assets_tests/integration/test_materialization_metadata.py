@@ -100,22 +100,37 @@ def test_a_run_that_loads_nothing_still_reports_the_tables_state(spark, lake, in
     assert noop.metadata["partition_files"].value["completed"] == 1
 
 
-def test_a_materialisation_that_loads_nothing_runs_its_checks_without_spark(spark, lake, instance):
+def _clicker(settings, instance, table_name, day):
+    """What Materialize on the partition does in the UI: (Spark sessions it started, {check: (passed, description)})."""
     from loader_assets.checks import build_table_checks
     from loader_assets.resources.spark import sessions_started
 
-    lake.write_parquet("events", "a.parquet", [1, 2], days_ago=1)
-    settings = lake.config()
-    run_pipeline(settings, instance=instance)  # loads; its checks look at the run's files only
-    day = next(iter(_events(instance)))
-    table = settings.table("events")
+    table = settings.table(table_name)
     assets = [build_table_asset(table, settings), *build_table_checks(table, settings)]
 
-    def click():  # what Materialize on the partition does in the UI
+    def click():
         before = sessions_started()
         result = dg.materialize(assets, instance=instance, partition_key=day, resources=build_resources(settings))
+        assert result.success
         checks = {e.check_name: (e.passed, e.description) for e in result.get_asset_check_evaluations()}
         return sessions_started() - before, checks
+
+    return click
+
+
+def _latest_check(instance, table, check_name):
+    """(passed, {metadata key: value}) of the latest evaluation of a check."""
+    (record,) = instance.event_log_storage.get_asset_check_execution_history(
+        dg.AssetCheckKey(dg.AssetKey(table), check_name), limit=1)
+    evaluation = record.event.dagster_event.event_specific_data
+    return evaluation.passed, {k: getattr(v, "value", v) for k, v in evaluation.metadata.items()}
+
+
+def test_a_materialisation_that_loads_nothing_runs_its_checks_without_spark(spark, lake, instance):
+    lake.write_parquet("events", "a.parquet", [1, 2], days_ago=1)
+    settings = lake.config()
+    run_pipeline(settings, instance=instance, run_checks=False)  # loads; no check looks at it
+    click = _clicker(settings, instance, "events", next(iter(_events(instance))))
 
     used_spark, checks = click()  # the first whole-table check reads the table
     assert used_spark == 1 and checks["target_matches_tracker"][0]
@@ -125,11 +140,94 @@ def test_a_materialisation_that_loads_nothing_runs_its_checks_without_spark(spar
     assert passed and description.startswith("unchanged since the whole-table check of run")
     assert all(passed for passed, _ in checks.values()), checks
 
-    lake.write_parquet("events", "b.parquet", [3], days_ago=0)  # the tracker and the target move on
+    lake.write_parquet("events", "b.parquet", [3], days_ago=0)  # the tracker and the target move on, unchecked
     run_pipeline(settings, instance=instance, run_checks=False)
     used_spark, checks = click()
     assert used_spark == 1 and checks["target_matches_tracker"][0]
     assert not checks["target_matches_tracker"][1].startswith("unchanged")
+
+
+def test_a_loads_checks_carry_the_whole_table_verification_forward(spark, lake, instance):
+    lake.write_parquet("events", "a.parquet", [1, 2], days_ago=1)
+    settings = lake.config()
+    run_pipeline(settings, instance=instance)  # the first load: its checks read its files; the rest was empty
+    passed, metadata = _latest_check(instance, "events", "target_matches_tracker")
+    assert passed and metadata["scope"] == "the 1 files this run loaded"
+    assert metadata["whole_table"] == "carried forward from the empty table"
+    click = _clicker(settings, instance, "events", next(iter(_events(instance))))
+
+    used_spark, checks = click()  # the first click after the load: no JVM
+    assert used_spark == 0, checks
+    assert checks["target_matches_tracker"][0] and checks["target_matches_tracker"][1].startswith("unchanged")
+
+    lake.write_parquet("events", "b.parquet", [3], days_ago=0)
+    run_pipeline(settings, instance=instance)
+    passed, metadata = _latest_check(instance, "events", "target_matches_tracker")
+    assert passed and metadata["whole_table"].startswith("carried forward from run ")
+    used_spark, checks = click()
+    assert used_spark == 0 and checks["target_matches_tracker"][0], checks
+
+
+def test_a_write_the_run_did_not_make_stops_the_carry_and_the_next_click_finds_it(spark, lake, instance):
+    from delta.tables import DeltaTable
+
+    lake.write_parquet("events", "a.parquet", [1, 2], days_ago=1)
+    settings = lake.config()
+    run_pipeline(settings, instance=instance)
+    DeltaTable.forPath(spark, settings.table_path("events")).delete("_source_file LIKE '%a.parquet'")  # by hand
+
+    lake.write_parquet("events", "b.parquet", [3], days_ago=0)
+    run_pipeline(settings, instance=instance)  # its own file is fine, so its scoped check passes
+    passed, metadata = _latest_check(instance, "events", "target_matches_tracker")
+    assert passed and metadata["whole_table"].startswith("not carried forward: version 1 of ")
+    assert "(DELETE)" in metadata["whole_table"]
+
+    used_spark, checks = _clicker(settings, instance, "events", next(iter(_events(instance))))()
+    assert used_spark == 1
+    passed, description = checks["target_matches_tracker"]
+    assert not passed and "a.parquet" in str(_latest_check(instance, "events", "target_matches_tracker")[1])
+
+
+def test_a_tracker_change_the_run_did_not_make_stops_the_carry(spark, lake, instance):
+    from deltalake import DeltaTable
+
+    from loader_assets.resources.tracker import DeltaTrackerResource
+
+    lake.write_parquet("events", "a.parquet", [1, 2], days_ago=1)
+    settings = lake.config()
+    run_pipeline(settings, instance=instance)
+    tracker = DeltaTrackerResource.from_settings(settings).for_table("events")
+    DeltaTable(tracker.path).update({"row_count": "5"}, predicate="file_path LIKE '%a.parquet'")  # by hand
+
+    lake.write_parquet("events", "b.parquet", [3], days_ago=0)
+    run_pipeline(settings, instance=instance)
+    passed, metadata = _latest_check(instance, "events", "target_matches_tracker")
+    assert passed
+    assert metadata["whole_table"] == "not carried forward: tracker rows of files this run did not load changed"
+
+    used_spark, checks = _clicker(settings, instance, "events", next(iter(_events(instance))))()
+    assert used_spark == 1 and not checks["target_matches_tracker"][0]
+
+
+def test_an_scd2_loads_checks_carry_forward_too(spark, lake, instance):
+    table = {"table_name": "people", "source_path": "landing/people", "file_format": "csv",
+             "loading_strategy": "scd2", "primary_keys": ["id"], "tracking_columns": ["city"],
+             "scd2_sequence_column": "seq", "read_options": {"inferSchema": True}}
+    lake.write_bytes("people", "1.csv", b"id,city,seq\n1,Oslo,1\n2,Rome,1\n", days_ago=1)
+    settings = lake.config(tables=[table])
+    run_pipeline(settings, instance=instance)
+    lake.write_bytes("people", "2.csv", b"id,city,seq\n1,Bergen,2\n3,Rome,2\n", days_ago=1)
+    run_pipeline(settings, instance=instance)
+    for check_name in ("target_matches_tracker", "scd2_invariants", "history_matches_changes"):
+        passed, metadata = _latest_check(instance, "people", check_name)
+        assert passed and metadata["whole_table"].startswith("carried forward from run "), (check_name, metadata)
+
+    used_spark, checks = _clicker(settings, instance, "people", next(iter(_events(instance, "people"))))()
+    assert used_spark == 0, checks
+    for check_name in ("target_matches_tracker", "scd2_invariants", "history_matches_changes"):
+        passed, description = checks[check_name]
+        assert passed and description.startswith("unchanged since the whole-table check of run"), checks
+    assert all(passed for passed, _ in checks.values()), checks
 
 
 def test_an_scd2_materialisation_shows_its_history_at_a_glance(spark, lake, instance):
