@@ -21,6 +21,7 @@ import pyarrow.compute as pc
 from loader_assets.core.errors import LockHeldError
 from loader_assets.core.states import FileStatus
 from loader_assets.definitions import build_definitions, load_job_name
+from loader_assets.materialization import FAILED_FILES_KEY
 from loader_assets.planning import pending_work
 from loader_assets.resources import spark as spark_resource
 from loader_assets.resources.lock import (
@@ -110,6 +111,13 @@ def _step_failure_message(error: Any) -> str:  # noqa: ANN401 - dagster Serializ
     return error.message.strip()
 
 
+def _files_failed(failure: Any) -> bool:  # noqa: ANN401 - dagster StepFailureData
+    """Whether a step failed only because files failed (``on_failed_file: fail_partition``): those files are in
+    the tracker and the summary, the rest of the run was committed, and the next round goes on."""
+    user = getattr(failure, "user_failure_data", None)
+    return user is not None and FAILED_FILES_KEY in (user.metadata or {})
+
+
 def run_pipeline(
     settings: LoaderSettings,
     tables: list[str] | None = None,
@@ -168,7 +176,8 @@ def run_pipeline(
                         progress(_progress_line(name, start, end, outcome, time.monotonic() - started))
                     if not outcome.success:
                         for event in outcome.all_events:
-                            if event.is_step_failure and event.step_failure_data:
+                            if event.is_step_failure and event.step_failure_data and not _files_failed(
+                                    event.step_failure_data):
                                 result.errors.append(_step_failure_message(event.step_failure_data.error))
                 if result.errors:
                     break
@@ -191,7 +200,9 @@ def run_pipeline(
 def _progress_line(name: str, start: str, end: str, outcome: dg.ExecuteInProcessResult, seconds: float) -> str:
     """One run's numbers from its materialisation's run_* metadata."""
     events = outcome.get_asset_materialization_events()
-    metadata = events[0].materialization.metadata if events else {}
+    failures = [e.step_failure_data.user_failure_data for e in outcome.all_events
+                if e.is_step_failure and e.step_failure_data and _files_failed(e.step_failure_data)]
+    metadata = events[0].materialization.metadata if events else (failures[0].metadata if failures else {})
 
     def value(key: str) -> Any:
         return getattr(metadata.get(key), "value", 0)

@@ -410,6 +410,26 @@ def failed_files_result(tracker: FileTracker, retry_attempts: int) -> dg.AssetCh
     )
 
 
+def failed_files_evaluation(tracker: FileTracker, retry_attempts: int,
+                            instance: dg.DagsterInstance) -> dg.AssetCheckEvaluation:
+    """``no_failed_files`` as an evaluation reported by a run whose files failed: that run fails its asset step,
+    so its own check step is skipped, and this is the result the check would have given (``io_managers``). It
+    names the asset's latest materialization as its target, as a check step's evaluation does, so the UI shows
+    it as the check's result for that materialization."""
+    from dagster._core.definitions.asset_checks.asset_check_evaluation import (
+        AssetCheckEvaluationTargetMaterializationData,
+    )
+
+    asset_key = dg.AssetKey(tracker.table_name)
+    result = failed_files_result(tracker, retry_attempts)
+    latest = instance.fetch_materializations(asset_key, limit=1).records
+    target = (AssetCheckEvaluationTargetMaterializationData(
+        storage_id=latest[0].storage_id, run_id=latest[0].run_id, timestamp=latest[0].timestamp) if latest else None)
+    return dg.AssetCheckEvaluation(
+        asset_key=asset_key, check_name="no_failed_files", passed=bool(result.passed), severity=result.severity,
+        description=result.description, metadata=result.metadata or {}, target_materialization_data=target)
+
+
 def freshness_result(table: TableSettings, tracker: FileTracker, retry_attempts: int,
                      now: datetime | None = None) -> dg.AssetCheckResult:
     """How old the newest loaded file is (against ``max_lag_minutes``), and how long the oldest file that is

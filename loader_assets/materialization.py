@@ -166,3 +166,35 @@ def partition_metadata(outcome: LoadOutcome, tracker_rows: pa.Table,
             metadata["failed_files"] = dg.MetadataValue.json(failed[:FILES_SHOWN])
         result[key] = metadata
     return result
+
+
+FAILED_FILES_KEY = "loader_assets/failed_files"  # marks the Failure of a run whose files failed (api.run_pipeline)
+
+
+def failed_files_of(tracker_rows: pa.Table) -> list[tuple[str, str | None, str | None]]:
+    """(file, partition, error) of the failed files among ``tracker_rows`` (``TRACKER_COLUMNS``)."""
+    return sorted((row["file_path"], row["partition_key"], row["error_message"]) for row in tracker_rows.to_pylist()
+                  if row["status"] == FileStatus.FAILED.value)
+
+
+def failed_files_failure(table_name: str, outcome: LoadOutcome, failed: list[tuple[str, str | None, str | None]],
+                         shared: dict[str, Any]) -> dg.Failure:
+    """The step's failure when files of the run's partitions are failed (``on_failed_file: fail_partition``),
+    in this run or earlier ones and not yet resolved: it names the table, each file and its cause, and says what
+    was committed all the same. Their partitions get no materialization, so Dagster shows them failed; the
+    others were materialized just before."""
+    partitions = sorted({key for _, key, _ in failed if key})
+    listed = "; ".join(f"{path}: {error}" for path, _, error in failed[:5])
+    more = f"; and {len(failed) - 5} more" if len(failed) > 5 else ""
+    where = f" in partition(s) {', '.join(partitions)}" if partitions else ""
+    now = sum(1 for path, _, _ in failed if path in outcome.failed)
+    description = (f"table {table_name}: {len(failed)} file(s) failed{where} ({now} in this run): {listed}{more}. "
+                   f"The {len(outcome.loaded)} file(s) this run loaded are committed and stay loaded; a failed file "
+                   "is retried by a later run while retries remain (`loader-assets status`, or the no_failed_files "
+                   "check, says what to do)")
+    return dg.Failure(description=description, allow_retries=False, metadata={
+        FAILED_FILES_KEY: dg.MetadataValue.json([{"file": path, "partition": key, "error": error}
+                                                 for path, key, error in failed[:FILES_SHOWN]]),
+        "failed_partitions": dg.MetadataValue.json(partitions),
+        **{key: value for key, value in shared.items() if key.startswith("run_")},
+    })

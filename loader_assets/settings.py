@@ -91,6 +91,13 @@ class BadRecords(str, Enum):
     QUARANTINE = "quarantine"  # good rows load; bad rows go to the table's quarantine Delta table, counted
 
 
+class OnFailedFile(str, Enum):
+    """How a run in which files of a partition failed shows in Dagster (their good files are committed either way)."""
+
+    FAIL_PARTITION = "fail_partition"  # the partition shows failed and the run fails, naming the files and causes
+    MATERIALIZE = "materialize"  # the partition shows materialized; the failure is on its event and the checks
+
+
 class ExpectationAction(str, Enum):
     """What a row that fails an expectation does (DLT's expect / expect_or_drop / expect_or_fail, plus quarantine)."""
 
@@ -234,6 +241,11 @@ class TableSettings(_Frozen):
     schema_evolution: SchemaEvolution = Field(
         default=SchemaEvolution.FAIL,
         description="Files whose columns differ from the table's: fail, add_new_columns or rescue.",
+    )
+    on_failed_file: OnFailedFile = Field(
+        default=OnFailedFile.FAIL_PARTITION,
+        description=("A file of the run failed: fail_partition (its partition shows failed and the run fails; the "
+                     "other partitions and the good files are committed and materialized) or materialize."),
     )
     min_file_age_seconds: float = Field(
         default=0, ge=0,

@@ -13,12 +13,20 @@ import dagster as dg
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from loader_assets.checks import failed_files_evaluation
 from loader_assets.load import LoadContext, LoadRequest, TableLoad
-from loader_assets.materialization import TRACKER_COLUMNS, partition_metadata, run_metadata, table_metadata
+from loader_assets.materialization import (
+    TRACKER_COLUMNS,
+    failed_files_failure,
+    failed_files_of,
+    partition_metadata,
+    run_metadata,
+    table_metadata,
+)
 from loader_assets.resources.lock import DeltaLockResource
 from loader_assets.resources.spark import SparkSessionResource
 from loader_assets.resources.tracker import DeltaTrackerResource
-from loader_assets.settings import LoaderSettings, TableSettings
+from loader_assets.settings import LoaderSettings, OnFailedFile, TableSettings
 from loader_assets.writers.append import AppendWriter
 from loader_assets.writers.base import TableWriter
 from loader_assets.writers.keyed import KeyedWriter
@@ -57,10 +65,25 @@ class DeltaTableIOManager(dg.ConfigurableIOManager):
         keys = list(request.partition_keys or [])
         rows = load_context.tracker.read(columns=TRACKER_COLUMNS)
         rows = rows.filter(pc.is_in(rows["partition_key"], pa.array(keys, pa.string())))
-        for key, metadata in partition_metadata(outcome, rows, keys).items():
+        per_partition = partition_metadata(outcome, rows, keys)
+        shared = {**run_metadata(outcome, request.settings, table, len(keys)),
+                  **table_metadata(request.settings, table, load_context.tracker.status_counts())}
+        failed = failed_files_of(rows if keys else load_context.tracker.read(columns=TRACKER_COLUMNS))
+        if failed and table.on_failed_file is OnFailedFile.FAIL_PARTITION:
+            # docs/ARCHITECTURE.md, "A partition with a failed file": the partitions without one are materialized;
+            # the others get their numbers as an observation, no materialization, and the step fails, so Dagster
+            # shows them failed. The run's check steps are then skipped: no_failed_files is reported here.
+            unhealthy = {key for _, key, _ in failed}
+            for key, metadata in per_partition.items():
+                event = dg.AssetObservation if key in unhealthy else dg.AssetMaterialization
+                context.log_event(event(asset_key=context.asset_key, partition=key, metadata={**metadata, **shared}))
+            context.step_context.instance.report_runless_asset_event(
+                failed_files_evaluation(load_context.tracker, request.settings.retry_attempts,
+                                        context.step_context.instance))
+            raise failed_files_failure(table.table_name, outcome, failed, shared)
+        for key, metadata in per_partition.items():
             context.step_context.add_asset_metadata(metadata, partition_key=key)
-        context.add_output_metadata({**run_metadata(outcome, request.settings, table, len(keys)),
-                                     **table_metadata(request.settings, table, load_context.tracker.status_counts())})
+        context.add_output_metadata(shared)
 
     def load_input(self, context: dg.InputContext) -> "DataFrame":
         """The whole target table as a Spark DataFrame (downstream assets filter it themselves)."""

@@ -76,12 +76,28 @@ def test_bad_parquet_fails_alone_and_the_good_file_of_its_batch_loads(spark, lak
     assert target_rows(spark, settings, "events") == sorted(
         before + [(3, "n3", str(good)), (4, "n4", str(good)), (5, "n5", str(good2))])
     assert_consistent(spark, settings)
-    # Dagster shows the failure on the materialisation, naming the file and the cause.
-    # (on the materialisation of the bad file's partition)
-    records = instance.fetch_materializations(__import__("dagster").AssetKey("events"), limit=100).records
+    # Dagster shows the bad file's partition failed and the run failed, naming the file, table and cause; the
+    # partition's numbers are on an observation of it (docs/ARCHITECTURE.md, "A partition with a failed file")
+    import dagster as dg
+    from dagster._core.storage.partition_status_cache import get_and_update_asset_status_cache_value
+
+    from loader_assets.definitions import build_definitions
+
+    records = instance.fetch_observations(dg.AssetKey("events"), limit=100).records
     failed_meta = [entry for record in records
-                   for entry in getattr(record.asset_materialization.metadata.get("failed_files"), "value", [])]
+                   for entry in getattr(record.asset_observation.metadata.get("failed_files"), "value", [])]
     assert {"file": str(bad), "error": error} in failed_meta
+    (bad_partition,) = {record.partition_key for record in records}
+    partitions = build_definitions(settings).resolve_assets_def("events").partitions_def
+    status = get_and_update_asset_status_cache_value(instance, dg.AssetKey("events"), partitions)
+    assert status.deserialize_failed_partition_subsets(partitions).get_partition_keys() == [bad_partition]
+    failure = instance.get_run_records(limit=1)[0]
+    assert failure.dagster_run.status == dg.DagsterRunStatus.FAILURE
+    messages = [r.event_log_entry.dagster_event.step_failure_data.user_failure_data.description
+                for r in instance.get_records_for_run(failure.dagster_run.run_id).records
+                if r.event_log_entry.dagster_event and r.event_log_entry.dagster_event.is_step_failure]
+    assert len(messages) == 1 and messages[0].startswith("table events: 1 file(s) failed in partition(s) ")
+    assert f"{bad}: {error}" in messages[0]
 
 
 def test_a_pending_file_that_vanished_before_its_run_is_failed_with_that_reason(spark, lake, instance):

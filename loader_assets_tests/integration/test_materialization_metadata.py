@@ -4,6 +4,7 @@ one that loaded nothing included. Read back from a real Dagster instance."""
 
 import dagster as dg
 import pytest
+from dagster._core.storage.partition_status_cache import get_and_update_asset_status_cache_value
 
 from loader_assets.api import run_pipeline
 from loader_assets.assets import build_table_asset
@@ -39,9 +40,14 @@ def test_a_ranged_run_gives_each_partition_its_own_numbers_and_the_table_its_sta
     summary = run_pipeline(settings, instance=instance, run_checks=False, progress=lines.append)
 
     assert summary.tables["events"].rows_loaded == 9 and summary.total_files_failed == 1
-    assert len(lines) == 1 and lines[0].startswith("events 20") and ": 6 files loaded, 9 rows, 1 failed (" in lines[0]
-    events = _events(instance)
-    assert len(events) == 3
+    assert len(lines) == 1 and lines[0].startswith("events 20")
+    assert ": 6 files loaded, 9 rows, 1 failed, run FAILED (" in lines[0]
+    # the two good days are materialized; the day with the corrupt file has its numbers on an observation and
+    # shows failed (docs/ARCHITECTURE.md, "A partition with a failed file")
+    materialized = _events(instance)
+    (observation,) = instance.fetch_observations(dg.AssetKey("events"), limit=10).records
+    events = {**materialized, observation.partition_key: observation.asset_observation}
+    assert len(materialized) == 2 and len(events) == 3
     per_partition = {key: _values(m, "files_loaded", "files_failed", "num_rows") for key, m in events.items()}
     assert sorted(per_partition.values(), key=lambda v: v["files_failed"]) == [
         {"files_loaded": 2, "files_failed": 0, "num_rows": 3},
@@ -49,6 +55,12 @@ def test_a_ranged_run_gives_each_partition_its_own_numbers_and_the_table_its_sta
         {"files_loaded": 2, "files_failed": 1, "num_rows": 3},
     ]
     bad_key = next(key for key, v in per_partition.items() if v["files_failed"])
+    assert bad_key == observation.partition_key
+    partitions = build_table_asset(settings.table("events"), settings).partitions_def
+    status = get_and_update_asset_status_cache_value(instance, dg.AssetKey("events"), partitions)
+    assert status.deserialize_failed_partition_subsets(partitions).get_partition_keys() == [bad_key]
+    assert sorted(status.deserialize_materialized_partition_subsets(partitions).get_partition_keys()) == sorted(
+        materialized)
     bad_event = events[bad_key]
     assert bad_event.metadata["partition_files"].value == {
         "pending": 0, "processing": 0, "completed": 2, "failed": 1, "skipped": 0}
@@ -69,6 +81,12 @@ def test_a_ranged_run_gives_each_partition_its_own_numbers_and_the_table_its_sta
         assert materialization.metadata["dagster/table_name"].value == "events"
         assert _values(materialization, "tracker_completed", "tracker_failed", "tracker_pending") == {
             "tracker_completed": 6, "tracker_failed": 1, "tracker_pending": 0}
+
+    # the run's check steps were skipped (its asset step failed); it reported the failed-files check itself
+    (latest,) = instance.event_log_storage.get_asset_check_execution_history(
+        dg.AssetCheckKey(dg.AssetKey("events"), "no_failed_files"), limit=1)
+    assert latest.evaluation is not None and not latest.evaluation.passed
+    assert latest.evaluation.metadata["failed_files"].value == 1
 
     # the failed-files check lists the file with its reason and the command that resolves it
     from loader_assets.checks import failed_files_result

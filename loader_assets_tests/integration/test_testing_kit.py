@@ -63,8 +63,8 @@ def test_a_bad_file_fails_alone_and_the_failed_files_check_warns(loader_lake):
     lake = loader_lake(tables=[{"table_name": "orders", "file_format": "parquet"}])
     day = lake.drop_parquet("orders", "good.parquet", [{"id": 1}], modified="2025-03-01T10:00")
     lake.drop_bytes("orders", "bad.parquet", b"PAR1 not parquet", modified="2025-03-01T10:05")
-    result = lake.materialize("orders", day)
-    assert result.success  # the good file is committed; the bad one fails alone
+    result = lake.materialize("orders", day, raise_on_error=False)
+    assert not result.success  # the day shows failed (its bad file), though its good file is committed
     assert lake.rows("orders") == [(1,)]
     assert lake.files("orders") == {"good.parquet": ("completed", 1), "bad.parquet": ("failed", None)}
     assert "not a readable parquet file" in lake.errors("orders")["bad.parquet"]
@@ -74,7 +74,7 @@ def test_a_bad_file_fails_alone_and_the_failed_files_check_warns(loader_lake):
 def test_a_file_out_of_retries_fails_the_check_with_error_severity(loader_lake):
     lake = loader_lake(tables=[{"table_name": "orders", "file_format": "parquet"}], retry_attempts=0)
     day = lake.drop_bytes("orders", "bad.parquet", b"PAR1 not parquet", modified="2025-03-01T10:05")
-    result = lake.materialize("orders", day)
+    result = lake.materialize("orders", day, raise_on_error=False)
     assert lake.checks(result)["no_failed_files"] == (False, "ERROR")  # waits for an operator
 
 
