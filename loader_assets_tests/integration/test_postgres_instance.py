@@ -175,11 +175,12 @@ def _kill_group(process: subprocess.Popen) -> None:
 
 
 def _stop_daemon(process: subprocess.Popen) -> None:
-    """SIGTERM (the daemon stops its code server), then SIGKILL whatever of its group is left."""
+    """SIGTERM, then SIGKILL whatever of its group is left after 10 s (the tests stop the daemon once no run
+    is in flight; its graceful shutdown can take a minute, waiting on its code server)."""
     if process.poll() is None:
         process.terminate()
         try:
-            process.wait(timeout=60)
+            process.wait(timeout=10)
         except subprocess.TimeoutExpired:
             pass
     _kill_group(process)
@@ -264,11 +265,14 @@ def test_a_run_killed_with_its_daemon_after_the_target_commit_is_failed_by_its_m
     ``processing``. With the daemon started again, run monitoring leaves the dead run STARTED over several
     monitoring passes: the default run launcher has no run-worker health check (Dagster 1.13), so nothing
     notices the worker is gone. The max runtime (``max_runtime_seconds``, here its per-run form, the
-    ``dagster/max_runtime`` tag set on the dead run) is what fails it. Then the daemon's retry of the run, or
-    the sensor's next run, recovers the batch from the target's txn: every file completed with the commit the
-    dead run made, no second write to the target, each file's rows exactly once, and the dead run FAILURE in
-    Postgres."""
-    settings = lake.config()
+    ``dagster/max_runtime`` tag set on the dead run) is what fails it. Then the sensor's next run recovers
+    the batch from the target's txn: every file completed with the commit the dead run made, no second write
+    to the target, each file's rows exactly once, and the dead run FAILURE in Postgres.
+
+    ``retry_attempts: 0`` leaves the daemon's run retries out: a retry copies the dead run's tags, the
+    one-second max runtime included, and run monitoring terminates it within seconds (seen while writing
+    this test: three retries terminated in turn before the sensor's run, which has no such tag, loaded)."""
+    settings = lake.config(retry_attempts=0)
     files = {"a.parquet": ([1, 2], 2.0), "b.parquet": ([3, 4], 1.0)}
     for name, (ids, days_ago) in files.items():
         lake.write_parquet(TABLE, name, ids, days_ago=days_ago)
