@@ -33,6 +33,7 @@ from dagster._core.events import DagsterEventType
 from deltalake import DeltaTable
 
 from loader_assets.core import faults
+from loader_assets.resources.lock import DeltaLockResource
 from loader_assets.resources.tracker import DeltaTrackerResource
 from loader_assets.sensors import IN_FLIGHT
 from loader_assets_tests.integration.test_webserver import _free_port
@@ -294,6 +295,9 @@ def test_a_run_killed_with_its_daemon_after_the_target_commit_is_failed_by_its_m
             assert dead.status == dg.DagsterRunStatus.STARTED
             committed = DeltaTable(settings.table_path(TABLE)).version()
             assert {r["status"] for r in _tracker(settings).values()} == {"processing"}  # recovery is needed
+            holder = DeltaLockResource(checkpoint_path=settings.checkpoint_path).for_table(TABLE).read()
+            assert holder.run_id == dead.run_id
+            assert os.getpgid(holder.pid) == first.pid  # the run worker is in the daemon's process group
             _kill_group(first)
             assert not _group_alive(first)
 
