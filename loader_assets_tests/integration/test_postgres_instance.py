@@ -315,6 +315,7 @@ def test_a_run_killed_with_its_daemon_after_the_target_commit_is_failed_by_its_m
                       [second_log], timeout=120)
             messages = [e.message for e in instance.all_logs(dead.run_id)]
             assert any("exceeding maximum runtime" in m for m in messages), messages
+            assert any("forcibly marked as failed" in m for m in messages), messages  # its code server is gone
 
             _wait_for("a later run succeeded and none is in flight", lambda: _settled(instance), [second_log])
             assert second.poll() is None, second_log.read_text()[-3000:]
