@@ -30,6 +30,7 @@ import dagster as dg
 import pytest
 import yaml
 from dagster._core.events import DagsterEventType
+from dagster._core.storage.tags import PARENT_RUN_ID_TAG
 from deltalake import DeltaTable
 
 from loader_assets.core import faults
@@ -221,41 +222,59 @@ def _tracker(settings: Any) -> dict[str, dict[str, Any]]:
     return {Path(r["file_path"]).name: r for r in rows}
 
 
-def test_sensor_runs_launched_by_the_daemon_load_every_file_once_and_are_recorded_in_postgres(
+def test_sensor_runs_load_every_file_once_and_a_dead_run_worker_is_failed_and_retried(
         postgres, lake, tmp_path, monkeypatch):
     """The production instance end to end: files dropped in the landing zone are requested by the table's
-    sensor (running by default), launched from the queue by the daemon, and loaded; every file is completed in
-    the tracker, the target holds each file's rows exactly once, and the runs are in Postgres (read with SQL
-    from the runs table, and through the instance), launched by the sensor and successful."""
+    sensor (running by default) and launched from the queue by the daemon. The run worker SIGKILLs itself
+    right after its target commit (``after_target_commit``, as an out-of-memory kill would), while the
+    daemon and its code server live on: the code server marks the run FAILURE (no run monitoring needed),
+    the daemon retries it (``dagster/max_retries`` = ``retry_attempts``), and the retry recovers the batch
+    from the target's txn. Every file is completed once with the one commit the dead run made, the target
+    holds each file's rows exactly once, and the runs are in Postgres (read with SQL from the runs table and
+    through the instance)."""
     settings = lake.config()
     files = {"a.parquet": ([1, 2], 2.0), "b.parquet": ([3], 1.0), "c.parquet": ([4, 5, 6], 1.0)}
     for name, (ids, days_ago) in files.items():
         lake.write_parquet(TABLE, name, ids, days_ago=days_ago)
-    database = "scenario_sensor"
-    pg_env = postgres.create_database(database)
-    for key, value in pg_env.items():
+    database = "scenario_worker"
+    for key, value in postgres.create_database(database).items():
         monkeypatch.setenv(key, value)  # the test's own instance reads deploy/dagster.yaml's env vars too
     home = _home(tmp_path)
-    env = {**os.environ, "DAGSTER_HOME": str(home), "LOADER_ASSETS_CONFIG": str(lake.config_path)}
+    env = {**os.environ, "DAGSTER_HOME": str(home), "LOADER_ASSETS_CONFIG": str(lake.config_path),
+           faults.KILL_AT_ENV: faults.AFTER_TARGET_COMMIT}  # each run worker, at its first target commit
     log = tmp_path / "daemon.log"
     daemon = _start_daemon(env, log)
     try:
         with dg.DagsterInstance.from_config(str(home)) as instance:
             assert type(instance.run_storage).__name__ == "PostgresRunStorage"
-            _wait_for("a sensor run of events succeeded and none is in flight", lambda: _settled(instance), [log])
+
+            def retried() -> bool:
+                runs = _table_runs(instance)
+                return _settled(instance) and any(PARENT_RUN_ID_TAG in r.tags for r in runs)
+
+            _wait_for("a retry of the killed run succeeded and no run is in flight", retried, [log])
             assert daemon.poll() is None, log.read_text()[-3000:]
-            runs = _table_runs(instance)
-            statuses = {r.run_id: r.status for r in runs}
-            sensors = {r.tags.get("dagster/sensor_name") for r in runs}
+            runs = {r.run_id: r for r in _table_runs(instance)}  # newest first
+            first = [r for r in runs.values() if PARENT_RUN_ID_TAG not in r.tags][-1]
+            messages = [e.message for e in instance.all_logs(first.run_id)]
     finally:
         _stop_daemon(daemon)
-    assert set(statuses.values()) == {dg.DagsterRunStatus.SUCCESS}, statuses
-    assert sensors == {SENSOR}
-    assert postgres.run_statuses(database) == {run_id: "SUCCESS" for run_id in statuses}
+    assert first.tags.get("dagster/sensor_name") == SENSOR
+    assert first.status == dg.DagsterRunStatus.FAILURE
+    # the code server's finding ("[DagsterApiServer] Run execution process for <id> was terminated by ...")
+    assert any(f"Run execution process for {first.run_id} was terminated by signal 9" in m
+               for m in messages), "\n".join(messages[-6:])
+    retries = {r.run_id: r.status for r in runs.values() if r.tags.get(PARENT_RUN_ID_TAG) == first.run_id}
+    assert set(retries.values()) == {dg.DagsterRunStatus.SUCCESS}, retries
+    # the sensor may also have requested a run for the interrupted files between the failure and the retry
+    others = {r.run_id: r.status for r in runs.values() if r.run_id != first.run_id and r.run_id not in retries}
+    assert set(others.values()) <= {dg.DagsterRunStatus.SUCCESS}, others
+    assert postgres.run_statuses(database) == {r.run_id: r.status.value for r in runs.values()}
 
     tracker = _tracker(settings)
-    assert {name: (r["status"], r["row_count"]) for name, r in tracker.items()} == {
-        name: ("completed", len(ids)) for name, (ids, _) in files.items()}
+    assert {name: (r["status"], r["row_count"], r["target_version"]) for name, r in tracker.items()} == {
+        name: ("completed", len(ids), 0) for name, (ids, _) in files.items()}
+    assert DeltaTable(settings.table_path(TABLE)).version() == 0  # one commit: the killed run's
     assert _target_rows(settings) == sorted((i, name) for name, (ids, _) in files.items() for i in ids)
 
 
