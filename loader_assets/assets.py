@@ -19,6 +19,14 @@ from loader_assets.settings import LoaderSettings, LoadingStrategy, PartitionGra
 TABLE_TAG = "loader_assets/table"
 
 
+def retry_tags(retry_attempts: int) -> dict[str, str]:
+    """Run tags of the load runs: the daemon re-executes a run that died (its worker killed, its host lost) up to
+    ``retry_attempts`` times, and the retry recovers the batch; a run whose step failed (files failed, or an
+    error) is not re-executed by Dagster: failed files follow the loader's own retry policy on later runs
+    (docs/ARCHITECTURE.md, "A partition with a failed file")."""
+    return {"dagster/max_retries": str(retry_attempts), "dagster/retry_on_asset_or_op_failure": "false"}
+
+
 def pool_name(table_name: str) -> str:
     """The Dagster concurrency pool of a table's asset."""
     return f"loader_assets/{table_name}"

@@ -10,7 +10,7 @@ import os
 
 import dagster as dg
 
-from loader_assets.assets import TABLE_TAG, build_table_asset
+from loader_assets.assets import TABLE_TAG, build_table_asset, retry_tags
 from loader_assets.checks import build_table_checks
 from loader_assets.io_managers.table import DeltaAppendIOManager, DeltaScd2IOManager
 from loader_assets.resources.lock import DeltaLockResource
@@ -58,9 +58,9 @@ def build_definitions(settings: LoaderSettings, load_checks: bool = True) -> dg.
                 load_job_name(table.table_name),
                 selection=(dg.AssetSelection.assets(asset.key) if load_checks
                            else dg.AssetSelection.assets(asset.key).without_checks()),
-                # one run per table at a time (dagster.yaml's tag limit); a failed run is retried by the daemon
+                # one run per table at a time (dagster.yaml's tag limit); a run that died is retried by the daemon
                 # retry_attempts times (run_retries must be enabled in dagster.yaml, as it is here)
-                tags={TABLE_TAG: table.table_name, "dagster/max_retries": str(settings.retry_attempts)},
+                tags={TABLE_TAG: table.table_name, **retry_tags(settings.retry_attempts)},
                 description=f"Load new files of {table.table_name}"
                             + (" and run its checks." if load_checks else " (its checks are left out)."),
             )

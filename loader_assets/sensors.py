@@ -17,7 +17,7 @@ import json
 import dagster as dg
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
-from loader_assets.assets import TABLE_TAG
+from loader_assets.assets import TABLE_TAG, retry_tags
 from loader_assets.planning import pending_work
 from loader_assets.resources.lock import DeltaLockResource, holder_is_live, run_ended_checker
 from loader_assets.resources.tracker import DeltaTrackerResource
@@ -61,7 +61,7 @@ def build_table_sensor(table: TableSettings, settings: LoaderSettings, job_name:
         requests = []
         ranges = work.ranges[: settings.sensor_max_runs_per_tick]  # each run loads <= max_files_per_run files
         for start, end in ranges:
-            tags = {TABLE_TAG: name, "dagster/max_retries": str(settings.retry_attempts), **range_tags(start, end)}
+            tags = {TABLE_TAG: name, **retry_tags(settings.retry_attempts), **range_tags(start, end)}
             requests.append(dg.RunRequest(run_key=f"{name}:{start}...{end}:{work.digest}", tags=tags))
         cursor = json.dumps({"discovered": work.discovered, **work.counts,
                              "ranges_deferred": len(work.ranges) - len(ranges), "digest": work.digest})
