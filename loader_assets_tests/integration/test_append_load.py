@@ -137,11 +137,13 @@ def test_corrupt_and_empty_files_fail_alone_while_good_files_load(spark, lake, i
     assert rows[str(empty)]["error_message"].startswith("file is empty (0 bytes)")
     assert summary.tables["events"].failed_files[str(corrupt)] == rows[str(corrupt)]["error_message"]
     assert target_rows(spark, settings, "events") == [(1, "n1", str(good)), (2, "n2", str(good))]
-    # Dagster shows it: the failed-files check fails (WARN while retries remain) naming the files.
+    # Dagster shows it: the failed-files check fails (WARN while retries remain) naming the files. The run failed
+    # its asset step (the partition shows failed), so the run reported that evaluation itself, after its planned one
     run_id = summary.tables["events"].run_ids[0]
-    evaluations = [e.dagster_event.event_specific_data for e in instance.all_logs(run_id)
-                   if e.dagster_event and e.dagster_event.event_type_value == "ASSET_CHECK_EVALUATION"]
-    failed_check = next(e for e in evaluations if e.check_name == "no_failed_files")
+    latest, planned = instance.event_log_storage.get_asset_check_execution_history(
+        dg.AssetCheckKey(dg.AssetKey("events"), "no_failed_files"), limit=2)
+    assert planned.run_id == run_id and latest.run_id == ""
+    failed_check = latest.evaluation
     assert not failed_check.passed and failed_check.severity == dg.AssetCheckSeverity.WARN
     assert "corrupt.parquet" in str(failed_check.metadata["sample"].value)
     # Retries stop at retry_attempts; the good file is never touched again.
