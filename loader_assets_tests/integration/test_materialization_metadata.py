@@ -261,3 +261,27 @@ def test_an_scd2_materialisation_shows_its_history_at_a_glance(spark, lake, inst
     (event,) = _events(instance, "people").values()
     assert _values(event, "history_versions", "history_current", "history_closed", "dagster/row_count") == {
         "history_versions": 3, "history_current": 2, "history_closed": 1, "dagster/row_count": 3}
+
+
+def test_on_failed_file_materialize_keeps_the_partition_materialized_and_the_run_green(spark, lake, instance):
+    good = lake.write_parquet("events", "good.parquet", [1, 2], days_ago=1)
+    bad = lake.write_bytes("events", "bad.parquet", b"PAR1 not parquet PAR1", days_ago=1)
+    settings = lake.config(tables=[{"table_name": "events", "source_path": "landing/events",
+                                    "file_format": "parquet", "on_failed_file": "materialize"}])
+    summary = run_pipeline(settings, instance=instance)
+
+    assert summary.total_files_failed == 1 and summary.total_files_processed == 1
+    (run,) = [r.dagster_run for r in instance.get_run_records()]
+    assert run.status == dg.DagsterRunStatus.SUCCESS
+    (day, event), = _events(instance).items()
+    assert _values(event, "files_loaded", "files_failed") == {"files_loaded": 1, "files_failed": 1}
+    assert [f["file"] for f in event.metadata["failed_files"].value] == [str(bad)]
+    partitions = build_table_asset(settings.table("events"), settings).partitions_def
+    status = get_and_update_asset_status_cache_value(instance, dg.AssetKey("events"), partitions)
+    assert status.deserialize_failed_partition_subsets(partitions).get_partition_keys() == []
+    assert list(status.deserialize_materialized_partition_subsets(partitions).get_partition_keys()) == [day]
+    assert not instance.fetch_observations(dg.AssetKey("events"), limit=10).records
+    (latest,) = instance.event_log_storage.get_asset_check_execution_history(
+        dg.AssetCheckKey(dg.AssetKey("events"), "no_failed_files"), limit=1)
+    assert latest.run_id == run.run_id and not latest.evaluation.passed  # the run's own check step
+    assert str(good) in {r.data["file"] for r in event.metadata["files"].value.records}
