@@ -12,6 +12,7 @@ import dagster as dg
 
 from loader_assets.assets import TABLE_TAG, build_table_asset, retry_tags
 from loader_assets.checks import build_table_checks
+from loader_assets.console import console_logger
 from loader_assets.io_managers.table import DeltaAppendIOManager, DeltaScd2IOManager
 from loader_assets.resources.lock import DeltaLockResource
 from loader_assets.resources.spark import SparkSessionResource
@@ -80,6 +81,7 @@ def build_definitions(settings: LoaderSettings, load_checks: bool = True) -> dg.
         sensors=sensors,
         resources=build_resources(settings),
         executor=dg.in_process_executor,
+        loggers={"console": console_logger},
     )
 
 
