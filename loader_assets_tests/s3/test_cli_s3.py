@@ -1,0 +1,50 @@
+"""The CLI against S3 without Spark: credentials come from the environment only, and neither an answer nor an
+error shows them. Real moto server, real CLI processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+pytestmark = pytest.mark.s3
+
+
+def cli(tmp_path, bucket: str, *args: str) -> tuple[int, str, str]:
+    raw = {"target_root": f"s3://{bucket}/lake", "checkpoint_path": f"s3://{bucket}/checkpoints",
+           "state_storage": {"provider": "s3"},
+           "tables": [{"table_name": "events", "source_path": f"s3://{bucket}/landing/events",
+                       "file_format": "parquet"}]}
+    config = tmp_path / f"{bucket}.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    home = tmp_path / "dagster_home"
+    home.mkdir(exist_ok=True)
+    done = subprocess.run([sys.executable, "-m", "loader_assets", *args, "--config", str(config)],
+                          env={**os.environ, "DAGSTER_HOME": str(home)}, capture_output=True, text=True, timeout=300)
+    return done.returncode, done.stdout, done.stderr
+
+
+def test_status_and_an_empty_run_work_from_the_environment_and_show_no_credential(tmp_path, s3):
+    """``status`` and a ``run`` with nothing to load read the state on S3 (lock table, tracker) with
+    credentials and endpoint taken from the environment; ``status`` against a bucket that does not exist fails naming
+    the bucket. No output holds the access key id or the secret key."""
+    code, out, err = cli(tmp_path, s3.name, "status", "--json")
+    assert code == 0, err
+    outputs = [out, err]
+    assert [t["table_name"] for t in json.loads(out)] == ["events"]
+    code, out, err = cli(tmp_path, s3.name, "run", "--json")
+    outputs += [out, err]
+    assert code == 0, err
+    summary = json.loads(out)
+    assert summary["spark_session_started"] is False and summary["total_files_discovered"] == 0
+
+    code, out, err = cli(tmp_path, "no-such-bucket-here", "status", "--json")
+    outputs += [out, err]
+    assert code != 0 and "no-such-bucket-here" in err and "NoSuchBucket" in err
+    assert any("events" in text for text in outputs)  # the outputs searched below are the commands' answers
+    for text in outputs:
+        assert s3.server.secret_access_key not in text and s3.server.access_key_id not in text
