@@ -29,9 +29,9 @@ def cli(tmp_path, bucket: str, *args: str) -> tuple[int, str, str]:
 
 
 def test_status_and_an_empty_run_work_from_the_environment_and_show_no_credential(tmp_path, s3):
-    """``status`` and a ``run`` with nothing to load read the state on S3 (lock table, tracker) with
-    credentials and endpoint taken from the environment; ``status`` against a bucket that does not exist fails naming
-    the bucket. No output holds the access key id or the secret key."""
+    """``status`` and a ``run`` with nothing to load read the state on S3 (lock table, tracker) with credentials
+    and endpoint taken from the environment; ``status`` against a bucket that does not exist fails naming the
+    bucket. No output holds the access key id or the secret key."""
     code, out, err = cli(tmp_path, s3.name, "status", "--json")
     assert code == 0, err
     outputs = [out, err]

@@ -49,15 +49,17 @@ def test_discovery_lists_an_s3_landing_zone_with_sizes_and_times(s3):
     assert list_source_files(s3.uri("landing/not-there")).num_rows == 0  # a source nobody wrote to yet
 
 
-def test_a_re_delivered_object_gets_a_new_fingerprint(s3):
-    """Overwriting an object with different content changes its size and time, so the tracker sees a new version
-    (on S3 the time is the upload's, which the writer cannot set)."""
+def test_a_re_delivered_object_gets_a_new_fingerprint_and_times_are_whole_seconds(s3):
+    """Overwriting an object with content of another size changes its fingerprint, so the tracker sees a new
+    version. On S3 the time is the upload's (a writer cannot set it) and the listing gives whole seconds, as
+    AWS's ListObjectsV2 does: a same-size overwrite within the same second would keep the fingerprint."""
     s3.put("landing/events/a.parquet", b"first")
     first = list_source_files(s3.uri("landing/events")).to_pylist()[0]
     s3.put("landing/events/a.parquet", b"second, longer")
     second = list_source_files(s3.uri("landing/events")).to_pylist()[0]
     assert first["file_size"] == 5 and second["file_size"] == 14
     assert second["file_modified_time"] >= first["file_modified_time"]
+    assert first["file_modified_time"].microsecond == 0 and second["file_modified_time"].microsecond == 0
 
 
 def test_operator_actions_refuse_paths_outside_the_s3_source(tmp_path, s3):
