@@ -48,3 +48,23 @@ def test_status_and_an_empty_run_work_from_the_environment_and_show_no_credentia
     assert any("events" in text for text in outputs)  # the outputs searched below are the commands' answers
     for text in outputs:
         assert s3.server.secret_access_key not in text and s3.server.access_key_id not in text
+
+
+def test_the_readme_s3_settings_are_valid_and_are_the_ones_the_end_to_end_test_uses(tmp_path):
+    """The README's "Object storage" config loads as settings, holds no credential field, and its Spark confs
+    are the keys (and, but for the endpoint, the values) that the end-to-end test runs Spark with."""
+    import re
+    from pathlib import Path
+
+    from loader_assets.settings import load_settings
+    from loader_assets_tests.s3.test_end_to_end_s3 import s3a_conf
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme.split("## Object storage", 1)[1].split("\n## ", 1)[0]
+    (block,) = re.findall(r"```yaml\n(.*?)```", section, re.DOTALL)
+    (tmp_path / "config.yaml").write_text(block)
+    settings = load_settings(tmp_path / "config.yaml")
+    assert settings.state_storage.provider == "s3"
+    assert settings.state_storage.access_key_id is None and settings.state_storage.secret_access_key is None
+    tested = s3a_conf("http://minio.internal:9000")
+    assert dict(settings.spark.conf) == tested
