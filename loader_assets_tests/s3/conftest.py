@@ -116,6 +116,8 @@ def moto_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoServer
     yield server
     _stop(server.process)
     assert server.process.poll() is not None, "the moto server outlived its fixture"
+    with pytest.raises(ProcessLookupError):  # nothing is left in the server's process group either
+        os.killpg(server.process.pid, 0)
 
 
 @dataclass

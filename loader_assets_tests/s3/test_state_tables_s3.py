@@ -29,9 +29,10 @@ pytestmark = pytest.mark.s3
 RACER = """
 import json, os, sys, time
 from loader_assets.resources.lock import TableLock, Lease
-lock = TableLock(sys.argv[1], "t", 60, json.loads(sys.argv[3]))
+lock = TableLock(sys.argv[1], "t", 60, json.loads(sys.argv[2]))
 lock._open_or_create()
-start = float(sys.argv[2])
+print("ready", flush=True)
+start = float(sys.stdin.readline())  # the same instant for every racer, sent once all are ready
 while time.time() < start:
     pass
 outcome = lock.try_acquire("run-%d" % os.getpid())
@@ -138,15 +139,20 @@ def test_lock_acquire_release_and_expired_takeover_on_s3(tmp_path, s3):
     assert any(k.startswith("checkpoints/locks/events/_delta_log/") for k in s3.keys())
 
 
-def race(s3, lock_path: str, options: dict[str, str], racers: int = 4) -> list[bool]:
-    """Start ``racers`` processes that open the lock, wait for a common instant, and try to acquire it once."""
-    start = time.time() + 4.0  # every racer has opened the table and is spinning by then
+def race(lock_path: str, options: dict[str, str], racers: int = 4) -> list[bool]:
+    """Start ``racers`` processes that open the lock; once all are ready, each tries to acquire it once at the
+    same instant (sent to all of them). Returns who won."""
     procs = [
-        subprocess.Popen([sys.executable, "-c", RACER, lock_path, str(start), json.dumps(options)],
+        subprocess.Popen([sys.executable, "-c", RACER, lock_path, json.dumps(options)],
                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         for _ in range(racers)
     ]
     try:
+        assert [p.stdout.readline().strip() for p in procs] == ["ready"] * racers
+        start = time.time() + 0.5
+        for p in procs:
+            p.stdin.write(f"{start}\n")
+            p.stdin.flush()
         results = [json.loads(p.stdout.readline())["won"] for p in procs]
     finally:
         for p in procs:
@@ -163,7 +169,7 @@ def test_four_racing_processes_exactly_one_wins_on_s3(tmp_path, s3):
     for trial in range(5):
         lock = locks.for_table(f"t{trial}")
         lock._open_or_create()
-        results = race(s3, lock.path, lock.options)
+        results = race(lock.path, lock.options)
         winners.append(sum(results))
         assert lock.read().held
     assert winners == [1, 1, 1, 1, 1]
