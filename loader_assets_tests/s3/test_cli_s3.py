@@ -30,8 +30,8 @@ def cli(tmp_path, bucket: str, *args: str) -> tuple[int, str, str]:
 
 def test_status_and_an_empty_run_work_from_the_environment_and_show_no_credential(tmp_path, s3):
     """``status`` and a ``run`` with nothing to load read the state on S3 (lock table, tracker) with credentials
-    and endpoint taken from the environment; ``status`` against a bucket that does not exist fails naming the
-    bucket. No output holds the access key id or the secret key."""
+    and endpoint taken from the environment; ``status`` and ``run`` against a bucket that does not exist fail with one
+    line naming the bucket (no traceback). No output holds the access key id or the secret key."""
     code, out, err = cli(tmp_path, s3.name, "status", "--json")
     assert code == 0, err
     outputs = [out, err]
@@ -42,9 +42,11 @@ def test_status_and_an_empty_run_work_from_the_environment_and_show_no_credentia
     summary = json.loads(out)
     assert summary["spark_session_started"] is False and summary["total_files_discovered"] == 0
 
-    code, out, err = cli(tmp_path, "no-such-bucket-here", "status", "--json")
-    outputs += [out, err]
-    assert code != 0 and "no-such-bucket-here" in err and "NoSuchBucket" in err
+    for command in ("status", "run"):
+        code, out, err = cli(tmp_path, "no-such-bucket-here", command, "--json")
+        outputs += [out, err]
+        assert code == 1 and "no-such-bucket-here" in err and "NoSuchBucket" in err, err
+        assert "loader-assets: storage error:" in err and "Traceback" not in err, err
     assert any("events" in text for text in outputs)  # the outputs searched below are the commands' answers
     for text in outputs:
         assert s3.server.secret_access_key not in text and s3.server.access_key_id not in text
