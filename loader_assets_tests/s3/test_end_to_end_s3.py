@@ -55,7 +55,8 @@ def s3a_conf(endpoint: str) -> dict[str, str]:
     }
 
 
-CUSTOMERS = pa.schema([("customer_id", pa.int64()), ("name", pa.string()), ("updated_at", pa.timestamp("us", tz="UTC"))])
+CUSTOMERS = pa.schema([("customer_id", pa.int64()), ("name", pa.string()),
+                       ("updated_at", pa.timestamp("us", tz="UTC"))])
 EVENTS = pa.schema([("id", pa.int64()), ("name", pa.string())])
 
 
@@ -159,7 +160,8 @@ def test_append_scd2_redelivery_corrupt_file_kill_and_validate_all_on_s3(tmp_pat
     assert d.tracker("events")[c] == "processing"  # the kill left the claim; the target has the commit
     code, out = d.cli("run", "--json")
     assert code == 0, out
-    assert json.loads(out.split("\n--- stderr ---\n")[0])["total_files_processed"] == 0, out  # recovered, not reloaded
+    recovered = json.loads(out.split("\n--- stderr ---\n")[0])
+    assert recovered["total_files_processed"] == 0, out  # the killed run's commit recovered, not loaded again
     assert sorted(r["id"] for r in d.table("events")) == [1, 2, 3, 10, 20]
     assert d.tracker("events") == {a: "completed", b: "completed", bad: "skipped", c: "completed"}
 
