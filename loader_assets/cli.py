@@ -410,6 +410,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except LoaderError as error:
         print(f"loader-assets: {error}", file=sys.stderr)
         return EXIT_FAILED
+    except OSError as error:  # a store that cannot be reached or read (a missing bucket, a refused connection)
+        logging.getLogger(__name__).debug("storage error", exc_info=True)
+        print(f"loader-assets: storage error: {error}", file=sys.stderr)
+        return EXIT_FAILED
 
 
 def entrypoint() -> None:
