@@ -28,7 +28,7 @@ from deltalake import DeltaTable
 from loader_assets.core import faults
 from loader_assets_tests.conftest import TEST_SPARK_CONF
 
-pytestmark = [pytest.mark.s3, pytest.mark.spark]
+pytestmark = [pytest.mark.s3, pytest.mark.spark, pytest.mark.extended]
 
 
 def hadoop_version() -> str:
