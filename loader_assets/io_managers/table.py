@@ -14,6 +14,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from loader_assets.checks import failed_files_evaluation
+from loader_assets.core.states import FileStatus
 from loader_assets.load import LoadContext, LoadRequest, TableLoad
 from loader_assets.materialization import (
     TRACKER_COLUMNS,
@@ -68,7 +69,9 @@ class DeltaTableIOManager(dg.ConfigurableIOManager):
         per_partition = partition_metadata(outcome, rows, keys)
         shared = {**run_metadata(outcome, request.settings, table, len(keys)),
                   **table_metadata(request.settings, table, load_context.tracker.status_counts())}
-        failed = failed_files_of(rows if keys else load_context.tracker.read(columns=TRACKER_COLUMNS))
+        # an unpartitioned table: only the failed rows (the tracker's status partition), not the whole tracker
+        failed = failed_files_of(rows if keys else load_context.tracker.read(columns=TRACKER_COLUMNS,
+                                                                             statuses=[FileStatus.FAILED]))
         if failed and table.on_failed_file is OnFailedFile.FAIL_PARTITION:
             # docs/ARCHITECTURE.md, "A partition with a failed file": the partitions without one are materialized;
             # the others get their numbers as an observation, no materialization, and the step fails, so Dagster
