@@ -31,13 +31,13 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 from loader_assets.cdc import EXTRACT, RECORD_BATCH_SEQ, RECORD_FILE_TIME, RECORD_OP, RECORD_SEQUENCE, UPSERT
 from loader_assets.reading import BATCH_ID_COLUMN, LOAD_TIMESTAMP_COLUMN, SOURCE_FILE_COLUMN
 from loader_assets.scd2 import version_columns
-from loader_assets.target import app_id, open_target, target_txn_version, txn_version
+from loader_assets.target import app_id, open_target, sql_table, target_txn_version, txn_version
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -77,17 +77,25 @@ class ChangeRecord:
         limit = target_txn_version(self.target_path, self.table_name) if up_to is None else up_to
         return spark.read.format("delta").load(self.path).where(F.col(RECORD_BATCH_SEQ) <= F.lit(limit))
 
-    def drop_uncommitted(self, spark_provider: Callable[[], SparkSession], target_txn: int) -> bool:
-        """Delete rows of batches the target did not commit (``_batch_seq > target_txn``). Needs Spark only if
-        the record's txn version says there are any. Call under the table's lock. True if it deleted."""
-        if not self.exists() or self.txn_version() <= target_txn:
+    def drop_uncommitted(self, spark_provider: Callable[[], SparkSession], target_txn: int,
+                         uncommitted: Iterable[int] = ()) -> bool:
+        """Delete rows of batches the target did not commit: those above ``target_txn``, and the ``uncommitted``
+        batch numbers at or below it (recovery found no commit of them: superseded, or fenced over Spark
+        Connect, see ``recovery``). Needs Spark only if the record's txn version says there are any. Call under
+        the table's lock. True if it deleted."""
+        if not self.exists():
             return False
-        from delta.tables import DeltaTable
-
+        taken = self.txn_version()
+        below = sorted({int(seq) for seq in uncommitted if int(seq) <= min(target_txn, taken)})
+        if taken <= target_txn and not below:
+            return False
+        where = f"{RECORD_BATCH_SEQ} > {int(target_txn)}"
+        if below:
+            where += f" OR {RECORD_BATCH_SEQ} IN ({', '.join(map(str, below))})"
         spark = spark_provider()
-        DeltaTable.forPath(spark, self.path).delete(f"{RECORD_BATCH_SEQ} > {int(target_txn)}")
-        logger.warning("table %s: removed change rows of batches above %d that never reached the table",
-                       self.table_name, target_txn)
+        spark.sql(f"DELETE FROM {sql_table(self.path)} WHERE {where}")
+        logger.warning("table %s: removed change rows of batches that never reached the table (%s)",
+                       self.table_name, where)
         return True
 
     def append(self, rows: DataFrame, batch_id: str, batch_seq: int, evolve_schema: bool) -> None:

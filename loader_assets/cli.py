@@ -97,6 +97,12 @@ def _parser() -> argparse.ArgumentParser:
     reset.add_argument("--config", required=True, help="YAML or JSON config file")
     reset.add_argument("--table", action="append", dest="tables", metavar="NAME", help="only this table")
     reset.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+
+    server = sub.add_parser("spark-connect-server",
+                            help="run a Spark Connect server with Delta that runs attach to (spark.remote)")
+    server.add_argument("--config", required=True, help="YAML or JSON config file (its spark.master and conf)")
+    server.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    server.add_argument("--port", type=int, default=None, help="port (default: spark.remote's, else 15002)")
     return parser
 
 
@@ -114,7 +120,8 @@ def _confirm(question: str, assume_yes: bool) -> bool:
 def _spark_provider(settings: LoaderSettings) -> "Callable[[], SparkSession]":
     from loader_assets.resources.spark import get_or_create_spark
 
-    return lambda: get_or_create_spark(settings.spark.master, settings.spark.app_name, dict(settings.spark.conf))
+    return lambda: get_or_create_spark(settings.spark.master, settings.spark.app_name, dict(settings.spark.conf),
+                                       settings.spark.remote)
 
 
 def _print_consistency(report: "PipelineConsistency") -> None:
@@ -386,6 +393,19 @@ def _cmd_status(args: argparse.Namespace, settings: LoaderSettings) -> int:
     return EXIT_OK
 
 
+def _cmd_connect_server(args: argparse.Namespace, settings: LoaderSettings) -> int:
+    from urllib.parse import urlsplit
+
+    from loader_assets.resources import spark_connect
+    from loader_assets.resources.spark import spark_config
+
+    remote_port = urlsplit(settings.spark.remote.replace("sc://", "http://", 1)).port if settings.spark.remote else None
+    port = args.port or remote_port or spark_connect.DEFAULT_PORT
+    config = spark_config(settings.spark.master, f"{settings.spark.app_name} (Spark Connect server)",
+                          dict(settings.spark.conf))
+    return spark_connect.serve(spark_connect.server_command(config, args.host, port), args.host, port)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=os.environ.get("LOADER_ASSETS_LOG_LEVEL", "WARNING"))
@@ -402,6 +422,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "reprocess": _cmd_file_action,
             "skip": _cmd_file_action,
             "history": _cmd_history,
+            "spark-connect-server": _cmd_connect_server,
         }
         return commands[args.command](args, settings)
     except ConfigError as error:

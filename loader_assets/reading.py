@@ -31,6 +31,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote
 
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
@@ -298,17 +299,19 @@ _URI, _SOURCE = "__loader_assets_uri", "__loader_assets_source"
 _LOCAL_URI = r"^file:/+"  # Spark writes file:/x in _metadata.file_path where Hadoop qualifies to file:///x
 
 
-def _spark_file_uris(spark: SparkSession, paths: Sequence[str]) -> list[str]:
-    """How Spark names each file in ``_metadata.file_path``: the qualified Hadoop path as a URI (local paths
-    normalised to ``file:///``; the map holds the ``file:/`` spelling too)."""
-    jvm = spark._jvm  # type: ignore[attr-defined]
-    conf = spark._jsc.hadoopConfiguration()  # type: ignore[attr-defined]
-    uris = []
-    for path in paths:
-        hadoop_path = jvm.org.apache.hadoop.fs.Path(path)
-        uri = hadoop_path.getFileSystem(conf).makeQualified(hadoop_path).toUri().toString()
-        uris.append(re.sub(_LOCAL_URI, "file:///", uri))
-    return uris
+def _spark_file_uris(input_files: Sequence[str], paths: Sequence[str]) -> list[str] | None:
+    """How Spark names each of ``paths`` in ``_metadata.file_path``: the input file (``DataFrame.inputFiles``, a
+    qualified Hadoop path as a URI, percent-encoded) whose decoded form is the path, local paths normalised to
+    ``file:///`` (the caller maps the ``file:/`` spelling too). None if the names do not pair one to one. Asked
+    of the query, not of Hadoop in the driver's JVM, so it works over Spark Connect too."""
+    def key(name: str) -> str:
+        return re.sub(_LOCAL_URI, "/", name)
+
+    by_key = {key(unquote(uri)): re.sub(_LOCAL_URI, "file:///", uri) for uri in input_files}
+    uris = [by_key.get(key(path)) for path in paths]
+    if len(by_key) != len(input_files) or None in uris or len(set(uris)) != len(paths):
+        return None
+    return [uri for uri in uris if uri is not None]
 
 
 def _read_parquet_group(spark: SparkSession, table: TableSettings, files: list[ExpectedFile]) -> _FileFrame | str:
@@ -324,9 +327,10 @@ def _read_parquet_group(spark: SparkSession, table: TableSettings, files: list[E
         frame = (spark.read.format("parquet").options(**table.spark_read_options)
                  .load([escape_glob(p) for p in paths]))
         data_schema = frame.schema
-        uris = _spark_file_uris(spark, paths)
-        if len(frame.inputFiles()) != len(paths) or len(set(uris)) != len(paths):
-            return f"Spark lists {len(frame.inputFiles())} input files and {len(set(uris))} names for {len(paths)}"
+        input_files = frame.inputFiles()
+        uris = _spark_file_uris(input_files, paths)
+        if uris is None:
+            return f"Spark's {len(input_files)} input files do not pair one to one with the {len(paths)} files"
     except (PySparkException, Py4JJavaError) as error:
         return f"the group read failed: {root_cause(error)}"
     pairs = list(zip(uris, paths, strict=True))

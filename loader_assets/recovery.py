@@ -56,15 +56,27 @@ def recover_interrupted(
     report = RecoveryReport()
     table, target_path = writer.table, writer.target_path
     orphans = tracker.read(statuses=[FileStatus.PROCESSING])
+    reached_seq = target_txn_version(target_path, table.table_name)
+    batches = orphans.group_by(["batch_id", "batch_seq", "run_id"]).aggregate([("file_path", "list")]).to_pylist()
+    beyond = [b for b in batches if b["batch_seq"] is not None and b["batch_seq"] > reached_seq]
+    if beyond and writer.settings.spark.remote:  # a killed client's write may still land: fence it out first
+        writer.fence(spark(), max(b["batch_seq"] for b in beyond), sorted(b["batch_id"] for b in beyond))
     committed_seq = target_txn_version(target_path, table.table_name)
-    grouped = orphans.group_by(["batch_id", "batch_seq", "run_id"]).aggregate([("file_path", "list")])
-    for batch in grouped.to_pylist():
-        batch_id, batch_seq, paths = batch["batch_id"], batch["batch_seq"], batch["file_path_list"]
+    decided = []
+    for batch in batches:
+        batch_id, batch_seq = batch["batch_id"], batch["batch_seq"]
         commit = batch_commit(target_path, batch_id) if (
             batch_id is not None and batch_seq is not None and batch_seq <= committed_seq) else None
+        decided.append((batch, commit))
+    # what the strategy keeps of uncommitted batches goes first: once their files leave `processing`, nothing
+    # would name those batches again
+    writer.recover(spark, committed_seq, [b["batch_seq"] for b, commit in decided
+                                          if commit is None and b["batch_seq"] is not None])
+    for batch, commit in decided:
+        batch_id, batch_seq, paths = batch["batch_id"], batch["batch_seq"], batch["file_path_list"]
         if commit is None:
             message = (f"interrupted: the run loading batch {batch_id} stopped before its commit reached the "
-                       "table; the file is retried" if batch_seq is None or batch_seq > committed_seq else
+                       "table; the file is retried" if batch_seq is None or batch_seq > reached_seq else
                        f"batch {batch_id} was interrupted and superseded by a later batch; the file is retried")
             tracker.fail({p: message for p in paths}, count_retry=False)
             report.failed.extend(paths)
@@ -81,5 +93,4 @@ def recover_interrupted(
         report.completed.extend(paths)
         logger.warning("table %s: batch %s had committed (version %s) before its run died; marked %d files "
                        "completed", table.table_name, batch_id, commit["version"], len(paths))
-    writer.recover(spark, committed_seq)
     return report

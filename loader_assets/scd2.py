@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 from loader_assets.cdc import DELETE, FILE_TIME, OP, SAMPLE, SEQ, TRACKED, UPSERT, VALUES, key_json, struct_of
 from loader_assets.reading import AUDIT_COLUMNS, BATCH_ID_COLUMN, SOURCE_FILE_COLUMN
 from loader_assets.settings import ExtractMode, HardDeletes, TableSettings
+from loader_assets.target import sql_table
 
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame, SparkSession
@@ -97,18 +98,28 @@ def diff(old: DataFrame, new: DataFrame, match: Sequence[str], compared: Sequenc
 def merge_diff(spark: SparkSession, target_path: str, source: DataFrame, match: Sequence[str],
                changed: Sequence[str], insert_columns: Sequence[str]) -> None:
     """One MERGE (one commit) applying a ``diff`` whose values are columns of ``source``: matched on ``match``,
-    update ``changed`` or delete; not matched, insert ``insert_columns``."""
-    from delta.tables import DeltaTable
+    update ``changed`` or delete; not matched, insert ``insert_columns``. Run as SQL over a temporary view of
+    ``source``, so the same statement works locally and over Spark Connect (``target.sql_table``)."""
+    import uuid
 
-    condition = " AND ".join(f"t.`{c}` = s.`{MERGE_KEY_PREFIX}{c}`" for c in match)
-    (
-        DeltaTable.forPath(spark, target_path).alias("t")
-        .merge(source.alias("s"), condition)
-        .whenMatchedUpdate(condition=f"s.`{ACTION}` = '{UPDATE}'", set={c: f"s.`{c}`" for c in changed})
-        .whenMatchedDelete(condition=f"s.`{ACTION}` = '{REMOVE}'")
-        .whenNotMatchedInsert(condition=f"s.`{ACTION}` = '{INSERT}'", values={c: f"s.`{c}`" for c in insert_columns})
-        .execute()
-    )
+    def quoted(column: str) -> str:
+        return "`" + column.replace("`", "``") + "`"
+
+    view = f"__loader_assets_merge_{uuid.uuid4().hex}"
+    condition = " AND ".join(f"t.{quoted(c)} = s.{quoted(MERGE_KEY_PREFIX + c)}" for c in match)
+    updates = ", ".join(f"t.{quoted(c)} = s.{quoted(c)}" for c in changed)
+    columns = ", ".join(quoted(c) for c in insert_columns)
+    values = ", ".join(f"s.{quoted(c)}" for c in insert_columns)
+    source.createOrReplaceTempView(view)
+    try:
+        spark.sql(
+            f"MERGE INTO {sql_table(target_path)} t USING {view} s ON {condition} "
+            f"WHEN MATCHED AND s.`{ACTION}` = '{UPDATE}' THEN UPDATE SET {updates} "
+            f"WHEN MATCHED AND s.`{ACTION}` = '{REMOVE}' THEN DELETE "
+            f"WHEN NOT MATCHED AND s.`{ACTION}` = '{INSERT}' THEN INSERT ({columns}) VALUES ({values})"
+        )
+    finally:
+        spark.catalog.dropTempView(view)
 
 
 def version_diff(old: DataFrame, new: DataFrame, table: TableSettings) -> DataFrame:

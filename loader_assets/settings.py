@@ -200,6 +200,19 @@ class SparkSettings(_Frozen):
     master: str = Field(default="local[*]", description="Spark master URL, e.g. local[*] or spark://host:7077.")
     app_name: str = Field(default="loader-assets", description="Spark application name.")
     conf: dict[str, str] = Field(default_factory=dict, description="Extra Spark confs, passed through.")
+    remote: str | None = Field(
+        default=None,
+        description="Spark Connect URL, e.g. sc://127.0.0.1:15002: runs attach to that server (started with "
+                    "`loader-assets spark-connect-server`) instead of starting Spark in their own process; "
+                    "master and conf then configure the server.",
+    )
+
+    @field_validator("remote")
+    @classmethod
+    def _connect_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith("sc://"):
+            raise ValueError(f"spark.remote must be a Spark Connect URL (sc://host:port), not {value!r}")
+        return value or None
 
     _stringify = field_validator("conf", mode="before")(lambda value: _string_mapping(value))
 

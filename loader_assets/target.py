@@ -25,6 +25,14 @@ def app_id(table_name: str) -> str:
     return f"{APP_ID_PREFIX}{table_name}"
 
 
+def sql_table(path: str) -> str:
+    """The Delta table at ``path`` as a Spark SQL identifier (delta.`path`, backticks doubled). The loader's
+    MERGE and DELETE go through SQL rather than delta-spark's ``DeltaTable`` builder: SQL works the same on a
+    local session and over Spark Connect, where ``DeltaTable`` needs a server plugin (Delta Connect) that is not
+    published for this Spark and Delta pair (docs/ARCHITECTURE.md, "Spark Connect")."""
+    return "delta.`" + path.replace("`", "``") + "`"
+
+
 def open_target(target_path: str) -> DeltaTable | None:
     """The target's Delta table, or None if it was never written."""
     try:

@@ -171,35 +171,59 @@ def spark_config(master: str, app_name: str, conf: Mapping[str, str]) -> dict[st
             "spark.jars": jars, "spark.driver.extraJavaOptions": java_options, **user}
 
 
-def get_or_create_spark(master: str, app_name: str, conf: Mapping[str, str]) -> "SparkSession":
-    """The process's Spark session with Delta, built from ``master``/``conf`` if none is active yet.
+def get_or_create_spark(master: str, app_name: str, conf: Mapping[str, str],
+                        remote: str | None = None) -> "SparkSession":
+    """The process's Spark session with Delta, built from ``master``/``conf`` if none is active yet, or, with
+    ``remote`` (``sc://host:port``), a Spark Connect session attached to that server.
 
-    The session is built by dagster-pyspark's ``LazyPySparkResource`` from ``spark_config``. Because
-    ``getOrCreate`` hands back an existing session and ignores static confs (jars, extensions), an active
-    session is reused only if it has the Delta extensions, and rejected with a clear error otherwise.
+    A local or cluster session is built by dagster-pyspark's ``LazyPySparkResource`` from ``spark_config``.
+    Because ``getOrCreate`` hands back an existing session and ignores static confs (jars, extensions), an active
+    session is reused only if it has the Delta extensions, and rejected with a clear error otherwise. Over
+    Connect, ``master`` and ``conf`` configure the server (``loader-assets spark-connect-server``), not the
+    client, and the server is checked for the Delta extensions the same way.
     """
     global _sessions_started
     with _lock:
         from pyspark.sql import SparkSession
 
-        active = SparkSession.getActiveSession()
-        if active is None:
-            from dagster_pyspark import LazyPySparkResource
-
-            logger.info("starting Spark session (master=%s)", master)
-            session = LazyPySparkResource(spark_config=spark_config(master, app_name, conf)).spark_session
-            session.sparkContext.setLogLevel("ERROR")
+        if remote:
+            session = _attach(remote)
         else:
-            session = active
-            extensions = session.conf.get("spark.sql.extensions", "") or ""
-            if "DeltaSparkSessionExtension" not in extensions:
-                raise RuntimeError(
-                    "an active Spark session without the Delta extensions exists in this process; "
-                    "create it with loader_assets.resources.spark.get_or_create_spark or add "
-                    f"{DELTA_CONFS['spark.sql.extensions']} to it"
-                )
+            active = SparkSession.getActiveSession()
+            if active is None:
+                from dagster_pyspark import LazyPySparkResource
+
+                logger.info("starting Spark session (master=%s)", master)
+                session = LazyPySparkResource(spark_config=spark_config(master, app_name, conf)).spark_session
+                session.sparkContext.setLogLevel("ERROR")
+            else:
+                session = active
+        extensions = session.conf.get("spark.sql.extensions", "") or ""
+        if "DeltaSparkSessionExtension" not in extensions:
+            where = (f"the Spark Connect server at {remote} has no Delta extensions; start it with "
+                     "`loader-assets spark-connect-server`" if remote else
+                     "an active Spark session without the Delta extensions exists in this process; create it "
+                     "with loader_assets.resources.spark.get_or_create_spark")
+            raise RuntimeError(f"{where} (or add {DELTA_CONFS['spark.sql.extensions']} to it)")
         _sessions_started += 1
         return session
+
+
+def _attach(remote: str) -> "SparkSession":
+    """A Spark Connect session on ``remote``: about a second, no JVM in this process. The first request is made
+    here, so a server that cannot be reached fails now, naming the URL, instead of in the middle of a batch."""
+    from pyspark.errors import PySparkException
+    from pyspark.sql import SparkSession
+
+    logger.info("attaching to Spark Connect server %s", remote)
+    try:
+        session = SparkSession.builder.remote(remote).getOrCreate()
+        logger.info("attached to Spark %s at %s", session.version, remote)
+    except PySparkException as error:
+        from loader_assets.core.errors import first_line
+
+        raise RuntimeError(f"cannot reach the Spark Connect server at {remote}: {first_line(str(error))}") from error
+    return session
 
 
 class SparkSessionResource(dg.ConfigurableResource):
@@ -214,15 +238,17 @@ class SparkSessionResource(dg.ConfigurableResource):
     master: str = "local[*]"
     app_name: str = "loader-assets"
     conf: dict[str, str] = {}
+    remote: str | None = None
 
     _session: Any = PrivateAttr(default=None)
 
     @classmethod
     def from_settings(cls, settings: "LoaderSettings") -> "SparkSessionResource":
-        return cls(master=settings.spark.master, app_name=settings.spark.app_name, conf=dict(settings.spark.conf))
+        return cls(master=settings.spark.master, app_name=settings.spark.app_name, conf=dict(settings.spark.conf),
+                   remote=settings.spark.remote)
 
     @property
     def session(self) -> "SparkSession":
         if self._session is None:
-            self._session = get_or_create_spark(self.master, self.app_name, self.conf)
+            self._session = get_or_create_spark(self.master, self.app_name, self.conf, self.remote)
         return self._session

@@ -10,7 +10,7 @@ before that commit, in a way the target's txn version can tell apart (``changes.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from loader_assets.batch import ClaimedBatch, PreparedRows
@@ -34,8 +34,22 @@ class TableWriter(ABC):
         """A txn version other than the target's that batch numbers must stay above (0: none)."""
         return 0
 
-    def recover(self, spark: SparkProvider, target_txn: int) -> None:
-        """Clean up what interrupted batches left outside the target. Runs under the lock, before planning."""
+    def recover(self, spark: SparkProvider, target_txn: int, uncommitted: Sequence[int] = ()) -> None:
+        """Clean up what interrupted batches left outside the target (``uncommitted``: batch numbers at or below
+        ``target_txn`` that have no commit). Runs under the lock, before planning."""
+
+    def fence(self, spark: SparkSession, batch_seq: int, batch_ids: Sequence[str]) -> None:
+        """Make sure no commit of an interrupted batch numbered up to ``batch_seq`` can land from now on.
+
+        Needed only where a write can outlive the process that started it: over Spark Connect the server may
+        finish a killed client's last operation later (docs/ARCHITECTURE.md, "Spark Connect"). An empty commit
+        carrying the txn (``loader_assets/<table>``, ``batch_seq``) does it: Delta skips it if that txn is
+        already recorded (the batch did commit), and a late commit of the batch, which checked the same txn,
+        then fails with a concurrent-transaction conflict instead of landing after recovery decided."""
+        from loader_assets.target import app_id, open_target
+
+        if open_target(self.target_path) is not None:
+            fence_commit(spark, self.target_path, app_id(self.table.table_name), batch_seq, batch_ids)
 
     def prepare(self, batch: ClaimedBatch, frame: DataFrame) -> tuple[PreparedRows, dict[str, str]]:
         """Strategy checks that need Spark: the rows to write, and an error per file to fail (those files'
@@ -53,6 +67,31 @@ class TableWriter(ABC):
     def row_counts(self, spark: SparkSession, batch: ClaimedBatch, commit: Mapping[str, Any],
                    footer_rows: Mapping[str, int]) -> dict[str, int]:
         """Per-file row counts of a committed batch, as the table (or the strategy's record) holds them."""
+
+
+FENCE_ATTEMPTS = 5
+
+
+def fence_commit(spark: SparkSession, path: str, application: str, version: int, batch_ids: Sequence[str]) -> None:
+    """An empty commit on the Delta table at ``path`` carrying the txn (``application``, ``version``), unless
+    the table already recorded it; its userMetadata names the fenced batches (and no ``batch_id``, so recovery
+    never mistakes it for a batch's commit). Retried when a late commit of a fenced batch wins the race."""
+    import json
+
+    from loader_assets.target import txn_version
+
+    metadata = json.dumps({"fence": {"batch_seq": version, "batch_ids": list(batch_ids)}})
+    for attempt in range(FENCE_ATTEMPTS):
+        if txn_version(path, application) >= version:
+            return
+        try:
+            (spark.read.format("delta").load(path).limit(0).write.format("delta").mode("append")
+             .option("txnAppId", application).option("txnVersion", str(version)).option("userMetadata", metadata)
+             .save(path))
+            return
+        except Exception as error:  # a concurrent commit of the same txn: look again
+            if "oncurrent" not in str(error) or attempt == FENCE_ATTEMPTS - 1:
+                raise
 
 
 def batch_row_counts(spark: SparkSession, target_path: str, batch_id: str) -> dict[str, int]:

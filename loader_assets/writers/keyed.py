@@ -21,7 +21,7 @@ count (reads keep ``_change_batch_seq <=`` the target's txn version) and are del
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -53,7 +53,7 @@ from loader_assets.scd2 import (
 )
 from loader_assets.settings import LoaderSettings, TableSettings
 from loader_assets.target import open_target, target_txn_version
-from loader_assets.writers.base import SparkProvider, TableWriter
+from loader_assets.writers.base import SparkProvider, TableWriter, fence_commit
 
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame, SparkSession
@@ -97,12 +97,19 @@ class KeyedWriter(TableWriter):
     def txn_floor(self) -> int:
         return self.record.txn_version()
 
-    def recover(self, spark: SparkProvider, target_txn: int) -> None:
+    def recover(self, spark: SparkProvider, target_txn: int, uncommitted: Sequence[int] = ()) -> None:
         """Create the record of a table loaded before it existed (from the history); delete change rows of
         batches the target never committed."""
         if not self.record.exists() and open_target(self.target_path) is not None:
             self.record.bootstrap(spark(), self.table)
-        self.record.drop_uncommitted(spark, target_txn)
+        self.record.drop_uncommitted(spark, target_txn, uncommitted)
+
+    def fence(self, spark: SparkSession, batch_seq: int, batch_ids: Sequence[str]) -> None:
+        """The record first, then the target (``TableWriter.fence``): after both, no late write of a fenced
+        batch can land in either."""
+        if self.record.exists():
+            fence_commit(spark, self.record.path, self.record.app_id, batch_seq, batch_ids)
+        super().fence(spark, batch_seq, batch_ids)
 
     def prepare(self, batch: ClaimedBatch, frame: DataFrame) -> tuple[PreparedRows, dict[str, str]]:
         spark = frame.sparkSession

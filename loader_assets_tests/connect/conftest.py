@@ -1,0 +1,85 @@
+"""The connect tier: a real Spark Connect server with Delta, started by ``loader-assets spark-connect-server``.
+
+One server per test session (its JVM start is the tier's main cost); every client is a process of its own,
+because a Spark Connect session switches the whole Python process to Connect mode (pyspark sets
+``SPARK_CONNECT_MODE_ENABLED``), which the test process's local session must not see. The server listens on
+127.0.0.1 on a free port and is stopped, with its process group, at the end.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from loader_assets_tests.conftest import TEST_SPARK_CONF
+
+READY = "Spark Connect server with Delta listening"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def stop_group(process: subprocess.Popen) -> None:
+    """SIGTERM the process group, SIGKILL what is left after 30 s: no JVM outlives the tier."""
+    for sig, wait in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            process.wait(timeout=wait)
+            time.sleep(0.5)
+        except subprocess.TimeoutExpired:
+            continue
+        try:
+            os.killpg(process.pid, 0)
+        except ProcessLookupError:
+            return
+
+
+@pytest.fixture(scope="session")
+def connect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """``sc://127.0.0.1:<port>`` of a running Spark Connect server with Delta (local[2], the test confs)."""
+    root = tmp_path_factory.mktemp("connect_server")
+    port = free_port()
+    config = root / "server.yaml"
+    config.write_text(yaml.safe_dump({
+        "target_root": str(root / "lake"), "checkpoint_path": str(root / "checkpoints"),
+        "spark": {"master": "local[2]", "remote": f"sc://127.0.0.1:{port}",
+                  "conf": {**TEST_SPARK_CONF, "spark.driver.memory": "1g"}},
+        "tables": [{"table_name": "unused", "source_path": str(root / "landing"), "file_format": "parquet"}],
+    }))
+    log = root / "server.log"
+    with open(log, "w") as out:
+        process = subprocess.Popen([sys.executable, "-m", "loader_assets", "spark-connect-server",
+                                    "--config", str(config)], stdout=out, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
+    deadline = time.monotonic() + 300
+    while READY not in log.read_text():
+        if process.poll() is not None or time.monotonic() > deadline:
+            stop_group(process)
+            pytest.fail(f"the Spark Connect server did not start:\n{log.read_text()[-3000:]}")
+        time.sleep(0.5)
+    try:
+        yield f"sc://127.0.0.1:{port}"
+    finally:
+        stop_group(process)
+        assert process.poll() is not None, "the Spark Connect server outlived the tier"
+
+
+def run_client(url: str, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """``loader_assets_tests.connect.client`` in a new process (see the module docstring for why)."""
+    return subprocess.run([sys.executable, "-m", "loader_assets_tests.connect.client", url, *args],
+                          capture_output=True, text=True, timeout=timeout, cwd=Path(__file__).parents[2])
