@@ -8,13 +8,16 @@ because a Spark Connect session switches the whole Python process to Connect mod
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -49,16 +52,34 @@ def stop_group(process: subprocess.Popen) -> None:
             return
 
 
+@dataclass(frozen=True)
+class ConnectServer:
+    url: str  # sc://127.0.0.1:<port>
+    ui: str  # the server's Spark UI, whose REST API says which jobs run
+
+    def wait_until_idle(self, timeout: float = 300) -> None:
+        """Until the server has run no job for two seconds (what a killed client left running has ended)."""
+        base = f"{self.ui}/api/v1/applications"
+        app = json.loads(urllib.request.urlopen(base, timeout=10).read())[0]["id"]
+        quiet, deadline = 0, time.monotonic() + timeout
+        while quiet < 4:
+            assert time.monotonic() < deadline, "the Spark Connect server stayed busy"
+            running = json.loads(urllib.request.urlopen(f"{base}/{app}/jobs?status=running", timeout=10).read())
+            quiet = 0 if running else quiet + 1
+            time.sleep(0.5)
+
+
 @pytest.fixture(scope="session")
-def connect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """``sc://127.0.0.1:<port>`` of a running Spark Connect server with Delta (local[2], the test confs)."""
+def connect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ConnectServer]:
+    """A running Spark Connect server with Delta (local[2], the test confs, its UI on for its REST API)."""
     root = tmp_path_factory.mktemp("connect_server")
-    port = free_port()
+    port, ui_port = free_port(), free_port()
     config = root / "server.yaml"
     config.write_text(yaml.safe_dump({
         "target_root": str(root / "lake"), "checkpoint_path": str(root / "checkpoints"),
         "spark": {"master": "local[2]", "remote": f"sc://127.0.0.1:{port}",
-                  "conf": {**TEST_SPARK_CONF, "spark.driver.memory": "1g"}},
+                  "conf": {**TEST_SPARK_CONF, "spark.driver.memory": "1g", "spark.ui.enabled": "true",
+                           "spark.ui.port": str(ui_port)}},
         "tables": [{"table_name": "unused", "source_path": str(root / "landing"), "file_format": "parquet"}],
     }))
     log = root / "server.log"
@@ -73,7 +94,7 @@ def connect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             pytest.fail(f"the Spark Connect server did not start:\n{log.read_text()[-3000:]}")
         time.sleep(0.5)
     try:
-        yield f"sc://127.0.0.1:{port}"
+        yield ConnectServer(f"sc://127.0.0.1:{port}", f"http://127.0.0.1:{ui_port}")
     finally:
         stop_group(process)
         assert process.poll() is not None, "the Spark Connect server outlived the tier"

@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pyarrow as pa
@@ -57,6 +58,8 @@ def cli(lake, *args: str, env: dict | None = None, wait: bool = True):
     Path(environ["DAGSTER_HOME"]).mkdir(exist_ok=True)
     process = subprocess.Popen([sys.executable, "-m", "loader_assets", *args, "--config", str(lake.config_path)],
                                env=environ, cwd=lake.root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    if not wait:
+        return process
     out, err = process.communicate(timeout=600)
     return process.returncode, out, err
 
@@ -75,7 +78,7 @@ def test_cli_over_connect_loads_like_a_local_session_without_a_jvm(spark, connec
     remote_lake, local_lake = Lake(tmp_path / "remote"), Lake(tmp_path / "local")
     for lake in (remote_lake, local_lake):
         lake.root.mkdir()
-    remote_lake.config(tables(), spark={"master": "local[2]", "remote": connect_server, "conf": TEST_SPARK_CONF})
+    remote_lake.config(tables(), spark={"master": "local[2]", "remote": connect_server.url, "conf": TEST_SPARK_CONF})
     local_lake.config(tables())
     for lake in (remote_lake, local_lake):
         write_files(lake)
@@ -105,7 +108,7 @@ def test_cli_over_connect_loads_like_a_local_session_without_a_jvm(spark, connec
 
 
 def test_replayed_append_and_merge_are_skipped_over_connect(connect_server, tmp_path):
-    done = run_client(connect_server, "replay", str(tmp_path / "replayed"))
+    done = run_client(connect_server.url, "replay", str(tmp_path / "replayed"))
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["after_append"] == 10  # the second append with txnVersion 1 wrote nothing
@@ -118,7 +121,7 @@ def test_delta_table_api_needs_the_delta_connect_plugin(connect_server, tmp_path
     """Why the loader's MERGE and DELETE are SQL (target.sql_table): delta-spark's DeltaTable over Connect
     sends Delta Connect relations, which a server without Delta Connect's plugin (not published for this
     Spark and Delta pair) refuses; the same table read through SQL works."""
-    done = run_client(connect_server, "delta-table-api", str(tmp_path / "t"))
+    done = run_client(connect_server.url, "delta-table-api", str(tmp_path / "t"))
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert "NO_HANDLER_FOR_EXTENSION" in result["message"] and "delta.connect.DeltaRelation" in result["message"]
@@ -129,7 +132,7 @@ def test_delta_table_api_needs_the_delta_connect_plugin(connect_server, tmp_path
 def test_client_killed_during_a_write_lands_once(spark, connect_server, lake):
     """SIGKILL of the CLI while the server writes: the server may finish that write after the client died. The
     next runs (recovery, the txn) leave every file's rows exactly once."""
-    lake.config(tables()[:1], spark={"master": "local[2]", "remote": connect_server, "conf": TEST_SPARK_CONF})
+    lake.config(tables()[:1], spark={"master": "local[2]", "remote": connect_server.url, "conf": TEST_SPARK_CONF})
     for i in range(6):
         lake.write_parquet("events", f"big {i}.parquet", list(range(i * 100_000, i * 100_000 + 60_000)),
                            days_ago=3 - i * 0.3)
@@ -146,3 +149,58 @@ def test_client_killed_during_a_write_lands_once(spark, connect_server, lake):
     frame = spark.read.format("delta").load(load_settings(lake.config_path).table_path("events"))
     assert frame.count() == 6 * 60_000
     assert frame.select("id").distinct().count() == 6 * 60_000
+
+
+def write_customers(lake, name: str, keys: int, email: str, sequence: int, days_ago: float) -> None:
+    path = lake.landing / "customers" / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table({"customer_id": pa.array(range(keys), pa.int64()),
+                             "name": pa.array([f"c{i}" for i in range(keys)]),
+                             "email": pa.array([f"{email}{i}@x" for i in range(keys)]),
+                             "updated_at": pa.array([sequence] * keys, pa.int64())}), path)
+    set_mtime(path, days_ago)
+
+
+def fences(target_path: str) -> list[dict]:
+    from loader_assets.target import open_target
+
+    table = open_target(target_path)
+    entries = [json.loads(h["userMetadata"]) for h in (table.history() if table else []) if h.get("userMetadata")]
+    return [e["fence"] for e in entries if "fence" in e]
+
+
+@pytest.mark.fault
+def test_a_late_merge_of_a_killed_client_is_fenced_out(spark, connect_server, lake):
+    """The crash window Spark Connect adds: the client dies during an SCD2 MERGE that the server goes on
+    running. The next run's recovery finds the batch uncommitted and fences it (record and target) before it
+    fails its files for retry; the test holds that run after its claim until the server is idle, so the late
+    MERGE has had every chance to land. It cannot: the history holds each version once. (Without the fence,
+    the late MERGE commits during the hold and the reload inserts every new version a second time.)"""
+    keys = 400_000
+    lake.config(tables()[1:], spark={"master": "local[2]", "remote": connect_server.url, "conf": TEST_SPARK_CONF})
+    write_customers(lake, "extract-0.parquet", keys, "a", 10, days_ago=2)
+    code, _, err = cli(lake, "run")
+    assert code == 0, err[-3000:]
+    write_customers(lake, "extract-1.parquet", keys, "b", 20, days_ago=1)
+    code, _, err = cli(lake, "run", env={faults.KILL_AT_ENV: faults.DURING_TARGET_WRITE,
+                                         faults.KILL_DELAY_ENV: "1.0"})
+    assert code == -9, f"the client was not killed during the write (exit {code}): {err[-2000:]}"
+    release = lake.root / "release"
+    rerun = cli(lake, "run", wait=False, env={faults.PAUSE_AT_ENV: faults.AFTER_CLAIM,
+                                              faults.PAUSE_FILE_ENV: str(release)})
+    deadline = time.monotonic() + 300
+    while not Path(f"{release}.reached").exists():
+        assert rerun.poll() is None and time.monotonic() < deadline, rerun.communicate()[1][-3000:]
+        time.sleep(0.2)
+    connect_server.wait_until_idle()
+    release.touch()
+    out, err = rerun.communicate(timeout=600)
+    assert rerun.returncode == 0 and "Files failed:     0" in out, out + err[-3000:]
+    target_path = load_settings(lake.config_path).table_path("customers")
+    assert fences(target_path), "recovery found the killed client's MERGE committed: the window was missed"
+    code, out, err = cli(lake, "validate-consistency")
+    assert code == 0, out + err[-2000:]
+    frame = spark.read.format("delta").load(target_path)
+    assert frame.count() == 2 * keys  # one closed and one current version per key, none twice
+    assert frame.where("is_current").count() == keys
+    assert frame.where("is_current AND email LIKE 'b%'").count() == keys
