@@ -57,10 +57,18 @@ class ConnectServer:
     url: str  # sc://127.0.0.1:<port>
     ui: str  # the server's Spark UI, whose REST API says which jobs run
 
+    def _app(self) -> str:
+        return json.loads(urllib.request.urlopen(f"{self.ui}/api/v1/applications", timeout=10).read())[0]["id"]
+
+    def running_statements(self) -> list[str]:
+        """The descriptions of the SQL executions running on the server."""
+        executions = json.loads(urllib.request.urlopen(
+            f"{self.ui}/api/v1/applications/{self._app()}/sql?details=false&length=1000", timeout=10).read())
+        return [e.get("description") or "" for e in executions if e.get("status") == "RUNNING"]
+
     def wait_until_idle(self, timeout: float = 300) -> None:
         """Until the server has run no job for two seconds (what a killed client left running has ended)."""
-        base = f"{self.ui}/api/v1/applications"
-        app = json.loads(urllib.request.urlopen(base, timeout=10).read())[0]["id"]
+        base, app = f"{self.ui}/api/v1/applications", self._app()
         quiet, deadline = 0, time.monotonic() + timeout
         while quiet < 4:
             assert time.monotonic() < deadline, "the Spark Connect server stayed busy"

@@ -161,6 +161,13 @@ def write_customers(lake, name: str, keys: int, email: str, sequence: int, days_
     set_mtime(path, days_ago)
 
 
+def wait_for(marker: Path, process: subprocess.Popen, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while not marker.exists():
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()[1][-3000:]
+        time.sleep(0.1)
+
+
 def fences(target_path: str) -> list[dict]:
     from loader_assets.target import open_target
 
@@ -182,16 +189,23 @@ def test_a_late_merge_of_a_killed_client_is_fenced_out(spark, connect_server, la
     code, _, err = cli(lake, "run")
     assert code == 0, err[-3000:]
     write_customers(lake, "extract-1.parquet", keys, "b", 20, days_ago=1)
-    code, _, err = cli(lake, "run", env={faults.KILL_AT_ENV: faults.DURING_TARGET_WRITE,
-                                         faults.KILL_DELAY_ENV: "1.0"})
-    assert code == -9, f"the client was not killed during the write (exit {code}): {err[-2000:]}"
+    # held once the change record took the batch; released, and SIGKILLed once the server runs its MERGE
+    held = lake.root / "held"
+    killed = cli(lake, "run", wait=False, env={faults.PAUSE_AT_ENV: faults.AFTER_CHANGE_RECORD,
+                                               faults.PAUSE_FILE_ENV: str(held)})
+    wait_for(Path(f"{held}.reached"), killed)
+    held.touch()
+    deadline = time.monotonic() + 120
+    # the loader's next SQL statement after the record append is the MERGE (its description: "sql_command")
+    while not any("sql_command" in statement for statement in connect_server.running_statements()):
+        assert killed.poll() is None and time.monotonic() < deadline, "the MERGE never ran on the server"
+        time.sleep(0.1)
+    killed.kill()
+    killed.communicate()
     release = lake.root / "release"
     rerun = cli(lake, "run", wait=False, env={faults.PAUSE_AT_ENV: faults.AFTER_CLAIM,
                                               faults.PAUSE_FILE_ENV: str(release)})
-    deadline = time.monotonic() + 300
-    while not Path(f"{release}.reached").exists():
-        assert rerun.poll() is None and time.monotonic() < deadline, rerun.communicate()[1][-3000:]
-        time.sleep(0.2)
+    wait_for(Path(f"{release}.reached"), rerun)
     connect_server.wait_until_idle()
     release.touch()
     out, err = rerun.communicate(timeout=600)
