@@ -90,6 +90,12 @@ BENCHMARKS: dict[str, tuple[str, str, dict[str, Any], dict[str, Any]]] = {
         {"files": 100, "partitions": 4, "repeats": 3},
         {"files": 4, "partitions": 2, "repeats": 1},
     ),
+    "P14": (
+        "benchmarks.bench_p14_connect",
+        "a 1-file batch through the CLI attached to Spark Connect vs a local session",
+        {"rows": 1_000, "repeats": 3},
+        {"rows": 100, "repeats": 1},
+    ),
 }
 
 NOTES_MD = HERE / "NOTES.md"

@@ -332,7 +332,10 @@ def _print_run(settings: LoaderSettings, summary: "RunSummary") -> None:
     print(f"Files processed:  {summary.total_files_processed}")
     print(f"Files failed:     {summary.total_files_failed}")
     print(f"Rows loaded:      {summary.total_rows_loaded}")
-    print(f"Spark session started: {'yes' if summary.spark_session_started else 'no'}")
+    started = "yes" if summary.spark_session_started else "no"
+    if summary.spark_session_started and settings.spark.remote:
+        started = f"attached to Spark Connect at {settings.spark.remote}"
+    print(f"Spark session started: {started}")
     print("")
     print("Tables:")
     for name, table in summary.tables.items():
