@@ -37,15 +37,18 @@ DELTA_CONFS = {
 # column in its file statistics, and landing paths share longer prefixes than that, so `_source_file IN (...)`
 # (the post-load check, a reload's replaceWhere) could skip no file; with 256 characters it skips every file
 # whose paths cannot match.
+# The session time zone is UTC on every master, not the JVM's: timestamps without an offset in csv/json files
+# and the SQL of expectations must mean the same on a laptop, a cluster and a Spark Connect server. No
+# progress bars on any master: the terminal shows the loader's own lines.
 DELTA_DEFAULTS = {
     "spark.databricks.io.skipping.stringPrefixLength": "256",
+    "spark.sql.session.timeZone": "UTC",
+    "spark.ui.showConsoleProgress": "false",
 }
 # Defaults for a local master; any key the user sets wins.
 LOCAL_DEFAULTS = {
-    "spark.ui.showConsoleProgress": "false",
     "spark.sql.shuffle.partitions": "8",
     "spark.databricks.delta.snapshotPartitions": "4",
-    "spark.sql.session.timeZone": "UTC",
 }
 
 LOG4J2_PROPERTIES = Path(__file__).with_name("log4j2.properties")

@@ -26,7 +26,7 @@ from loader_assets_tests.cluster.conftest import Cluster, executor_processes, pr
 from loader_assets_tests.conftest import TEST_SPARK_CONF, set_mtime
 from loader_assets_tests.connect.conftest import free_port
 
-pytestmark = [pytest.mark.cluster, pytest.mark.spark]
+pytestmark = [pytest.mark.cluster, pytest.mark.spark, pytest.mark.extended]  # ten minutes: not in CI
 
 CUSTOMERS = pa.schema([("customer_id", pa.int64()), ("name", pa.string()), ("email", pa.string()),
                        ("updated_at", pa.int64())])
