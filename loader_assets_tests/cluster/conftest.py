@@ -25,7 +25,8 @@ from pathlib import Path
 import pyspark
 import pytest
 
-from loader_assets_tests.connect.conftest import free_port, stop_group
+from loader_assets_tests.connect.conftest import stop_group
+from loader_assets_tests.deployments import free_port
 
 SPARK_HOME = Path(pyspark.__file__).parent
 EXECUTOR = "org.apache.spark.executor.CoarseGrainedExecutorBackend"

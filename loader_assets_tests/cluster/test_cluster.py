@@ -10,26 +10,21 @@ import io
 import json
 import os
 import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
 from loader_assets.core import faults
 from loader_assets.settings import load_settings
 from loader_assets.target import open_target, target_txn_version
 from loader_assets_tests.cluster.conftest import Cluster, executor_processes, processes
-from loader_assets_tests.conftest import TEST_SPARK_CONF, set_mtime
-from loader_assets_tests.connect.conftest import free_port
+from loader_assets_tests.conftest import TEST_SPARK_CONF
+from loader_assets_tests.deployments import cli, free_port, two_tables, write_small_files
 
 pytestmark = [pytest.mark.cluster, pytest.mark.spark, pytest.mark.extended]  # ten minutes: not in CI
 
-CUSTOMERS = pa.schema([("customer_id", pa.int64()), ("name", pa.string()), ("email", pa.string()),
-                       ("updated_at", pa.int64())])
 BIG_FILES, BIG_ROWS = 6, 200_000
 
 
@@ -55,18 +50,6 @@ def validate(lake) -> None:
     assert code == 0, out.getvalue() + err.getvalue()[-2000:]
 
 
-def cli(lake, *args: str, env: dict | None = None, wait: bool = True):
-    environ = {**os.environ, "DAGSTER_HOME": str(lake.root / "dagster_home"), "PYSPARK_PYTHON": sys.executable,
-               **(env or {})}
-    Path(environ["DAGSTER_HOME"]).mkdir(exist_ok=True)
-    process = subprocess.Popen([sys.executable, "-m", "loader_assets", *args, "--config", str(lake.config_path)],
-                               env=environ, cwd=lake.root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    if not wait:
-        return process
-    out, err = process.communicate(timeout=600)
-    return process.returncode, out, err
-
-
 def run_until_quiescent(lake, attempts: int = 3) -> list[tuple[int, str, str]]:
     """``run`` until one exits 0 with no failed file (a batch a lost executor failed is retried by the next)."""
     runs = []
@@ -88,24 +71,6 @@ def rows(target_path: str, columns: list[str]) -> list[tuple]:
     table = open_target(target_path)
     assert table is not None, f"no table at {target_path}"
     return sorted(zip(*(table.to_pyarrow_table(columns=columns)[c].to_pylist() for c in columns), strict=True))
-
-
-def write_small_files(lake) -> None:
-    """Four event files of 500 rows; three customer extracts whose later rows change, repeat and arrive out of
-    order (a late row for key 1 re-threads its closed version)."""
-    for i in range(4):
-        lake.write_parquet("events", f"part {i}.parquet", list(range(i * 1000, i * 1000 + 500)), days_ago=3 - i * 0.5)
-    extracts = [
-        [(1, "ann", "a@x", 10), (2, "bob", "b@x", 10)],
-        [(1, "ann", "a2@x", 30), (2, "bob", "b@x", 30), (3, "cy", "c@x", 30)],
-        [(1, "ann", "a1@x", 20), (3, "cy", "c2@x", 40)],  # late for key 1 (20 < 30)
-    ]
-    for n, extract in enumerate(extracts):
-        path = lake.landing / "customers" / f"extract-{n}.parquet"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        pq.write_table(pa.Table.from_pylist([dict(zip(CUSTOMERS.names, r, strict=True)) for r in extract],
-                                            schema=CUSTOMERS), path)
-        set_mtime(path, 2 - n * 0.5)
 
 
 def write_big_files(lake) -> list[Path]:
@@ -131,12 +96,7 @@ def assert_big_files_once(target_path: str, files: list[Path]) -> None:
 def test_append_and_scd2_load_through_the_cluster(spark, ready_cluster, lake):
     """Both strategies on the cluster, rows exactly as expected; the work ran on the executors of both workers,
     each of which fetched delta-spark's jar from the driver (without it, Delta's writer classes are missing there)."""
-    lake.config([
-        {"table_name": "events", "source_path": "landing/events", "file_format": "parquet"},
-        {"table_name": "customers", "source_path": "landing/customers", "file_format": "parquet",
-         "loading_strategy": "scd2", "primary_keys": ["customer_id"], "tracking_columns": ["name", "email"],
-         "scd2_sequence_column": "updated_at"},
-    ], spark=cluster_spark(ready_cluster))
+    lake.config(two_tables(), spark=cluster_spark(ready_cluster))
     write_small_files(lake)
     before = app_ids(ready_cluster)
     code, out, err = cli(lake, "run", "--json")

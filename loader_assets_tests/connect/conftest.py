@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,14 +23,9 @@ import pytest
 import yaml
 
 from loader_assets_tests.conftest import TEST_SPARK_CONF
+from loader_assets_tests.deployments import free_port
 
 READY = "Spark Connect server with Delta listening"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def stop_group(process: subprocess.Popen) -> None:

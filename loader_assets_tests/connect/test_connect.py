@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -19,50 +18,9 @@ from loader_assets.core import faults
 from loader_assets.settings import load_settings
 from loader_assets_tests.conftest import TEST_SPARK_CONF, set_mtime
 from loader_assets_tests.connect.conftest import run_client
+from loader_assets_tests.deployments import cli, two_tables, write_small_files
 
 pytestmark = [pytest.mark.connect, pytest.mark.spark]
-
-CUSTOMERS = pa.schema([("customer_id", pa.int64()), ("name", pa.string()), ("email", pa.string()),
-                       ("updated_at", pa.int64())])
-
-
-def tables() -> list[dict]:
-    return [
-        {"table_name": "events", "source_path": "landing/events", "file_format": "parquet"},
-        {"table_name": "customers", "source_path": "landing/customers", "file_format": "parquet",
-         "loading_strategy": "scd2", "primary_keys": ["customer_id"], "tracking_columns": ["name", "email"],
-         "scd2_sequence_column": "updated_at"},
-    ]
-
-
-def write_files(lake) -> None:
-    """Four event files of 500 rows and three customer extracts whose later rows change, repeat and arrive
-    out of order (a late row re-threads a closed version)."""
-    for i in range(4):
-        lake.write_parquet("events", f"part {i}.parquet", list(range(i * 1000, i * 1000 + 500)), days_ago=3 - i * 0.5)
-    extracts = [
-        [(1, "ann", "a@x", 10), (2, "bob", "b@x", 10)],
-        [(1, "ann", "a2@x", 30), (2, "bob", "b@x", 30), (3, "cy", "c@x", 30)],
-        [(1, "ann", "a1@x", 20), (3, "cy", "c2@x", 40)],  # late for key 1 (20 < 30)
-    ]
-    for n, rows in enumerate(extracts):
-        path = lake.landing / "customers" / f"extract-{n}.parquet"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        pq.write_table(pa.Table.from_pylist([dict(zip(CUSTOMERS.names, r, strict=True)) for r in rows],
-                                            schema=CUSTOMERS), path)
-        set_mtime(path, 2 - n * 0.5)
-
-
-def cli(lake, *args: str, env: dict | None = None, wait: bool = True):
-    environ = {**os.environ, "DAGSTER_HOME": str(lake.root / "dagster_home"), **(env or {})}
-    Path(environ["DAGSTER_HOME"]).mkdir(exist_ok=True)
-    process = subprocess.Popen([sys.executable, "-m", "loader_assets", *args, "--config", str(lake.config_path)],
-                               env=environ, cwd=lake.root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    if not wait:
-        return process
-    out, err = process.communicate(timeout=600)
-    return process.returncode, out, err
-
 
 def table_rows(spark, path: Path, drop_prefix: str) -> list[tuple]:
     """Every row but the load timestamp and batch id, with ``_source_file`` relative to the lake."""
@@ -78,10 +36,10 @@ def test_cli_over_connect_loads_like_a_local_session_without_a_jvm(spark, connec
     remote_lake, local_lake = Lake(tmp_path / "remote"), Lake(tmp_path / "local")
     for lake in (remote_lake, local_lake):
         lake.root.mkdir()
-    remote_lake.config(tables(), spark={"master": "local[2]", "remote": connect_server.url, "conf": TEST_SPARK_CONF})
-    local_lake.config(tables())
+    remote_lake.config(two_tables(), spark={"master": "local[2]", "remote": connect_server.url, "conf": TEST_SPARK_CONF})
+    local_lake.config(two_tables())
     for lake in (remote_lake, local_lake):
-        write_files(lake)
+        write_small_files(lake)
 
     # JAVA_HOME pointing nowhere: if the CLI started a JVM of its own, it would fail
     code, out, err = cli(remote_lake, "run", "--json", env={"JAVA_HOME": "/nonexistent"})
@@ -132,7 +90,7 @@ def test_delta_table_api_needs_the_delta_connect_plugin(connect_server, tmp_path
 def test_client_killed_during_a_write_lands_once(spark, connect_server, lake):
     """SIGKILL of the CLI while the server writes: the server may finish that write after the client died. The
     next runs (recovery, the txn) leave every file's rows exactly once."""
-    lake.config(tables()[:1], spark={"master": "local[2]", "remote": connect_server.url, "conf": TEST_SPARK_CONF})
+    lake.config(two_tables()[:1], spark={"master": "local[2]", "remote": connect_server.url, "conf": TEST_SPARK_CONF})
     for i in range(6):
         lake.write_parquet("events", f"big {i}.parquet", list(range(i * 100_000, i * 100_000 + 60_000)),
                            days_ago=3 - i * 0.3)
@@ -184,7 +142,7 @@ def test_a_late_merge_of_a_killed_client_is_fenced_out(spark, connect_server, la
     MERGE has had every chance to land. It cannot: the history holds each version once. (Without the fence,
     the late MERGE commits during the hold and the reload inserts every new version a second time.)"""
     keys = 400_000
-    lake.config(tables()[1:], spark={"master": "local[2]", "remote": connect_server.url, "conf": TEST_SPARK_CONF})
+    lake.config(two_tables()[1:], spark={"master": "local[2]", "remote": connect_server.url, "conf": TEST_SPARK_CONF})
     write_customers(lake, "extract-0.parquet", keys, "a", 10, days_ago=2)
     code, _, err = cli(lake, "run")
     assert code == 0, err[-3000:]
