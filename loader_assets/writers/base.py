@@ -85,13 +85,19 @@ def fence_commit(spark: SparkSession, path: str, application: str, version: int,
         if txn_version(path, application) >= version:
             return
         try:
-            (spark.read.format("delta").load(path).limit(0).write.format("delta").mode("append")
-             .option("txnAppId", application).option("txnVersion", str(version)).option("userMetadata", metadata)
-             .save(path))
+            empty_commit(spark, path, {"txnAppId": application, "txnVersion": str(version),
+                                       "userMetadata": metadata})
             return
         except Exception as error:  # a concurrent commit of the same txn: look again
             if "oncurrent" not in str(error) or attempt == FENCE_ATTEMPTS - 1:
                 raise
+
+
+def empty_commit(spark: SparkSession, path: str, options: Mapping[str, str]) -> None:
+    """A commit that adds no file to the Delta table at ``path``, carrying the writer ``options`` (a txn,
+    userMetadata): how a batch that changes nothing, or a fence, still leaves its txn in the log."""
+    (spark.read.format("delta").load(path).limit(0).write.format("delta").mode("append")
+     .options(**options).save(path))
 
 
 def batch_row_counts(spark: SparkSession, target_path: str, batch_id: str) -> dict[str, int]:

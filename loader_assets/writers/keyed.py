@@ -53,7 +53,7 @@ from loader_assets.scd2 import (
 )
 from loader_assets.settings import LoaderSettings, TableSettings
 from loader_assets.target import open_target, target_txn_version
-from loader_assets.writers.base import SparkProvider, TableWriter, fence_commit
+from loader_assets.writers.base import SparkProvider, TableWriter, empty_commit, fence_commit
 
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame, SparkSession
@@ -145,7 +145,7 @@ class KeyedWriter(TableWriter):
         faults.crash_point(faults.AFTER_CHANGE_RECORD)
         audit = {LOAD_TIMESTAMP_COLUMN: F.current_timestamp(), BATCH_ID_COLUMN: F.lit(batch.batch_id)}
         if not prepared.extras.get("new_rows") and markers is None and open_target(batch.target_path) is not None:
-            self._empty_commit(spark, batch)  # only replays: the batch's commit is empty, but there is one
+            empty_commit(spark, batch.target_path, batch.txn_options())  # only replays: the batch's commit is empty, but there is one
             return
         known: DataFrame | None = prepared.extras.get("known")
         batch_events = new_events(prepared.rows, table)
@@ -184,11 +184,6 @@ class KeyedWriter(TableWriter):
         else:
             diff = row_diff(latest_from_events(before, table), latest_from_events(after, table), table)
             merge_rows(spark, batch.target_path, diff, table, insert_columns, audit)
-
-    @staticmethod
-    def _empty_commit(spark: SparkSession, batch: ClaimedBatch) -> None:
-        (spark.read.format("delta").load(batch.target_path).limit(0).write.format("delta").mode("append")
-         .options(**batch.txn_options()).save(batch.target_path))
 
     def abandon(self, spark: SparkProvider, batch: ClaimedBatch) -> None:
         self.record.drop_uncommitted(spark, target_txn_version(self.target_path, self.table.table_name))
