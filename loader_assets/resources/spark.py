@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, Any
 import dagster as dg
 from pydantic import PrivateAttr
 
+from loader_assets.resources import jvm_archive
+
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
@@ -169,6 +171,8 @@ def spark_config(master: str, app_name: str, conf: Mapping[str, str]) -> dict[st
     java_options = user.pop("spark.driver.extraJavaOptions", "")
     if "log4j2.configurationFile" not in java_options:  # errors only: see log4j2.properties
         java_options = f"-Dlog4j2.configurationFile=file:{LOG4J2_PROPERTIES} {java_options}".strip()
+    if "SharedArchiveFile" not in java_options and "ArchiveClassesAtExit" not in java_options:
+        java_options = f"{java_options} {jvm_archive.java_options()}".strip()  # Spark's classes, if archived
     defaults = {**DELTA_DEFAULTS, **(LOCAL_DEFAULTS if master.startswith("local") else {})}
     return {"spark.master": master, "spark.app.name": app_name, **defaults, **DELTA_CONFS,
             "spark.jars": jars, "spark.driver.extraJavaOptions": java_options, **user}

@@ -81,6 +81,7 @@ def connect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Connect
         "target_root": str(root / "lake"), "checkpoint_path": str(root / "checkpoints"),
         "spark": {"master": "local[2]", "remote": f"sc://127.0.0.1:{port}",
                   "conf": {**TEST_SPARK_CONF, "spark.driver.memory": "1g", "spark.ui.enabled": "true",
+                           "spark.driver.extraJavaOptions": "",  # a long-lived server: the default JIT
                            "spark.ui.port": str(ui_port)}},
         "tables": [{"table_name": "unused", "source_path": str(root / "landing"), "file_format": "parquet"}],
     }))
