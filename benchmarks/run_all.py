@@ -72,6 +72,12 @@ BENCHMARKS: dict[str, tuple[str, str, dict[str, Any], dict[str, Any]]] = {
         {"files": 100_000, "rows_per_file": 10},
         {"files": 300, "rows_per_file": 3, "repeats": 1},
     ),
+    "P8": (
+        "benchmarks.bench_p8_streaming",
+        "vs Structured Streaming's file source (availableNow): first load, 5 batches of 10 files, a rerun",
+        {"files": 200, "rows": 50_000, "increments": 5, "increment_files": 10, "repeats": 3},
+        {"files": 4, "rows": 200, "increments": 2, "increment_files": 2, "repeats": 1},
+    ),
     "P11": (
         "benchmarks.bench_cdc:run_late",
         "scd2 batch of 100k changes, 10% late, into 1M keys vs the batch in order",

@@ -119,3 +119,14 @@ def test_cdc_benchmarks_at_tiny_sizes_check_their_tables(spark, tmp_path):
     assert late["id"] == "P11" and late["late_rows"] == 10 and late["loader_seconds"] > 0
     scd1 = bench_cdc.run_scd1(keys=200, files=2, changed=30, workdir=tmp_path / "scd1")
     assert scd1["id"] == "P12" and scd1["baseline_seconds"] > 0  # the tables were checked identical inside
+
+
+@pytest.mark.spark
+def test_streaming_peer_benchmark_leaves_equal_tables_after_every_step(spark, tmp_path):
+    from benchmarks import bench_p8_streaming
+
+    result = bench_p8_streaming.run(files=4, rows=200, increments=2, increment_files=2, repeats=1,
+                                    workdir=tmp_path / "bench")
+    # one first-load round, two batches, the rerun: each step compared the tables (rows, files, row hash)
+    assert result["steps_checked_equal"] == 1 + 2 + 1 and result["rows_after"] == (4 + 2 * 2) * 200
+    assert result["rerun_started_spark"] is False
