@@ -42,7 +42,7 @@ def build_table_sensor(table: TableSettings, settings: LoaderSettings, job_name:
     @dg.sensor(
         name=f"{name}_files_sensor",
         job_name=job_name,
-        minimum_interval_seconds=30,
+        minimum_interval_seconds=settings.sensor_interval_seconds,
         default_status=dg.DefaultSensorStatus.RUNNING,
         description=f"Requests runs of `{name}` for the partitions that have files to load in {table.source_path}.",
     )

@@ -446,6 +446,11 @@ class LoaderSettings(_Frozen):
         default=600, ge=0, description="How long a run waits for a table lock held by a live run."
     )
     max_files_per_run: int = Field(default=1000, ge=1, description="At most this many files in one batch.")
+    sensor_interval_seconds: int = Field(
+        default=30, ge=1,
+        description="Seconds between a table sensor's ticks (the daemon's minimum interval): how soon a landed "
+                    "file is noticed. Each tick lists the landing directory once.",
+    )
     sensor_max_runs_per_tick: int = Field(
         default=5, ge=1,
         description="A sensor tick requests runs for at most this many partition ranges; the rest wait a tick.",

@@ -137,3 +137,9 @@ def test_an_idle_tables_skip_reason_says_what_each_file_waits_for_and_who_resolv
         "1 failed with no retries left (`loader-assets retry --table events` or `skip`), "
         "1 failed until an operator acts (`loader-assets retry --table events` or `skip`), "
         "1 being loaded by a live run, 1 skipped, 1 new, younger than min_file_age_seconds=60")
+
+
+def test_sensor_interval_follows_the_setting(lake):
+    assert build_definitions(lake.config()).get_sensor_def("events_files_sensor").minimum_interval_seconds == 30
+    fast = build_definitions(lake.config(sensor_interval_seconds=5))
+    assert fast.get_sensor_def("events_files_sensor").minimum_interval_seconds == 5
