@@ -78,6 +78,12 @@ BENCHMARKS: dict[str, tuple[str, str, dict[str, Any], dict[str, Any]]] = {
         {"files": 200, "rows": 50_000, "increments": 5, "increment_files": 10, "repeats": 3},
         {"files": 4, "rows": 200, "increments": 2, "increment_files": 2, "repeats": 1},
     ),
+    "P9": (
+        "benchmarks.bench_p9_latency",
+        "latency from landing to table under a Dagster daemon (sensor every 5 s): Spark Connect vs local",
+        {"files": 20, "rows": 1_000},
+        {"files": 2, "rows": 10},
+    ),
     "P11": (
         "benchmarks.bench_cdc:run_late",
         "scd2 batch of 100k changes, 10% late, into 1M keys vs the batch in order",
