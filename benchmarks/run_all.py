@@ -84,6 +84,12 @@ BENCHMARKS: dict[str, tuple[str, str, dict[str, Any], dict[str, Any]]] = {
         {"files": 20, "rows": 1_000},
         {"files": 2, "rows": 10},
     ),
+    "P10": (
+        "benchmarks.bench_p10_small_batch",
+        "fixed cost of a small run: a 10-row file into existing append and scd2 tables (warm), and by CLI",
+        {"rows": 10, "repeats": 5, "process_repeats": 3},
+        {"rows": 5, "repeats": 1, "process_repeats": 1},
+    ),
     "P11": (
         "benchmarks.bench_cdc:run_late",
         "scd2 batch of 100k changes, 10% late, into 1M keys vs the batch in order",

@@ -130,3 +130,26 @@ def test_streaming_peer_benchmark_leaves_equal_tables_after_every_step(spark, tm
     # one first-load round, two batches, the rerun: each step compared the tables (rows, files, row hash)
     assert result["steps_checked_equal"] == 1 + 2 + 1 and result["rows_after"] == (4 + 2 * 2) * 200
     assert result["rerun_started_spark"] is False
+
+
+@pytest.mark.extended  # a Spark Connect server, two daemons and a run process per file: about 3 minutes
+def test_latency_benchmark_commits_every_dropped_file_under_the_daemon(tmp_path):
+    from benchmarks import bench_p9_latency
+
+    result = bench_p9_latency.run(files=2, rows=10, workdir=tmp_path / "bench")
+    for side in ("connect", "local"):
+        assert result[side]["rows"] == (2 + 1) * 10 and len(result[side]["latencies"]) == 2, result
+        assert all(0 < s < 600 for s in result[side]["latencies"]), result
+        assert result[side]["median_phases"]["landing to run created (sensor tick)"] is not None, result
+
+
+@pytest.mark.spark
+def test_small_batch_benchmark_loads_each_round_on_every_side(spark, tmp_path):
+    from benchmarks import bench_p10_small_batch
+
+    # the warm part (in this process); the new-process part starts 4 JVMs, run_all --tiny covers it
+    result = bench_p10_small_batch.run(rows=5, repeats=1, process_repeats=0, workdir=tmp_path / "bench")
+    for table in ("append", "scd2"):  # the rounds' row counts are asserted inside; here what is reported
+        assert len(result["warm"][table]["loader_times"]) == 1 and result["warm"][table]["phases"], result
+    assert result["warm"]["append"]["phases"]["read batch (Spark)"]["calls"] == 1
+    assert result["process"] is None
