@@ -78,7 +78,7 @@ def run(files: int = 100, partitions: int = 4, repeats: int = 3, workdir: Path |
     times as the UI does, in a new process without Java."""
     root = Path(workdir or tempfile.mkdtemp(prefix="bench-p13-"))
     table = "events"
-    settings = common.write_config(root / "lake", {"table_name": table, "source_path": "landing/events"},
+    common.write_config(root / "lake", {"table_name": table, "source_path": "landing/events"},
                                    spark={"master": "local[2]", "conf": {"spark.ui.enabled": "false"}})
     config = root / "lake" / "config.yaml"
     noon = common.yesterday_noon()
