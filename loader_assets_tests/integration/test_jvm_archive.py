@@ -61,3 +61,13 @@ def test_a_spark_jvm_maps_the_archive_for_its_class_path(spark, tmp_path):
     refused = subprocess.run([sys.executable, "-c", _STRICT_START, args], capture_output=True, text=True,
                              timeout=600, check=False)
     assert refused.returncode != 0 and "ROWS" not in refused.stdout
+
+
+def test_prepare_spark_reports_the_jars_and_the_archive_it_finds(lake, capsys):
+    from loader_assets.cli import main
+
+    lake.config()
+    assert main(["prepare-spark", "--config", str(lake.config_path)]) == 0
+    out = capsys.readouterr().out
+    assert f"Spark class archive: {jvm_archive.archive_path()}" in out  # built by conftest: found, not rebuilt
+    assert "Spark jars: " in out and " resolved in " in out
