@@ -60,7 +60,7 @@ def _hand_append(spark: Any, file: Path, table: Path, seq: int) -> None:  # noqa
 
 
 def _rows(path: str | Path) -> int:
-    return DeltaTable(str(path)).to_pyarrow_table(columns=["_source_file"]).num_rows
+    return DeltaTable(str(path)).to_pyarrow_dataset().count_rows()
 
 
 def _warm(spark: Any, root: Path, rows: int, repeats: int) -> dict[str, Any]:  # noqa: ANN401
@@ -72,6 +72,7 @@ def _warm(spark: Any, root: Path, rows: int, repeats: int) -> dict[str, Any]:  #
         "primary_keys": ["customer_id"], "tracking_columns": ["name", "email"],
         "scd2_sequence_column": "updated_at"})
     start = datetime(2025, 1, 1, tzinfo=UTC)
+    (root / "scd2" / "landing").mkdir(parents=True, exist_ok=True)
     hand_scd2 = root / "hand-scd2"
     spark.createDataFrame([], "customer_id long, name string, email string, tier string, updated_at timestamp, "
                               "effective_date timestamp, end_date timestamp, is_current boolean") \
