@@ -131,7 +131,9 @@ def trial(spark, lake, instance, config_name: str, seed: int, order_seed: int) -
     assert difference.ok and (violations is None or violations.ok), (label, violations, difference)
 
 
-CI_TRIALS = [(name, 100 + i, 7 * i + 1) for i, name in enumerate(CONFIGS)] + [("scd2", 100, 99), ("scd1", 104, 42)]
+# one trial per configuration (each against the model, which no order or batching changes); the soak tier runs
+# four orders and batchings of each stream
+CI_TRIALS = [(name, 100 + i, 7 * i + 1) for i, name in enumerate(CONFIGS)]
 
 
 @pytest.mark.spark
