@@ -66,7 +66,7 @@ from loader_assets.scd2 import (
     violations_of,
 )
 from loader_assets.settings import Expectation, ExpectationAction, LoaderSettings, TableSettings
-from loader_assets.target import open_target
+from loader_assets.target import open_target, rows_per_source_file
 from loader_assets.verification import (
     CHECKED_TRACKER_COLUMNS,
     VerifiedState,
@@ -134,13 +134,21 @@ def compare_target_with_tracker(
             if (row["row_count"] or 0) > 0
         ][:SAMPLE]
         return result
-    frame = spark.read.format("delta").load(target_path)
     if files is not None:
-        # a first load names every file: the whole table is compared file by file, without a filter on each row
-        # (which also finds rows of any other file)
+        # The Delta log's statistics answer without reading a row when each data file that may hold the files'
+        # rows holds rows of one file and one batch (target.rows_per_source_file): the usual case after a load.
+        # A first load names every file: the whole table is compared file by file (which also finds rows of any
+        # other file).
+        logged = rows_per_source_file(target_path, SOURCE_FILE_COLUMN, BATCH_ID_COLUMN,
+                                      None if every_file else files)
+        if logged is not None:
+            _compare_counts(result, logged, expected)
+            return result
+        frame = spark.read.format("delta").load(target_path)
         scoped = frame if every_file else frame.where(F.col(SOURCE_FILE_COLUMN).isin(list(files)))
         _compare_per_file(result, scoped, expected)
         return result
+    frame = spark.read.format("delta").load(target_path)
     is_settled = pc.equal(expected["status"], FileStatus.COMPLETED.value)
     settled = expected.filter(is_settled)
     waiting = expected.filter(pc.invert(is_settled))["file_path"]
@@ -311,7 +319,6 @@ def _compare_per_file(result: TargetConsistency, frame: Any, expected: pa.Table)
     )
     target = target.cast(pa.schema([("file_path", pa.string()), ("rows", pa.int64()),
                                     ("first_batch", pa.int64()), ("last_batch", pa.int64())]))
-    result.target_files = target.num_rows
     twice = target.filter(pc.not_equal(target["first_batch"], target["last_batch"]))["file_path"]
     if len(twice):
         sample = twice.slice(0, SAMPLE).to_pylist()
@@ -320,6 +327,13 @@ def _compare_per_file(result: TargetConsistency, frame: Any, expected: pa.Table)
                  .orderBy(SOURCE_FILE_COLUMN).collect())
         result.duplicate_loads = [{"file_path": r[SOURCE_FILE_COLUMN], "first_batch": r["first_batch"],
                                    "last_batch": r["last_batch"]} for r in named]
+    _compare_counts(result, target.select(["file_path", "rows"]), expected)
+
+
+def _compare_counts(result: TargetConsistency, target: pa.Table, expected: pa.Table) -> None:
+    """Rows per file of the target (``file_path``, ``rows``: files with rows) against the tracker's ``expected``
+    rows: files the tracker does not have, and count mismatches."""
+    result.target_files = target.num_rows
     completed = expected.select(["file_path", "row_count"])
     result.untracked_files = (
         target.filter(pc.invert(pc.is_in(target["file_path"], completed["file_path"])))["file_path"]

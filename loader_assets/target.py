@@ -8,7 +8,9 @@ commit of one batch. Recovery, planning and the checks decide from these facts, 
 
 from __future__ import annotations
 
+import bisect
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -74,6 +76,64 @@ def target_snapshot(target_path: str) -> TargetSnapshot | None:
     rows = None if counts.null_count else int(pc.sum(counts).as_py() or 0)
     columns = tuple((f.name, _type_name(f.type)) for f in table.schema().fields)
     return TargetSnapshot(version=table.version(), row_count=rows, columns=columns)
+
+
+def rows_per_source_file(target_path: str, source_column: str, batch_column: str,
+                         files: Sequence[str] | None = None) -> pa.Table | None:
+    """Rows per source file of the target, from its Delta log alone (no data file is read): a table of
+    (``file_path``, ``rows``) for every file with rows (or, with ``files``, for those of them with rows), or None
+    when the log cannot say exactly and the caller must count in Spark.
+
+    Each data file's add action carries ``numRecords`` and the min, max and null count of every column. A data
+    file whose ``source_column`` has min == max and no nulls holds rows of that one source file only (a string
+    longer than Delta's statistics prefix is truncated, and a truncated max then differs from its min), so its
+    ``numRecords`` are that file's. The log answers when every data file that may hold rows of the files asked
+    for (every data file, without ``files``; with them, those whose [min, max] range holds one of them) is of one
+    source file and of one batch (``batch_column`` min == max: rows of a file under two batch ids are a duplicate
+    load, which the caller's Spark query names), and has statistics. Never for a table with deletion vectors
+    (``numRecords`` would count deleted rows): the loader creates none, a user may turn them on."""
+    table = open_target(target_path)
+    if table is None:
+        return pa.table({"file_path": pa.array([], pa.string()), "rows": pa.array([], pa.int64())})
+    if str(table.metadata().configuration.get("delta.enableDeletionVectors", "false")).lower() == "true" or \
+            "deletionVectors" in (table.protocol().writer_features or []):
+        return None
+    wanted = ["num_records", f"min.{source_column}", f"max.{source_column}", f"null_count.{source_column}",
+              f"min.{batch_column}", f"max.{batch_column}"]
+    actions = pa.table(table.get_add_actions(flatten=True))
+    if actions.num_rows == 0:
+        return pa.table({"file_path": pa.array([], pa.string()), "rows": pa.array([], pa.int64())})
+    if any(name not in actions.column_names for name in wanted):
+        return None  # statistics not collected for these columns
+    actions = actions.select(wanted)
+    low, high = actions[f"min.{source_column}"], actions[f"max.{source_column}"]
+    if files is not None:
+        asked = sorted(set(files))
+        candidate = [lo is None or hi is None or _holds_one(asked, lo, hi)
+                     for lo, hi in zip(low.to_pylist(), high.to_pylist(), strict=True)]
+        actions = actions.filter(pa.array(candidate, pa.bool_()))
+        low, high = actions[f"min.{source_column}"], actions[f"max.{source_column}"]
+    exact = pc.and_(
+        pc.and_(pc.equal(low, high), pc.equal(actions[f"null_count.{source_column}"], 0)),
+        pc.and_(pc.equal(actions[f"min.{batch_column}"], actions[f"max.{batch_column}"]),
+                pc.is_valid(actions["num_records"])))
+    if not pc.all(pc.fill_null(exact, False)).as_py() and actions.num_rows:
+        return None
+    per_file = (pa.table({"file_path": low, "rows": pc.cast(actions["num_records"], pa.int64()),
+                          "batch": actions[f"min.{batch_column}"]})
+                .group_by("file_path").aggregate([("rows", "sum"), ("batch", "min"), ("batch", "max")]))
+    if not pc.all(pc.equal(per_file["batch_min"], per_file["batch_max"])).as_py():
+        return None  # a file with rows under two batch ids: the caller's Spark query names them
+    per_file = per_file.select(["file_path", "rows_sum"]).rename_columns(["file_path", "rows"])
+    if files is not None:
+        per_file = per_file.filter(pc.is_in(per_file["file_path"], pa.array(list(files), pa.string())))
+    return per_file.filter(pc.greater(per_file["rows"], 0)).sort_by("file_path")
+
+
+def _holds_one(asked: list[str], low: str, high: str) -> bool:
+    """Whether the sorted ``asked`` has a value in [low, high]."""
+    at = bisect.bisect_left(asked, low)
+    return at < len(asked) and asked[at] <= high
 
 
 def history_counts(target_path: str, current_column: str) -> tuple[int, int] | None:
