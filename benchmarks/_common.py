@@ -6,6 +6,10 @@ same run, and reports the ratio: the machine is small and noisy, so absolute sec
 
 import os
 import resource
+import signal
+import socket
+import subprocess
+import sys
 import statistics
 import time
 from collections.abc import Callable, Iterator
@@ -29,6 +33,7 @@ from loader_assets.settings import LoaderSettings, load_settings
 
 # The session every benchmark uses (bench_scd2's: the driver is the whole engine in local mode). If a session
 # is already active (a test's, or run_all's child process), it is reused as it is.
+REPO_ROOT = Path(__file__).resolve().parents[1]
 SPARK_MASTER = "local[*]"
 SPARK_CONF = {"spark.driver.memory": "8g", "spark.ui.enabled": "false"}
 
@@ -171,6 +176,40 @@ def write_tracker(tracker: FileTracker, parts: list[pa.Table], compact: bool = T
         DeltaTable(tracker.path).create_checkpoint()
 
 
+CONNECT_READY = "Spark Connect server with Delta listening"  # what `loader-assets spark-connect-server` prints
+CONNECT_CONF = {"spark.ui.enabled": "false", "spark.sql.shuffle.partitions": "2"}
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@contextmanager
+def connect_server(root: Path, port: int, timeout: float = 300) -> Iterator[float]:
+    """A Spark Connect server with Delta (``loader-assets spark-connect-server``, its own process group, output
+    in ``root/server.log``) listening on ``port`` for the ``with`` block; yields the seconds it took to start.
+    Stopped with SIGTERM to its group on the way out, whatever happened."""
+    server_root = root / "server"
+    write_config(server_root, {"table_name": "unused", "source_path": "landing"},
+                 spark={"master": "local[2]", "conf": CONNECT_CONF})
+    log = root / "server.log"
+    started = time.perf_counter()
+    with open(log, "w") as out:
+        server = subprocess.Popen([sys.executable, "-m", "loader_assets", "spark-connect-server", "--config",
+                                   str(server_root / "config.yaml"), "--port", str(port)], stdout=out,
+                                  stderr=subprocess.STDOUT, start_new_session=True, cwd=REPO_ROOT)
+    try:
+        while CONNECT_READY not in log.read_text():
+            assert server.poll() is None and time.perf_counter() - started < timeout, log.read_text()[-3000:]
+            time.sleep(0.2)
+        yield time.perf_counter() - started
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=60)
+
+
 def timed(function: Callable[[], Any]) -> tuple[float, Any]:
     """(seconds, result) of one call."""
     started = time.perf_counter()
@@ -278,7 +317,7 @@ def loader_phases() -> Iterator[Phases]:
     phases.wrap(load, "batch_commit", "find batch commit (history)")
     phases.wrap(base, "batch_row_counts", "row counts per file (Spark)")
     phases.wrap(keyed.KeyedWriter, "row_counts", "row counts per file (change record)")
-    phases.wrap(checks, "compare_target_with_tracker", "check: target matches tracker (Spark)")
+    phases.wrap(checks, "compare_target_with_tracker", "check: target matches tracker (log or Spark)")
     phases.wrap(checks, "compare_record_with_tracker", "check: change record matches tracker (Spark)")
     phases.wrap(checks, "keyed_report", "check: scd2/scd1 table matches its change record (Spark)")
     phases.wrap(operations, "compare_target_with_tracker", "validate: target vs tracker (Spark)")

@@ -12,8 +12,6 @@ pointing nowhere: a run that started a JVM of its own would fail.
 
 import json
 import os
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -27,14 +25,7 @@ from deltalake import DeltaTable
 from benchmarks import _common as common
 
 ROOT = Path(__file__).resolve().parents[1]
-READY = "Spark Connect server with Delta listening"
-CONF = {"spark.ui.enabled": "false", "spark.sql.shuffle.partitions": "2"}
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+CONF = common.CONNECT_CONF
 
 
 def _run(root: Path, **env: str) -> float:
@@ -53,24 +44,13 @@ def _run(root: Path, **env: str) -> float:
 
 def run(rows: int = 1000, repeats: int = 3, workdir: Path | None = None) -> dict[str, Any]:
     root = Path(workdir or tempfile.mkdtemp(prefix="bench-p14-"))
-    port = _free_port()
+    port = common.free_port()
     table = {"table_name": "events", "source_path": "landing/events"}
-    common.write_config(root / "server", table, spark={"master": "local[2]", "conf": CONF})
     common.write_config(root / "connect", table,
                         spark={"master": "local[2]", "remote": f"sc://127.0.0.1:{port}", "conf": CONF})
     common.write_config(root / "local", table, spark={"master": "local[2]", "conf": CONF})
 
-    log = root / "server.log"
-    started = time.perf_counter()
-    with open(log, "w") as out:
-        server = subprocess.Popen([sys.executable, "-m", "loader_assets", "spark-connect-server", "--config",
-                                   str(root / "server" / "config.yaml"), "--port", str(port)],
-                                  stdout=out, stderr=subprocess.STDOUT, start_new_session=True, cwd=ROOT)
-    try:
-        while READY not in log.read_text():
-            assert server.poll() is None and time.perf_counter() - started < 300, log.read_text()[-3000:]
-            time.sleep(0.2)
-        server_start = time.perf_counter() - started
+    with common.connect_server(root, port) as server_start:
         connect, local = [], []
         noon = common.yesterday_noon()
         for n in range(repeats + 1):  # round 0 creates both tables (and warms the server): not measured
@@ -82,12 +62,9 @@ def run(rows: int = 1000, repeats: int = 3, workdir: Path | None = None) -> dict
             if n:
                 connect.append(seconds_connect)
                 local.append(seconds_local)
-            counts = [DeltaTable(str(root / side / "lake" / "events")).to_pyarrow_table(columns=["id"]).num_rows
+            counts = [DeltaTable(str(root / side / "lake" / "events")).to_pyarrow_dataset().count_rows()
                       for side in ("connect", "local")]
             assert counts == [(n + 1) * rows] * 2, counts
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=60)
     connect_seconds, local_seconds = statistics.median(connect), statistics.median(local)
     return common.result(
         "P14",

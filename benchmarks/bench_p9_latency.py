@@ -34,7 +34,6 @@ import pyarrow.parquet as pq
 from deltalake import DeltaTable
 
 from benchmarks import _common as common
-from benchmarks.bench_p14_connect import CONF, READY, _free_port
 from loader_assets.resources.tracker import DeltaTrackerResource
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,7 +51,7 @@ class _Side:
 
     def __init__(self, root: Path, remote_port: int | None) -> None:
         self.root = root
-        spark: dict[str, Any] = {"master": "local[2]", "conf": CONF}
+        spark: dict[str, Any] = {"master": "local[2]", "conf": common.CONNECT_CONF}
         if remote_port:
             spark["remote"] = f"sc://127.0.0.1:{remote_port}"
         self.settings = common.write_config(root, {"table_name": "events", "source_path": "landing/events"},
@@ -147,7 +146,7 @@ def _measure(side: _Side, files: int, rows: int, rng: random.Random) -> dict[str
             if started:
                 launched.append(started - created)
                 worked.append(commit - started)
-    rows_in_table = DeltaTable(side.settings.table_path("events")).to_pyarrow_table(columns=["id"]).num_rows
+    rows_in_table = DeltaTable(side.settings.table_path("events")).to_pyarrow_dataset().count_rows()
     assert rows_in_table == (files + 1) * rows, rows_in_table
     med = statistics.median
     return {
@@ -163,21 +162,9 @@ def _measure(side: _Side, files: int, rows: int, rng: random.Random) -> dict[str
 def run(files: int = 20, rows: int = 1_000, seed: int = 9, workdir: Path | None = None) -> dict[str, Any]:
     root = Path(workdir or tempfile.mkdtemp(prefix="bench-p9-"))
     rng = random.Random(seed)
-    port = _free_port()
-    server_root = root / "server"
-    common.write_config(server_root, {"table_name": "unused", "source_path": "landing"},
-                        spark={"master": "local[2]", "conf": CONF})
-    log = root / "server.log"
-    with open(log, "w") as out:
-        server = subprocess.Popen([sys.executable, "-m", "loader_assets", "spark-connect-server", "--config",
-                                   str(server_root / "config.yaml"), "--port", str(port)], stdout=out,
-                                  stderr=subprocess.STDOUT, start_new_session=True, cwd=ROOT)
+    port = common.free_port()
     results = {}
-    try:
-        started = time.monotonic()
-        while READY not in log.read_text():
-            assert server.poll() is None and time.monotonic() - started < 300, log.read_text()[-3000:]
-            time.sleep(0.2)
+    with common.connect_server(root, port):
         for name, remote in (("connect", port), ("local", None)):
             side = _Side(root / name, remote)
             side.start()
@@ -185,9 +172,6 @@ def run(files: int = 20, rows: int = 1_000, seed: int = 9, workdir: Path | None 
                 results[name] = _measure(side, files, rows, rng)
             finally:
                 side.stop()
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=60)
     connect, local = results["connect"], results["local"]
     return common.result(
         "P9",
