@@ -136,7 +136,7 @@ def compare_target_with_tracker(
         return result
     if files is not None:
         # The Delta log's statistics answer without reading a row when each data file that may hold the files'
-        # rows holds rows of one file and one batch (target.rows_per_source_file): the usual case after a load.
+        # rows holds rows of one file and one batch (target.rows_per_source_file): after a small batch.
         # A first load names every file: the whole table is compared file by file (which also finds rows of any
         # other file).
         logged = rows_per_source_file(target_path, SOURCE_FILE_COLUMN, BATCH_ID_COLUMN,

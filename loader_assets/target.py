@@ -78,6 +78,9 @@ def target_snapshot(target_path: str) -> TargetSnapshot | None:
     return TargetSnapshot(version=table.version(), row_count=rows, columns=columns)
 
 
+NO_ROWS = pa.table({"file_path": pa.array([], pa.string()), "rows": pa.array([], pa.int64())})
+
+
 def rows_per_source_file(target_path: str, source_column: str, batch_column: str,
                          files: Sequence[str] | None = None) -> pa.Table | None:
     """Rows per source file of the target, from its Delta log alone (no data file is read): a table of
@@ -94,7 +97,7 @@ def rows_per_source_file(target_path: str, source_column: str, batch_column: str
     (``numRecords`` would count deleted rows): the loader creates none, a user may turn them on."""
     table = open_target(target_path)
     if table is None:
-        return pa.table({"file_path": pa.array([], pa.string()), "rows": pa.array([], pa.int64())})
+        return NO_ROWS
     if str(table.metadata().configuration.get("delta.enableDeletionVectors", "false")).lower() == "true" or \
             "deletionVectors" in (table.protocol().writer_features or []):
         return None
@@ -102,7 +105,7 @@ def rows_per_source_file(target_path: str, source_column: str, batch_column: str
               f"min.{batch_column}", f"max.{batch_column}"]
     actions = pa.table(table.get_add_actions(flatten=True))
     if actions.num_rows == 0:
-        return pa.table({"file_path": pa.array([], pa.string()), "rows": pa.array([], pa.int64())})
+        return NO_ROWS
     if any(name not in actions.column_names for name in wanted):
         return None  # statistics not collected for these columns
     actions = actions.select(wanted)
