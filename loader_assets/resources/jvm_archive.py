@@ -8,8 +8,10 @@ starts (``java_options``: ``-XX:SharedArchiveFile``). ``loader-assets prepare-sp
 runs that.
 
 Invariants:
-- The archive is keyed by what makes it valid: the java binary (path, size, modification time), Spark's home and
-  the names and sizes of its jars. A changed JVM or Spark gets a new archive; an old one is never used for it.
+- The archive is keyed by what the JVM checks it against: the java binary (path, size, modification time),
+  Spark's home and the names, sizes and modification times of its jars (the JVM refuses an archive whose jar has
+  another modification time, so a virtualenv re-created at the same path with the same wheels needs a new one).
+  A changed JVM or Spark gets a new archive; an old one is never used for it.
 - It is written to a temporary name and renamed into place only once its JVM has exited and the file is complete,
   under a file lock (processes that start at once build it once). A half-written archive is never at the final
   name.
@@ -80,12 +82,18 @@ def archive_path() -> Path | None:
     java = _java()
     if java is None:
         return None
-    spark_home = Path(pyspark.__file__).parent
-    stat = java.stat()
-    parts = [str(java), str(stat.st_size), str(int(stat.st_mtime)), str(spark_home), pyspark.__version__]
-    parts += sorted(f"{jar.name}:{jar.stat().st_size}" for jar in (spark_home / "jars").glob("*.jar"))
-    key = hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+    key = archive_key(java, Path(pyspark.__file__).parent, pyspark.__version__)
     return jar_cache_dir() / f"spark-classes-{key}.jsa"
+
+
+def archive_key(java: Path, spark_home: Path, spark_version: str) -> str:
+    """What an archive is valid for, as a short hash: see the module's first invariant."""
+    stat = java.stat()
+    parts = [str(java), str(stat.st_size), str(int(stat.st_mtime)), str(spark_home), spark_version]
+    for jar in sorted((spark_home / "jars").glob("*.jar")):
+        jar_stat = jar.stat()
+        parts.append(f"{jar.name}:{jar_stat.st_size}:{int(jar_stat.st_mtime)}")
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
 
 def java_options() -> str:

@@ -14,10 +14,12 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -51,23 +53,35 @@ class ConnectServer:
     url: str  # sc://127.0.0.1:<port>
     ui: str  # the server's Spark UI, whose REST API says which jobs run
 
+    def _get(self, path: str, patience: float = 120) -> Any:
+        """A GET of the UI's REST API. The server's JVM can leave its UI unanswered for many seconds while it
+        runs a job on a busy machine (a CI run saw a 10-second read time out), so a timeout is retried until
+        ``patience`` runs out."""
+        deadline = time.monotonic() + patience
+        while True:
+            try:
+                with urllib.request.urlopen(f"{self.ui}/api/v1/{path}", timeout=30) as response:
+                    return json.loads(response.read())
+            except (TimeoutError, urllib.error.URLError):
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+
     def _app(self) -> str:
-        return json.loads(urllib.request.urlopen(f"{self.ui}/api/v1/applications", timeout=10).read())[0]["id"]
+        return self._get("applications")[0]["id"]
 
     def running_statements(self) -> list[str]:
         """The descriptions of the SQL executions running on the server."""
-        executions = json.loads(urllib.request.urlopen(
-            f"{self.ui}/api/v1/applications/{self._app()}/sql?details=false&length=1000", timeout=10).read())
+        executions = self._get(f"applications/{self._app()}/sql?details=false&length=1000")
         return [e.get("description") or "" for e in executions if e.get("status") == "RUNNING"]
 
     def wait_until_idle(self, timeout: float = 300) -> None:
         """Until the server has run no job for two seconds (what a killed client left running has ended)."""
-        base, app = f"{self.ui}/api/v1/applications", self._app()
+        app = self._app()
         quiet, deadline = 0, time.monotonic() + timeout
         while quiet < 4:
             assert time.monotonic() < deadline, "the Spark Connect server stayed busy"
-            running = json.loads(urllib.request.urlopen(f"{base}/{app}/jobs?status=running", timeout=10).read())
-            quiet = 0 if running else quiet + 1
+            quiet = 0 if self._get(f"applications/{app}/jobs?status=running") else quiet + 1
             time.sleep(0.5)
 
 
@@ -80,7 +94,7 @@ def connect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Connect
     config.write_text(yaml.safe_dump({
         "target_root": str(root / "lake"), "checkpoint_path": str(root / "checkpoints"),
         "spark": {"master": "local[2]", "remote": f"sc://127.0.0.1:{port}",
-                  "conf": {**TEST_SPARK_CONF, "spark.driver.memory": "1g", "spark.ui.enabled": "true",
+                  "conf": {**TEST_SPARK_CONF, "spark.driver.memory": "2g", "spark.ui.enabled": "true",
                            "spark.driver.extraJavaOptions": "",  # a long-lived server: the default JIT
                            "spark.ui.port": str(ui_port)}},
         "tables": [{"table_name": "unused", "source_path": str(root / "landing"), "file_format": "parquet"}],

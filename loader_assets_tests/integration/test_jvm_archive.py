@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -36,6 +37,29 @@ def test_the_archive_exists_and_every_loader_session_is_started_with_it(spark):
     # a user's own archive option wins: the loader adds none
     own = spark_config("local[1]", "x", {"spark.driver.extraJavaOptions": "-XX:SharedArchiveFile=/mine.jsa"})
     assert "SharedArchiveFile" not in own["spark.driver.extraJavaOptions"].replace("-XX:SharedArchiveFile=/mine.jsa", "")
+
+
+def test_the_archive_key_changes_with_what_the_jvm_checks(tmp_path):
+    """A JVM refuses an archive whose class-path jar has another size or modification time; such a class path
+    gets another key (CI once re-created its virtualenv at the same path, kept the archive of the old one, and
+    every JVM quietly loaded its classes from the jars)."""
+    java, home = tmp_path / "java", tmp_path / "spark"
+    (home / "jars").mkdir(parents=True)
+    java.write_bytes(b"java")
+    jar = home / "jars" / "spark-core.jar"
+    jar.write_bytes(b"classes")
+    os.utime(jar, (1_700_000_000, 1_700_000_000))
+    first = jvm_archive.archive_key(java, home, "4.1.0")
+    assert jvm_archive.archive_key(java, home, "4.1.0") == first  # stable while nothing changes
+    os.utime(jar, (1_700_000_100, 1_700_000_100))  # the same bytes, installed again
+    touched = jvm_archive.archive_key(java, home, "4.1.0")
+    jar.write_bytes(b"classes, another build")
+    os.utime(jar, (1_700_000_100, 1_700_000_100))
+    rebuilt = jvm_archive.archive_key(java, home, "4.1.0")
+    (home / "jars" / "extra.jar").write_bytes(b"x")
+    added = jvm_archive.archive_key(java, home, "4.1.0")
+    other_spark = jvm_archive.archive_key(java, home, "4.1.1")
+    assert len({first, touched, rebuilt, added, other_spark}) == 5
 
 
 def test_the_archive_can_be_turned_off(monkeypatch):
