@@ -115,6 +115,7 @@ class Sequence:
 
     def step(self) -> None:
         self.step_no += 1
+        self.step_started = time.monotonic()
         forced = self.forced.get(self.step_no)
         if forced:
             return getattr(self, f"op_{forced}")()
@@ -267,7 +268,9 @@ class Sequence:
     def _did(self, op: str, text: str) -> None:
         self.counts[op] += 1
         landing = str(self.world.root / "landing") + "/"
-        self.log.append(f"{len(self.log):3d}. {text.replace(landing, '')}")
+        took = time.monotonic() - getattr(self, "step_started", time.monotonic())
+        self.log.append(f"{len(self.log):3d}. {text.replace(landing, '')}  [{took:.1f} s]")
+        self.step_started = time.monotonic()
 
     def _expect(self, condition: bool, message: str) -> None:
         if not condition:
