@@ -59,6 +59,65 @@ def _hand_append(spark: Any, file: Path, table: Path, seq: int) -> None:  # noqa
      .save(str(table)))
 
 
+def _delta_rs_append(file: Path, table: Path, seq: int) -> None:
+    """The append by hand on delta-rs, no JVM: the file read with pyarrow, the same three audit columns, one
+    commit carrying an app transaction (delta-rs's ``CommitProperties``), into the table Spark created."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from deltalake import CommitProperties, Transaction, write_deltalake
+
+    data = pq.read_table(file)
+    rows = data.num_rows
+    data = (data.append_column("_source_file", pa.array([f"file://{file}"] * rows))
+            .append_column("_load_timestamp", pa.array([datetime.now(UTC)] * rows, pa.timestamp("us", tz="UTC")))
+            .append_column("_batch_id", pa.array([f"hand-rs-{seq}"] * rows)))
+    write_deltalake(str(table), data, mode="append",
+                    commit_properties=CommitProperties(app_transactions=[Transaction("hand-rs", seq)]))
+
+
+def delta_rs_scd2_merge(path: Path, updates_path: Path, seq: int) -> None:
+    """``canonical_scd2_merge`` on delta-rs: the same staged source (a NULL merge key for each new version of a
+    changed key, found against the key's current row) and the same MERGE clauses, one commit with an app
+    transaction. The current rows of the batch's keys are read through the table's statistics-pruned dataset."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.dataset as ds
+    import pyarrow.parquet as pq
+    from deltalake import CommitProperties, Transaction
+
+    updates = pq.read_table(updates_path)
+    target = DeltaTable(str(path))
+    current = target.to_pyarrow_dataset().to_table(
+        columns=["customer_id", "name", "email"],
+        filter=(ds.field("is_current") == True) & ds.field("customer_id").isin(updates["customer_id"]))  # noqa: E712
+    joined = updates.join(current.rename_columns(["customer_id", "c_name", "c_email"]), "customer_id",
+                          join_type="inner")
+    same = pc.and_(*(pc.fill_null(pc.or_kleene(pc.equal(joined[c], joined[f"c_{c}"]),
+                                               pc.and_(pc.is_null(joined[c]), pc.is_null(joined[f"c_{c}"]))), False)
+                     for c in ("name", "email")))
+    changed = joined.filter(pc.invert(same)).select(updates.column_names)
+    staged = pa.concat_tables([
+        changed.add_column(0, "merge_key", pa.nulls(changed.num_rows, pa.int64())),
+        updates.add_column(0, "merge_key", updates["customer_id"]),
+    ])
+    differs = "NOT ((c.name IS NOT DISTINCT FROM u.name) AND (c.email IS NOT DISTINCT FROM u.email))"
+    (target.merge(staged, "c.customer_id = u.merge_key", source_alias="u", target_alias="c",
+                  commit_properties=CommitProperties(app_transactions=[Transaction("hand-rs", seq)]))
+     .when_matched_update({"is_current": "false", "end_date": "u.updated_at"},
+                          predicate=f"c.is_current = true AND {differs}")
+     .when_not_matched_insert({"customer_id": "u.customer_id", "name": "u.name", "email": "u.email",
+                               "tier": "u.tier", "updated_at": "u.updated_at", "effective_date": "u.updated_at",
+                               "end_date": "null", "is_current": "true"})
+     .execute())
+
+
+def _history(path: Path) -> list[tuple[Any, ...]]:
+    """An SCD2 table's versions, sorted (a benchmark's tables are a few hundred rows)."""
+    columns = ["customer_id", "name", "email", "tier", "updated_at", "effective_date", "end_date", "is_current"]
+    table = DeltaTable(str(path)).to_pyarrow_table(columns=columns)
+    return sorted(zip(*(table[c].to_pylist() for c in columns), strict=True), key=repr)
+
+
 def _rows(path: str | Path) -> int:
     return DeltaTable(str(path)).to_pyarrow_dataset().count_rows()
 
@@ -73,11 +132,12 @@ def _warm(spark: Any, root: Path, rows: int, repeats: int) -> dict[str, Any]:  #
         "scd2_sequence_column": "updated_at"})
     start = datetime(2025, 1, 1, tzinfo=UTC)
     (root / "scd2" / "landing").mkdir(parents=True, exist_ok=True)
-    hand_scd2 = root / "hand-scd2"
-    spark.createDataFrame([], "customer_id long, name string, email string, tier string, updated_at timestamp, "
-                              "effective_date timestamp, end_date timestamp, is_current boolean") \
-        .write.format("delta").save(str(hand_scd2))
-    figures: dict[str, dict[str, list[Any]]] = {name: {"loader": [], "hand": [], "phases": []}
+    hand_scd2, rs_scd2, rs_append = root / "hand-scd2", root / "delta-rs-scd2", root / "delta-rs-append"
+    for table in (hand_scd2, rs_scd2):  # both created by Spark, as the loader's tables are
+        spark.createDataFrame([], "customer_id long, name string, email string, tier string, "
+                                  "updated_at timestamp, effective_date timestamp, end_date timestamp, "
+                                  "is_current boolean").write.format("delta").save(str(table))
+    figures: dict[str, dict[str, list[Any]]] = {name: {"loader": [], "hand": [], "delta_rs": [], "phases": []}
                                                  for name in ("append", "scd2")}
     instance = dg.DagsterInstance.ephemeral()
     for n in range(repeats + 2):  # rounds 0 and 1 create the tables and warm every code path: not measured
@@ -86,33 +146,44 @@ def _warm(spark: Any, root: Path, rows: int, repeats: int) -> dict[str, Any]:  #
         scd2_file = root / "scd2" / "landing" / f"r{n:03d}.parquet"
         dimension_file(scd2_file, list(range(1, rows + 1)), [n] * rows, start + timedelta(hours=n))
         common.set_mtime(scd2_file, moment)
-        for name, settings, table, hand in (("append", append_settings, "events", lambda f=append_file, n=n:
-                                              _hand_append(spark, f, root / "hand-append", n + 1)),
-                                             ("scd2", scd2_settings, "customers", lambda f=scd2_file:
-                                              canonical_scd2_merge(spark, str(hand_scd2), f))):
+        # round 0 of the delta-rs append is Spark's, so that delta-rs appends to a table Spark created
+        rs_append_side = ((lambda f=append_file: _hand_append(spark, f, rs_append, 1)) if n == 0 else
+                          (lambda f=append_file, n=n: _delta_rs_append(f, rs_append, n + 1)))
+        for name, settings, table, hand, rs in (
+                ("append", append_settings, "events",
+                 lambda f=append_file, n=n: _hand_append(spark, f, root / "hand-append", n + 1), rs_append_side),
+                ("scd2", scd2_settings, "customers", lambda f=scd2_file: canonical_scd2_merge(spark, str(hand_scd2), f),
+                 lambda f=scd2_file, n=n: delta_rs_scd2_merge(rs_scd2, f, n + 1))):
             def load(settings: Any = settings) -> tuple[Any, dict[str, Any]]:  # noqa: ANN401
                 with common.loader_phases() as phases:
                     summary = run_pipeline(settings, instance=instance, log_level="WARNING")
                 return summary, phases.report()
             if n % 2:
                 hand_seconds, _ = common.timed(hand)
+                rs_seconds, _ = common.timed(rs)
                 loader_seconds, (summary, phases) = common.timed(load)
             else:
                 loader_seconds, (summary, phases) = common.timed(load)
+                rs_seconds, _ = common.timed(rs)
                 hand_seconds, _ = common.timed(hand)
             assert summary.success and summary.total_files_processed == 1, summary.to_json()
             if n >= 2:
                 figures[name]["loader"].append(loader_seconds)
                 figures[name]["hand"].append(hand_seconds)
+                figures[name]["delta_rs"].append(rs_seconds)
                 figures[name]["phases"].append((loader_seconds, phases))
-        assert _rows(append_settings.table_path("events")) == _rows(root / "hand-append") == (n + 1) * rows
+        assert (_rows(append_settings.table_path("events")) == _rows(root / "hand-append") == _rows(rs_append)
+                == (n + 1) * rows)
         assert _rows(scd2_settings.table_path("customers")) == _rows(hand_scd2) == (n + 1) * rows  # a version
-    instance.dispose()                                                                         # per key a round
+        assert _history(rs_scd2) == _history(hand_scd2)  # per key a round; both MERGEs give the same history
+    assert DeltaTable(str(rs_scd2)).transaction_version("hand-rs") == repeats + 2
+    instance.dispose()
     out = {}
     for name, figure in figures.items():
         loader = statistics.median(figure["loader"])
         out[name] = {
             "loader_seconds": round(loader, 3), "hand_seconds": round(statistics.median(figure["hand"]), 3),
+            "delta_rs_hand_seconds": round(statistics.median(figure["delta_rs"]), 3),
             "fixed_cost_seconds": round(loader - statistics.median(figure["hand"]), 3),
             "loader_times": [round(s, 3) for s in figure["loader"]],
             "phases": min(figure["phases"], key=lambda item: abs(item[0] - loader))[1],
