@@ -96,7 +96,10 @@ def connect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Connect
         "spark": {"master": "local[2]", "remote": f"sc://127.0.0.1:{port}",
                   "conf": {**TEST_SPARK_CONF, "spark.driver.memory": "2g", "spark.ui.enabled": "true",
                            "spark.driver.extraJavaOptions": "",  # a long-lived server: the default JIT
-                           "spark.ui.port": str(ui_port)}},
+                           "spark.ui.port": str(ui_port),
+                           # the REST API lists the retained executions on each poll: the newest few hundred
+                           # hold every running one, and keep each answer small on a busy server
+                           "spark.sql.ui.retainedExecutions": "200"}},
         "tables": [{"table_name": "unused", "source_path": str(root / "landing"), "file_format": "parquet"}],
     }))
     log = root / "server.log"
