@@ -180,6 +180,7 @@ class Sequence:
             path = self._new_path(table)
             self._write(table, path, self._content(table))
             self._did("add", f"add {path}")
+        before = self.world.batch_seqs()
         if self.rng.random() < 0.65:
             point, hit = self.rng.choice(KILL_POINTS), self.rng.choice([1, 1, 2, 3])
             outcome = self.world.finish(self.world.start("run", kill_at=point, hit=hit))
@@ -190,6 +191,7 @@ class Sequence:
             how = f"after {delay} s"
         self._expect(outcome.killed or outcome.code in (0, 1), f"killed run exited {outcome.code}: "
                                                                  f"{outcome.stderr[-2000:]}")
+        self.model.loaded_by_killed_run(self.world.committed_since(before))
         self._did("kill" if outcome.killed else "kill missed",
                   f"run killed {how}" + ("" if outcome.killed else f" (finished first, exit {outcome.code})"))
 
@@ -358,6 +360,12 @@ TOTALS: Counter[str] = Counter()
 # the CI seeds and the coverage test that sums them are one file, so one pytest worker (./dev test: --dist loadfile)
 
 
+def soak_plan(seed: int) -> tuple[int, int]:
+    """The kills and races of a soak seed (and of its replay with ``--seed``)."""
+    rng = random.Random(seed * 7919)
+    return rng.choice([0, 1, 1, 2]), rng.choice([0, 0, 0, 1])
+
+
 @pytest.fixture
 def model_seed(request: pytest.FixtureRequest) -> int | None:
     return request.config.getoption("--seed")
@@ -378,11 +386,12 @@ def test_random_sequence_against_the_model(spark, tmp_path, seed, kills, races, 
 @pytest.mark.model
 @pytest.mark.spark
 def test_replay_one_seed(spark, tmp_path, model_seed, request):
-    """``--seed N`` for a seed outside CI_SEEDS (with two kills and a race, as the soak runs them)."""
+    """``--seed N`` for a seed outside CI_SEEDS, with the kills and races the soak gives that seed
+    (``soak_plan``), so a soak failure replays step for step."""
     if model_seed is None or model_seed in {s for s, _, _ in CI_SEEDS}:
         pytest.skip("no --seed given, or it is one of CI_SEEDS (run above)")
     steps = request.config.getoption("--steps") or CI_STEPS
-    sequence = Sequence(model_seed, tmp_path, spark, steps, 2, 1)
+    sequence = Sequence(model_seed, tmp_path, spark, steps, *soak_plan(model_seed))
     sequence.play()
     print("\n".join(sequence.log))
 
@@ -412,9 +421,7 @@ def test_soak_many_random_sequences(spark, tmp_path):
     totals: Counter[str] = Counter()
     started = time.monotonic()
     for seed in range(first, first + wanted):
-        rng = random.Random(seed * 7919)
-        kills, races = rng.choice([0, 1, 1, 2]), rng.choice([0, 0, 0, 1])
-        totals.update(Sequence(seed, tmp_path / f"s{seed}", spark, steps, kills, races).play())
+        totals.update(Sequence(seed, tmp_path / f"s{seed}", spark, steps, *soak_plan(seed)).play())
         print(f"seed {seed} ok ({time.monotonic() - started:.0f} s so far): {dict(sorted(totals.items()))}",
               flush=True)
     print(json.dumps({"sequences": wanted, "first_seed": first, "steps": steps, "operations": dict(totals),

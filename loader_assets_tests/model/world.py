@@ -27,8 +27,9 @@ import yaml
 from loader_assets.core import faults
 from loader_assets.resources.tracker import DeltaTrackerResource
 from loader_assets.settings import LoaderSettings, load_settings
+from loader_assets.target import target_txn_version
 from loader_assets_tests.conftest import TEST_SPARK_CONF
-from loader_assets_tests.model.model import APPEND, SCD2, Content
+from loader_assets_tests.model.model import APPEND, SCD2, TABLES, Content
 
 EPOCH = datetime(2025, 1, 1, tzinfo=UTC)  # sequence n of the scd2 table is EPOCH + n seconds
 APPEND_SCHEMA = pa.schema([("id", pa.int64()), ("name", pa.string())])
@@ -152,6 +153,23 @@ class World:
             return None if moment is None else int((moment.astimezone(UTC) - EPOCH).total_seconds())
 
         return sorted(((r[0], r[1], r[2], seq(r[3]), seq(r[4]), r[5]) for r in rows), key=repr)
+
+    def batch_seqs(self) -> dict[str, int]:
+        """Per table, the highest batch number its tracker has given (0 before any)."""
+        return {t: max((r["batch_seq"] or 0 for r in self.tracker_rows(t).values()), default=0) for t in TABLES}
+
+    def committed_since(self, before: dict[str, int]) -> list[str]:
+        """The files of the batches numbered above ``before`` (``batch_seqs`` taken earlier) that their tables
+        committed (batch_seq <= the target's txn version: what recovery would complete), by batch, then in a
+        run's (modification time, path) order; a file that failed in such a batch is not among them."""
+        found = []
+        for table in TABLES:
+            committed = target_txn_version(self.settings.table_path(table), table)
+            for path, row in self.tracker_rows(table).items():
+                seq = row["batch_seq"] or 0
+                if before[table] < seq <= committed and row["status"] in ("completed", "processing"):
+                    found.append((table, seq, row["file_modified_time"], path))
+        return [path for *_, path in sorted(found)]
 
     def tracker_rows(self, table: str) -> dict[str, dict[str, Any]]:
         tracker = DeltaTrackerResource.from_settings(self.settings).for_table(table)
