@@ -67,6 +67,7 @@ class Sequence:
         forced = self.rng.sample(range(1, steps), min(kills + races, steps - 1))
         self.forced = {step: op for step, op in zip(forced, ["kill"] * kills + ["race"] * races, strict=False)}
         self.step_no = 0
+        self.step_started = time.monotonic()  # each logged step shows the time since the one before
 
     # ------------------------------------------------------------------------------------------- contents
     def _content(self, table: str) -> Content:
@@ -270,7 +271,7 @@ class Sequence:
     def _did(self, op: str, text: str) -> None:
         self.counts[op] += 1
         landing = str(self.world.root / "landing") + "/"
-        took = time.monotonic() - getattr(self, "step_started", time.monotonic())
+        took = time.monotonic() - self.step_started
         self.log.append(f"{len(self.log):3d}. {text.replace(landing, '')}  [{took:.1f} s]")
         self.step_started = time.monotonic()
 
