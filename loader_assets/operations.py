@@ -384,9 +384,9 @@ def _file_action(
                 result.changed.append(path)
         if result.changed:
             errors = dict(zip(rows["file_path"].to_pylist(), rows["error_message"].to_pylist(), strict=True))
-            if action == "skip":
+            if action == "skip":  # the skip covers the version in the source now, like a requeue's reload
                 message = f"skipped by {actor}: {reason}"
-                tracker.skip({p: message for p in result.changed})
+                tracker.skip({p: message for p in result.changed}, seen=_stat_files(result.changed))
             else:
                 message = (f"{action} requested by {actor}" + (f": {reason}" if reason else "")
                            + ("; the reload replaces the rows the file has" if action == "reprocess" else ""))

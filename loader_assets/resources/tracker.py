@@ -186,6 +186,25 @@ def changed_files(known: pa.Table, listing: pa.Table) -> pa.Table:
             .filter(pc.fill_null(differs, False)))
 
 
+def _source_version(rows: pa.Table, seen: Mapping[str, tuple[int, datetime]]) -> dict[str, pa.Array]:
+    """The columns that make ``rows`` describe the file versions in the source now: size, modification time and
+    fingerprint from ``seen`` (path -> (size, mtime); a path not in it keeps its row's), and the next file version
+    where the fingerprint differs from the row's. Shared by ``requeue`` and ``skip``, whose operator actions
+    apply to the file as it is when they are given."""
+    paths = rows["file_path"].to_pylist()
+    old = dict(zip(paths, zip(rows["file_size"].to_pylist(), rows["file_modified_time"].to_pylist(), strict=True),
+                   strict=True))
+    current = {p: seen.get(p, old[p]) for p in paths}
+    sizes = pa.array([current[p][0] for p in paths], pa.int64())
+    mtimes = pa.array([current[p][1] for p in paths], TIMESTAMP)
+    prints = fingerprint(sizes, mtimes)
+    versions = [int(v or 1) + (1 if new != old_fp else 0)
+                for v, new, old_fp in zip(rows["file_version"].to_pylist(), prints.to_pylist(),
+                                          rows["fingerprint"].to_pylist(), strict=True)]
+    return dict(file_size=sizes, file_modified_time=mtimes, fingerprint=prints, source_fingerprint=prints,
+                file_version=pa.array(versions, pa.int32()))
+
+
 def _expectation_results(paths: Sequence[str], results: Mapping[str, Mapping[str, Any]] | None) -> pa.Array:
     """The ``expectation_results`` column for ``paths``: each file's results as JSON (NULL: no expectations)."""
     results = results or {}
@@ -773,9 +792,19 @@ class FileTracker:
 
         return self._transition(list(seen), "release", change)
 
-    def skip(self, reasons: Mapping[str, str], content_hashes: Mapping[str, str] | None = None) -> int:
-        """pending | failed -> skipped with the reason (an operator's, or the duplicate it is). One commit."""
+    def skip(
+        self,
+        reasons: Mapping[str, str],
+        content_hashes: Mapping[str, str] | None = None,
+        seen: Mapping[str, tuple[int, datetime]] | None = None,
+    ) -> int:
+        """pending | failed -> skipped with the reason (an operator's, or the duplicate it is). One commit.
+        ``seen`` gives the size and modification time the file has now: the skip covers the version in the
+        source when it is given (a new version number when it differs from the tracker's, whose content hash
+        is then unknown), so only a later delivery brings the file back (docs/CONTRACT.md, "Exactly
+        once")."""
         now = _now()
+        seen = seen or {}
 
         def change(rows: pa.Table) -> pa.Table:
             paths = rows["file_path"].to_pylist()
@@ -785,8 +814,17 @@ class FileTracker:
                 processing_end_time=now,
                 updated_at=now,
             )
+            hashes = dict(zip(paths, rows["content_hash"].to_pylist(), strict=True))
+            if seen:
+                source = _source_version(rows, seen)
+                columns.update(source)
+                moved = [new != old for new, old in zip(source["fingerprint"].to_pylist(),
+                                                        rows["fingerprint"].to_pylist(), strict=True)]
+                hashes = {p: (None if m else h) for (p, h), m in zip(hashes.items(), moved, strict=True)}
             if content_hashes:
-                columns["content_hash"] = pa.array([content_hashes.get(p) for p in paths], pa.string())
+                hashes.update({p: h for p, h in content_hashes.items() if p in hashes})
+            if seen or content_hashes:
+                columns["content_hash"] = pa.array([hashes[p] for p in paths], pa.string())
             return _replace(rows, **columns)
 
         return self._transition(list(reasons), "skip", change)
@@ -812,20 +850,7 @@ class FileTracker:
                 error_message=message, updated_at=now,
             )
             if seen:
-                paths_ = rows["file_path"].to_pylist()
-                old = dict(zip(paths_, zip(rows["file_size"].to_pylist(),
-                                           rows["file_modified_time"].to_pylist(), strict=True), strict=True))
-                current = {p: seen.get(p, old[p]) for p in paths_}
-                sizes = pa.array([current[p][0] for p in paths_], pa.int64())
-                mtimes = pa.array([current[p][1] for p in paths_], TIMESTAMP)
-                prints = fingerprint(sizes, mtimes)
-                versions = [
-                    int(v or 1) + (1 if new != old_fp else 0)
-                    for v, new, old_fp in zip(rows["file_version"].to_pylist(), prints.to_pylist(),
-                                              rows["fingerprint"].to_pylist(), strict=True)
-                ]
-                columns.update(file_size=sizes, file_modified_time=mtimes, fingerprint=prints,
-                               source_fingerprint=prints, file_version=pa.array(versions, pa.int32()))
+                columns.update(_source_version(rows, seen))
             return _replace(rows, **columns)
 
         return self._transition(paths, action, change)

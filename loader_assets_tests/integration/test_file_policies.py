@@ -2,6 +2,7 @@
 operator commands retry / reprocess / skip / history (each action recorded in the table's event log)."""
 
 import json
+import os
 from datetime import UTC, datetime, timedelta
 
 import pyarrow as pa
@@ -10,7 +11,7 @@ import pytest
 
 from loader_assets.api import run_pipeline
 from loader_assets.cli import main
-from loader_assets.operations import file_history, validate_consistency
+from loader_assets.operations import file_history, skip_files, validate_consistency
 from loader_assets.scd2 import scd2_violations
 from loader_assets_tests.conftest import set_mtime, target_rows
 from loader_assets_tests.integration.test_append_load import assert_consistent, tracker_rows
@@ -258,3 +259,35 @@ def test_skip_and_reprocess_and_their_refusals(spark, lake, instance, capsys):
     assert main(["status", "--config", str(lake.config_path), "--json"]) == 0
     counts = json.loads(capsys.readouterr().out)[0]["status_counts"]
     assert counts["skipped"] == 1 and counts["completed"] == 1
+
+
+def test_a_skip_covers_the_version_in_the_landing_zone_when_it_is_given(spark, lake, instance):
+    """Model soak seed 1045: a file failed, a valid version was delivered, and the operator skipped the file
+    before any run saw the new version. The skip covers what is in the landing zone then; only a later delivery
+    brings the file back."""
+    settings = lake.config(retry_backoff_seconds=3600)
+    bad = lake.write_bytes("events", "f.parquet", b"garbage", days_ago=3)
+    assert run_pipeline(settings, instance=instance).total_files_failed == 1
+    lake.write_parquet("events", "f.parquet", [1, 2, 3], days_ago=2)  # a valid version, not yet seen by a run
+    delivered = bad.stat()
+    skipped = skip_files(settings, "events", [str(bad)], reason="the vendor withdrew the file")
+    assert skipped.changed == [str(bad)] and not skipped.refused
+    row = tracker_rows(settings)[str(bad)]
+    assert row["status"] == "skipped" and row["file_version"] == 2
+    assert row["file_size"] == delivered.st_size and row["fingerprint"] == row["source_fingerprint"]
+    assert row["content_hash"] is None  # the hash described the garbage version
+    summary = run_pipeline(settings, instance=instance)
+    assert summary.total_files_processed == 0
+    assert not os.path.exists(settings.table_path("events"))  # nothing was ever loaded
+    assert tracker_rows(settings)[str(bad)]["status"] == "skipped"
+    assert [e["event"] for e in file_history(settings, "events")] == ["skip"]
+    # a delivery after the skip is a change: it loads, as version 3
+    lake.write_parquet("events", "f.parquet", [7, 8], days_ago=1)
+    assert run_pipeline(settings, instance=instance).total_rows_loaded == 2
+    assert target_rows(spark, settings, "events") == [(7, "n7", str(bad)), (8, "n8", str(bad))]
+    row = tracker_rows(settings)[str(bad)]
+    assert row["status"] == "completed" and row["file_version"] == 3
+    events = file_history(settings, "events", [str(bad)])
+    assert [(e["event"], e["previous_status"]) for e in events] == [("skip", "failed"),
+                                                                      ("changed:refresh", "skipped")]
+    assert_consistent(spark, settings)
