@@ -143,7 +143,8 @@ def run_scd1(keys: int = 1_000_000, files: int = 5, changed: int = 100_000, seed
         baseline_seconds = time.perf_counter() - started
         for n in range(1, files + 1):
             (hidden / f"{n:03d}.parquet").rename(landing / f"{n:03d}.parquet")
-        loader_seconds, summary = load(settings, instance)
+        with common.loader_phases() as phases:
+            loader_seconds, summary = load(settings, instance)
     assert summary.success and summary.total_files_processed == files, summary.to_json()
     columns = ["customer_id", "name", "tier", "updated_at"]
     ours = spark.read.format("delta").load(settings.table_path("customers")).select(*columns)
@@ -153,7 +154,8 @@ def run_scd1(keys: int = 1_000_000, files: int = 5, changed: int = 100_000, seed
     return common.result(
         "P12", f"scd1: {files} files of {changed:,} upserts into {keys:,} keys", loader_seconds, baseline_seconds,
         SCD1_TARGET, "<= 1.00x a hand-written upsert MERGE", ratio <= SCD1_TARGET,
-        keys=keys, files=files, changed=changed, python_peak_rss_mb=common.python_peak_rss_mb())
+        keys=keys, files=files, changed=changed, python_peak_rss_mb=common.python_peak_rss_mb(),
+        phases=phases.report())
 
 
 def main() -> None:
