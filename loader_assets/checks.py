@@ -527,7 +527,7 @@ def history_result(difference: HistoryDifference, scope: str, check_name: str,
                      f"{difference.missing} versions the change record defines are missing, "
                      f"{difference.unexpected} versions are not defined by it"),
         metadata={"scope": scope, "missing_versions": difference.missing,
-                  "unexpected_versions": difference.unexpected,
+                  "unexpected_versions": difference.unexpected, "compared": difference.compared,
                   "sample_keys": dg.MetadataValue.json(difference.samples), **(extra or {})},
     )
 
