@@ -267,8 +267,8 @@ def table_history(target: DataFrame, table: TableSettings) -> DataFrame:
 def same_rows(expected: DataFrame, actual: DataFrame, columns: Sequence[str]) -> bool:
     """Whether ``expected`` and ``actual`` hold the same multiset of rows over ``columns``, by row count and two
     sums of 64-bit row hashes per side (``xxhash64`` unsalted and salted, summed as decimals so they never
-    overflow): two aggregations that need no shuffle of either side. Equal sums of different multisets need a 2^-64 accident
-    twice over; anything this cannot vouch for (a map column, which Spark does not hash; rows that compare equal
+    overflow): two aggregations that shuffle neither side. Equal sums of different multisets need a 2^-64
+    accident twice over; anything this cannot vouch for (a map column, which Spark does not hash; rows that compare equal
     but hash differently, such as -0.0 and 0.0) answers False, and the caller compares row by row."""
     from pyspark.sql import functions as F
     from pyspark.sql.types import MapType
