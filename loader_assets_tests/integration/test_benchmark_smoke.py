@@ -151,5 +151,6 @@ def test_small_batch_benchmark_loads_each_round_on_every_side(spark, tmp_path):
     result = bench_p10_small_batch.run(rows=5, repeats=1, process_repeats=0, workdir=tmp_path / "bench")
     for table in ("append", "scd2"):  # the rounds' row counts are asserted inside; here what is reported
         assert len(result["warm"][table]["loader_times"]) == 1 and result["warm"][table]["phases"], result
+        assert 0 < result["warm"][table]["delta_rs_hand_seconds"] < 600, result  # the third side is reported
     assert result["warm"]["append"]["phases"]["read batch (Spark)"]["calls"] == 1
     assert result["process"] is None
