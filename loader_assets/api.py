@@ -12,6 +12,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import dagster as dg
@@ -22,7 +23,7 @@ from loader_assets.core.errors import LockHeldError
 from loader_assets.core.states import FileStatus
 from loader_assets.definitions import build_definitions, load_job_name
 from loader_assets.materialization import FAILED_FILES_KEY
-from loader_assets.planning import pending_work
+from loader_assets.planning import eligible_mask, pending_work
 from loader_assets.resources import spark as spark_resource
 from loader_assets.resources.lock import (
     DeltaLockResource,
@@ -84,11 +85,18 @@ def _outcome(tracker: FileTracker, run_ids: list[str]) -> tuple[int, int, int, d
     return completed.num_rows, failed.num_rows, rows_loaded, failures
 
 
-def _untried_pending(tracker: FileTracker, run_ids: list[str]) -> int:
-    """Pending files that none of this invocation's runs has claimed yet."""
-    pending = tracker.read(columns=["run_id"], statuses=[FileStatus.PENDING])["run_id"]
-    tried = pc.sum(pc.is_in(pending, pa.array(run_ids, pa.string()))).as_py() if len(pending) else 0
-    return len(pending) - int(tried or 0)
+def _untried_pending(tracker: FileTracker, run_ids: list[str], retry_attempts: int) -> int:
+    """Files a run may load now (pending, or failed and due for a retry) that none of this invocation's runs has
+    claimed: files left by ``max_files_per_run``, and files of an interrupted batch that recovery failed for
+    retry in this invocation (model soak seed 1084: a killed run's file waited for the next invocation when a
+    failing file took the only slot of the first batch). A file that failed in this invocation's own runs is
+    not counted, so it waits for the next invocation instead of a tight loop."""
+    rows = tracker.read(statuses=[FileStatus.PENDING, FileStatus.FAILED])
+    if rows.num_rows == 0:
+        return 0
+    rows = rows.filter(eligible_mask(rows, retry_attempts, datetime.now(UTC)))
+    tried = pc.is_in(rows["run_id"], pa.array(run_ids, pa.string()))
+    return rows.num_rows - int(pc.sum(pc.fill_null(tried, False)).as_py() or 0)
 
 
 def _release_stale_lock(lock: TableLock, run_ended: RunEnded) -> None:
@@ -151,11 +159,13 @@ def run_pipeline(
                 work = pending_work(table, tracker_resource.for_table(name), settings.retry_attempts, live)
                 if round_number == 0:
                     result.files_discovered = work.discovered
-                # Later rounds only drain files left pending by max_files_per_run; a file that failed in this
-                # invocation, or went back to pending because it was still being written, waits for the next
-                # invocation (or sensor tick) instead of a tight loop here.
+                # Later rounds only drain files no run of this invocation has claimed (left by
+                # max_files_per_run, or failed for retry by recovery of an interrupted batch); a file that failed
+                # in this invocation, or went back to pending because it was still being written, waits for the
+                # next invocation (or sensor tick) instead of a tight loop here.
                 fresh = work.count("new") + (
-                    _untried_pending(tracker_resource.for_table(name), result.run_ids) if round_number
+                    _untried_pending(tracker_resource.for_table(name), result.run_ids, settings.retry_attempts)
+                    if round_number
                     else work.count("pending", "changed")
                 )
                 if not work.has_work or work.digest == last_digest or (round_number and not fresh):

@@ -295,3 +295,25 @@ def test_expectation_counts_survive_a_kill_between_the_target_commit_and_the_tra
         ("not_huge", '{"id":3,"amount":2000}')]
     assert [tuple(r) for r in spark.read.format("delta").load(settings.table_path("sales"))
             .select("id", "amount").collect()] == [(1, 5)]
+
+
+def test_the_run_after_a_kill_loads_the_killed_batch_even_behind_a_failing_file(spark, lake):
+    """Model soak seed 1084: with ``max_files_per_run: 1``, the run after a kill spent its first batch on a
+    corrupt file, and the killed batch's file (failed for retry by recovery in that same run) waited for the
+    next invocation. Every file no run of an invocation has tried is its work."""
+    lake.config(max_files_per_run=1, retry_backoff_seconds=3600, tables=[
+        {"table_name": "events", "source_path": "landing/events", "file_format": "parquet"}])
+    bad = lake.write_bytes("events", "a.parquet", b"garbage", days_ago=2.0)
+    good = lake.write_parquet("events", "b.parquet", [1, 2], days_ago=1.9)
+    code, _, err = cli(lake, "run", kill_at=faults.DURING_TARGET_WRITE)  # a fails; b's write is killed
+    assert code == -signal.SIGKILL, err[-2000:]
+    assert cli_here(lake, "retry", "--table", "events", "--file", str(bad))[0] == 0
+    code, out, err = cli_here(lake, "run", "--json", "--skip-checks")
+    assert code == 1, err[-3000:]  # a fails again
+    summary = json.loads(out)
+    assert (summary["total_files_processed"], summary["total_files_failed"]) == (1, 1), summary
+    settings = lake.config(max_files_per_run=1, retry_backoff_seconds=3600, tables=[
+        {"table_name": "events", "source_path": "landing/events", "file_format": "parquet"}])
+    assert target_rows(spark, settings, "events") == [(1, "n1", str(good)), (2, "n2", str(good))]
+    statuses = tracker_statuses(settings)
+    assert statuses[str(good)] == ("completed", 2) and statuses[str(bad)][0] == "failed"
