@@ -85,7 +85,7 @@ def _outcome(tracker: FileTracker, run_ids: list[str]) -> tuple[int, int, int, d
     return completed.num_rows, failed.num_rows, rows_loaded, failures
 
 
-def _untried_pending(tracker: FileTracker, run_ids: list[str], retry_attempts: int) -> int:
+def _untried_work(tracker: FileTracker, run_ids: list[str], retry_attempts: int) -> int:
     """Files a run may load now (pending, or failed and due for a retry) that none of this invocation's runs has
     claimed: files left by ``max_files_per_run``, and files of an interrupted batch that recovery failed for
     retry in this invocation (model soak seed 1084: a killed run's file waited for the next invocation when a
@@ -164,7 +164,7 @@ def run_pipeline(
                 # in this invocation, or went back to pending because it was still being written, waits for the
                 # next invocation (or sensor tick) instead of a tight loop here.
                 fresh = work.count("new") + (
-                    _untried_pending(tracker_resource.for_table(name), result.run_ids, settings.retry_attempts)
+                    _untried_work(tracker_resource.for_table(name), result.run_ids, settings.retry_attempts)
                     if round_number
                     else work.count("pending", "changed")
                 )
