@@ -312,6 +312,8 @@ def loader_phases() -> Iterator[Phases]:
     phases.wrap(load, "data_schema_of_target", "target schema (Spark)")
     phases.wrap(load, "read_batch", "read batch (Spark)")
     phases.wrap(append.AppendWriter, "write", "target commit (append)")
+    phases.wrap(load, "plan_small_batch", "small-batch engine: read files (pyarrow)")
+    phases.wrap(load, "commit_small_batch", "small-batch engine: data files + commit (delta-rs)")
     phases.wrap(keyed.KeyedWriter, "prepare", "scd2/scd1 validate")
     phases.wrap(keyed.KeyedWriter, "write", "target commit (scd2/scd1: change record + merge)")
     phases.wrap(load, "batch_commit", "find batch commit (history)")

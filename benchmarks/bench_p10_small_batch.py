@@ -3,8 +3,9 @@
 (a) **Warm, in process** (Spark already started): one ``--rows``-row file into an existing append table and into an
     existing SCD2 table, through ``run_pipeline`` with its checks (a Dagster run: lease, recovery, listing, tracker,
     read, commit, row counts, the asset checks), against the commit alone by hand in the same session (the file
-    read, the three audit columns, an append with a txn; for SCD2 the Delta docs' MERGE). The loader's figure and
-    its phases are reported; the target is the loader's whole run under 2 s for each table.
+    read, the three audit columns, an append with a txn; for SCD2 the Delta docs' MERGE). The append goes through
+    the small-batch engine (delta-rs, no Spark); ``append_spark`` is the same append with the engine off. The
+    loader's figure and its phases are reported; the target is the loader's whole run under 2 s for each table.
 (b) **A new process**: the same 1-file batch through ``loader-assets run`` (imports, Dagster, lease, tracker, Spark
     start, read, commit, checks) against a hand-written Spark script in a new process that starts the loader's
     Spark session and makes the append. Both JVMs start with the class archive when the machine has one. The
@@ -126,6 +127,9 @@ def _warm(spark: Any, root: Path, rows: int, repeats: int) -> dict[str, Any]:  #
     """Part (a): append and scd2 tables, each loaded twice before the measured rounds."""
     moment = common.yesterday_noon()
     append_settings = common.write_config(root / "append", {"table_name": "events", "source_path": "landing"})
+    # the same append with the small-batch engine off: every batch through Spark, as before the engine
+    spark_settings = common.write_config(root / "append-spark", {"table_name": "events", "source_path": "landing"},
+                                         small_batch_max_bytes=0)
     scd2_settings = common.write_config(root / "scd2", {
         "table_name": "customers", "source_path": "landing", "loading_strategy": "scd2",
         "primary_keys": ["customer_id"], "tracking_columns": ["name", "email"],
@@ -138,11 +142,13 @@ def _warm(spark: Any, root: Path, rows: int, repeats: int) -> dict[str, Any]:  #
                                   "updated_at timestamp, effective_date timestamp, end_date timestamp, "
                                   "is_current boolean").write.format("delta").save(str(table))
     figures: dict[str, dict[str, list[Any]]] = {name: {"loader": [], "hand": [], "delta_rs": [], "phases": []}
-                                                 for name in ("append", "scd2")}
+                                                 for name in ("append", "scd2", "append_spark")}
     instance = dg.DagsterInstance.ephemeral()
     for n in range(repeats + 2):  # rounds 0 and 1 create the tables and warm every code path: not measured
         append_file = common.write_data_files(root / "append" / "landing", 1, rows, moment, prefix=f"r{n}",
                                               first_offset=n * rows)[0]
+        common.write_data_files(root / "append-spark" / "landing", 1, rows, moment, prefix=f"r{n}",
+                                first_offset=n * rows)
         scd2_file = root / "scd2" / "landing" / f"r{n:03d}.parquet"
         dimension_file(scd2_file, list(range(1, rows + 1)), [n] * rows, start + timedelta(hours=n))
         common.set_mtime(scd2_file, moment)
@@ -153,7 +159,8 @@ def _warm(spark: Any, root: Path, rows: int, repeats: int) -> dict[str, Any]:  #
                 ("append", append_settings, "events",
                  lambda f=append_file, n=n: _hand_append(spark, f, root / "hand-append", n + 1), rs_append_side),
                 ("scd2", scd2_settings, "customers", lambda f=scd2_file: canonical_scd2_merge(spark, str(hand_scd2), f),
-                 lambda f=scd2_file, n=n: delta_rs_scd2_merge(rs_scd2, f, n + 1))):
+                 lambda f=scd2_file, n=n: delta_rs_scd2_merge(rs_scd2, f, n + 1)),
+                ("append_spark", spark_settings, "events", lambda: None, lambda: None)):
             def load(settings: Any = settings) -> tuple[Any, dict[str, Any]]:  # noqa: ANN401
                 with common.loader_phases() as phases:
                     summary = run_pipeline(settings, instance=instance, log_level="WARNING")
@@ -167,18 +174,20 @@ def _warm(spark: Any, root: Path, rows: int, repeats: int) -> dict[str, Any]:  #
                 rs_seconds, _ = common.timed(rs)
                 hand_seconds, _ = common.timed(hand)
             assert summary.success and summary.total_files_processed == 1, summary.to_json()
+            if name == "append" and n >= 1:  # the table exists: the small-batch engine, no Spark at all
+                assert not summary.spark_session_started, summary.to_json()
             if n >= 2:
                 figures[name]["loader"].append(loader_seconds)
                 figures[name]["hand"].append(hand_seconds)
                 figures[name]["delta_rs"].append(rs_seconds)
                 figures[name]["phases"].append((loader_seconds, phases))
         assert (_rows(append_settings.table_path("events")) == _rows(root / "hand-append") == _rows(rs_append)
-                == (n + 1) * rows)
+                == _rows(spark_settings.table_path("events")) == (n + 1) * rows)
         assert _rows(scd2_settings.table_path("customers")) == _rows(hand_scd2) == (n + 1) * rows  # a version
         assert _history(rs_scd2) == _history(hand_scd2)  # per key a round; both MERGEs give the same history
     assert DeltaTable(str(rs_scd2)).transaction_version("hand-rs") == repeats + 2
     instance.dispose()
-    out = {}
+    out: dict[str, Any] = {}
     for name, figure in figures.items():
         loader = statistics.median(figure["loader"])
         out[name] = {

@@ -101,7 +101,9 @@ def compare_target_with_tracker(
     target_path: str,
     files: Sequence[str] | None = None,
 ) -> TargetConsistency:
-    """Per-file row counts and batch ids of the target against the tracker.
+    """Per-file row counts and batch ids of the target against the tracker. ``spark`` is a session, or a
+    function returning one, called only when the Delta log cannot answer (so a check after a small batch starts
+    no JVM).
 
     With ``files``, only those files are compared, each with one aggregation per file (a load checks what it
     wrote: their counts, and that none of them is in the table twice); rows of other files are not looked at.
@@ -144,10 +146,12 @@ def compare_target_with_tracker(
         if logged is not None:
             _compare_counts(result, logged, expected)
             return result
+        spark = spark() if callable(spark) else spark
         frame = spark.read.format("delta").load(target_path)
         scoped = frame if every_file else frame.where(F.col(SOURCE_FILE_COLUMN).isin(list(files)))
         _compare_per_file(result, scoped, expected)
         return result
+    spark = spark() if callable(spark) else spark
     frame = spark.read.format("delta").load(target_path)
     is_settled = pc.equal(expected["status"], FileStatus.COMPLETED.value)
     settled = expected.filter(is_settled)
@@ -636,7 +640,8 @@ def build_table_checks(table: TableSettings, settings: LoaderSettings) -> list[d
         if record is not None:
             consistency = compare_record_with_tracker(spark.session, table_tracker, record, scope or None)
         else:
-            consistency = compare_target_with_tracker(spark.session, table_tracker, target_path, scope or None)
+            consistency = compare_target_with_tracker(lambda: spark.session, table_tracker, target_path,
+                                                      scope or None)
         recorded = state_metadata(context, name, check_name, state, consistency.consistent, table_tracker,
                                   target_path, record, batches_of_run(table_tracker, context.run.run_id) if scope
                                   else None, scope)

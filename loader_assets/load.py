@@ -71,6 +71,7 @@ from loader_assets.recovery import RecoveryReport, recover_interrupted
 from loader_assets.resources.lock import Lease, RunEnded, TableLock
 from loader_assets.resources.tracker import FileTracker
 from loader_assets.settings import DuplicateContent, LoaderSettings, SchemaEvolution, TableSettings
+from loader_assets.small_batch import commit_small_batch, plan_small_batch, table_refusal
 from loader_assets.target import batch_commit, open_target, target_txn_version
 from loader_assets.writers.base import TableWriter, replace_predicate
 
@@ -148,6 +149,7 @@ class LoadOutcome:
     quarantined: dict[str, int] = field(default_factory=dict)
     replaced: bool = False  # a commit replaced rows the files had
     split: bool = False  # a batch that failed as a whole was split to isolate a bad file
+    small_batches: int = 0  # batches committed with delta-rs (small_batch.py) rather than Spark
     late_rows: int = 0  # scd2: rows older than their key's newest change (re-threaded); scd1: stale rows
     expectations: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)  # per file (reading.py)
     notes: list[str] = field(default_factory=list)
@@ -276,6 +278,9 @@ class TableLoad:
         self._log.info(f"table {name}: batch {batch.batch_id} claimed {len(files)} files"
                        + (" (replacing rows they may have)" if batch.replace else ""))
         readable = self._precheck(batch, outcome)
+        if readable and self._load_small(batch.part([f.path for f in readable], batch.batch_id, batch.batch_seq),
+                                         outcome):
+            readable = []
         if readable:
             session = self.context.spark()
             reference = data_schema_of_target(session, batch.target_path, self._table)
@@ -414,6 +419,33 @@ class TableLoad:
             self._log.error(f"table {self._table.table_name}: file {path!r} failed: {error}")
 
     # ------------------------------------------------------------------------------------------- writing
+    def _load_small(self, part: ClaimedBatch, outcome: LoadOutcome) -> bool:
+        """Commit ``part`` with the small-batch engine (``small_batch.py``) when it qualifies; False when the
+        Spark path is to load it instead (it does not qualify, or its delta-rs commit failed without landing)."""
+        name = self._table.table_name
+        if table_refusal(self._table, self.context.settings):
+            return False
+        small = plan_small_batch(self._table, self.context.settings, part.files, part.replace)
+        if isinstance(small, str):
+            self._log.info(f"table {name}: batch {part.batch_id} is loaded with Spark: {small}")
+            return False
+        assert self._lease is not None
+        self._lease.ensure_held()
+        faults.crash_point(faults.BEFORE_TARGET_COMMIT)
+        try:
+            commit_small_batch(part, small)
+        except Exception as error:
+            if target_txn_version(part.target_path, name) < part.batch_seq:
+                self._log.warning(f"table {name}: the delta-rs commit of batch {part.batch_id} failed without "
+                                  f"landing ({root_cause(error)}); loading it with Spark instead")
+                return False
+            self._log.warning(f"table {name}: the delta-rs commit raised after it landed: {root_cause(error)}")
+        faults.crash_point(faults.AFTER_TARGET_COMMIT)
+        self._log.info(f"table {name}: batch {part.batch_id} committed with delta-rs (the small-batch engine)")
+        self._complete(part, None, outcome, counts=small.rows)
+        outcome.small_batches += 1
+        return True
+
     def _attempt(self, part: ClaimedBatch, read: BatchRead, evolve: bool,
                  reader: Callable[[Sequence[str]], BatchRead], outcome: LoadOutcome, budget: list[int],
                  bisecting: bool) -> None:
@@ -452,7 +484,10 @@ class TableLoad:
         faults.crash_point(faults.AFTER_TARGET_COMMIT)
         self._complete(part, read, outcome)
 
-    def _complete(self, part: ClaimedBatch, read: BatchRead, outcome: LoadOutcome) -> None:
+    def _complete(self, part: ClaimedBatch, read: BatchRead | None, outcome: LoadOutcome,
+                  counts: Mapping[str, int] | None = None) -> None:
+        """Complete ``part`` in the tracker with its commit's version and per-file row counts (``counts`` when
+        the writer knows them exactly, as the small-batch engine does; else the writer's ``row_counts``)."""
         name = self._table.table_name
         commit = batch_commit(part.target_path, part.batch_id)
         if commit is None:
@@ -461,10 +496,12 @@ class TableLoad:
             self._tracker.fail(dict.fromkeys(part.paths, message))
             raise BatchWriteError(name, part.batch_id, message)
         version = int(commit["version"])
-        counts = self.writer.row_counts(self.context.spark(), part, commit, read.footer_rows)
+        if counts is None:
+            assert read is not None
+            counts = self.writer.row_counts(self.context.spark(), part, commit, read.footer_rows)
         faults.crash_during(faults.DURING_TRACKER_COMMIT)
-        quarantined = {p: read.quarantined[p] for p in part.paths if p in read.quarantined}
-        expectations = {p: read.expectations[p] for p in part.paths if p in read.expectations}
+        quarantined = {p: read.quarantined[p] for p in part.paths if p in read.quarantined} if read else {}
+        expectations = {p: read.expectations[p] for p in part.paths if p in read.expectations} if read else {}
         self._tracker.complete({p: counts.get(p, 0) for p in part.paths}, part.batch_id, version, quarantined,
                                expectations)
         self._in_flight = [b for b in self._in_flight if b.batch_id != part.batch_id]

@@ -76,6 +76,8 @@ def run_metadata(outcome: LoadOutcome, settings: LoaderSettings, table: TableSet
             "run_batch_seq": max(outcome.batch_seqs),
             "run_delta_version": max(outcome.versions),
             "run_replaced_existing_rows": outcome.replaced,
+            # how many of the batches the small-batch engine committed with delta-rs, without Spark
+            "run_batches_without_spark": outcome.small_batches,
         })
     if outcome.split:
         metadata["run_split_into_batches"] = len(outcome.batch_ids)

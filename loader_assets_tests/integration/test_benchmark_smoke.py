@@ -152,5 +152,9 @@ def test_small_batch_benchmark_loads_each_round_on_every_side(spark, tmp_path):
     for table in ("append", "scd2"):  # the rounds' row counts are asserted inside; here what is reported
         assert len(result["warm"][table]["loader_times"]) == 1 and result["warm"][table]["phases"], result
         assert 0 < result["warm"][table]["delta_rs_hand_seconds"] < 600, result  # the third side is reported
-    assert result["warm"]["append"]["phases"]["read batch (Spark)"]["calls"] == 1
+    # the append into the existing table is the small-batch engine's (no Spark read); with it off, Spark's
+    phases = result["warm"]["append"]["phases"]
+    assert phases["small-batch engine: data files + commit (delta-rs)"]["calls"] == 1, phases
+    assert "read batch (Spark)" not in phases, phases
+    assert result["warm"]["append_spark"]["phases"]["read batch (Spark)"]["calls"] == 1
     assert result["process"] is None

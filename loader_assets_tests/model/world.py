@@ -48,7 +48,7 @@ class ProcessOutcome:
 class World:
     """One lake: landing zones, config, DAGSTER_HOME; commands and observations."""
 
-    def __init__(self, root: Path, max_files_per_run: int, retry_attempts: int) -> None:
+    def __init__(self, root: Path, max_files_per_run: int, retry_attempts: int, small_batches: bool = True) -> None:
         self.root = root
         self.landing = {APPEND: root / "landing" / APPEND, SCD2: root / "landing" / SCD2}
         for path in self.landing.values():
@@ -59,6 +59,8 @@ class World:
         config = {
             "target_root": "lake", "checkpoint_path": "checkpoints", "retry_attempts": retry_attempts,
             "retry_backoff_seconds": 0, "lock_wait_seconds": 900, "max_files_per_run": max_files_per_run,
+            # the small-batch engine (delta-rs) takes the append table's small batches, or Spark takes every batch
+            "small_batch_max_bytes": (32 << 20) if small_batches else 0,
             "spark": {"master": "local[2]", "conf": dict(TEST_SPARK_CONF)},
             "tables": [
                 {"table_name": APPEND, "source_path": f"landing/{APPEND}", "file_format": "parquet"},
@@ -153,6 +155,11 @@ class World:
             return None if moment is None else int((moment.astimezone(UTC) - EPOCH).total_seconds())
 
         return sorted(((r[0], r[1], r[2], seq(r[3]), seq(r[4]), r[5]) for r in rows), key=repr)
+
+    def delta_rs_commits(self) -> int:
+        """Commits of the append table made by the small-batch engine (delta-rs names itself in engineInfo)."""
+        target = open_target(self.settings.table_path(APPEND))
+        return 0 if target is None else sum("delta-rs" in str(e.get("engineInfo")) for e in target.history())
 
     def batch_seqs(self) -> dict[str, int]:
         """Per table, the highest batch number its tracker has given (0 before any)."""

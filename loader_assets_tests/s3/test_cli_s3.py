@@ -70,3 +70,48 @@ def test_the_readme_s3_settings_are_valid_and_are_the_ones_the_end_to_end_test_u
     assert settings.state_storage.access_key_id is None and settings.state_storage.secret_access_key is None
     tested = s3a_conf("http://minio.internal:9000")
     assert dict(settings.spark.conf) == tested
+
+
+def test_a_small_append_into_an_s3_table_commits_with_delta_rs_and_no_jvm(tmp_path, s3):
+    """The small-batch engine on an object store: a table on S3 (created here with delta-rs, as another tool
+    would, in the loader's column layout) takes a batch of two parquet files through ``loader-assets run``
+    with no Spark session: data files written through pyarrow's S3 file system, one commit through delta-rs
+    carrying the batch's txn and userMetadata, per-file counts read back from the log by the post-load check."""
+    import io
+    from datetime import UTC, datetime
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from deltalake import DeltaTable, write_deltalake
+
+    empty = pa.table({"id": pa.array([], pa.int64()), "name": pa.array([], pa.string()),
+                      "_source_file": pa.array([], pa.string()),
+                      "_load_timestamp": pa.array([], pa.timestamp("us", tz="UTC")),
+                      "_batch_id": pa.array([], pa.string())})
+    write_deltalake(s3.uri("lake/events"), empty)
+    files = {}
+    for name, ids in (("a.parquet", [1, 2, 3]), ("b.parquet", [4, 5])):
+        sink = io.BytesIO()
+        pq.write_table(pa.table({"id": pa.array(ids, pa.int64()), "name": [f"n{i}" for i in ids]}), sink)
+        files[s3.put(f"landing/events/{name}", sink.getvalue())] = ids
+    before = datetime.now(UTC)
+    code, out, err = cli(tmp_path, s3.name, "run", "--json")
+    assert code == 0, err[-3000:]
+    summary = json.loads(out)
+    assert summary["spark_session_started"] is False
+    assert (summary["total_files_processed"], summary["total_rows_loaded"]) == (2, 5)
+    table = DeltaTable(s3.uri("lake/events"))
+    rows = sorted((r["id"], r["name"], r["_source_file"]) for r in table.to_pyarrow_table().to_pylist())
+    assert rows == sorted((i, f"n{i}", path) for path, ids in files.items() for i in ids)
+    stamped = table.to_pyarrow_table().to_pylist()
+    assert len({r["_batch_id"] for r in stamped}) == 1 and all(r["_load_timestamp"] >= before for r in stamped)
+    commit = table.history(1)[0]
+    assert "delta-rs" in str(commit.get("engineInfo"))
+    meta = json.loads(commit["userMetadata"])
+    assert meta["batch_id"] == stamped[0]["_batch_id"] and meta["files"] == 2
+    assert table.transaction_version("loader_assets/events") == meta["batch_seq"]
+    tracker = DeltaTable(s3.uri("checkpoints/file_processing_tracker/events")).to_pyarrow_table().to_pylist()
+    assert {r["file_path"]: (r["status"], r["row_count"]) for r in tracker} == {
+        path: ("completed", len(ids)) for path, ids in files.items()}
+    assert len(pa.table(table.get_add_actions(flatten=True))) == 2  # one data file per source file
+    assert s3.server.secret_access_key not in out + err

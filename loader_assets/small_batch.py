@@ -1,0 +1,278 @@
+"""The small-batch engine: a plain append of a few parquet files, committed with delta-rs in this process.
+
+Spark costs about a second per query whatever the size of the data, and a JVM start costs 20 s; most landing
+zones receive small files often, so that fixed cost is what users feel (benchmark P10). An append batch whose
+result is, by construction, what the Spark path would commit goes through here instead: the files are read
+with pyarrow, stamped with the audit columns, written as one data file per source file, and committed with
+delta-rs as one commit carrying the batch's txn and userMetadata, exactly as the Spark path's commit does
+(``writers/append.py``). Nothing about the protocol changes: claim, crash windows, recovery and checks read the
+same facts from the tracker and the target's log (docs/ARCHITECTURE.md, "The small-batch engine").
+
+A batch takes this path only when nothing in it needs Spark's semantics, so the two engines cannot disagree:
+
+- ``small_batch_max_bytes`` is above 0 and the files total at most that many bytes (it bounds the memory a
+  batch takes in this process);
+- the table is append, parquet, with no expectations and ``schema_evolution`` fail or add_new_columns (rescue
+  writes ``_rescued_data``);
+- the batch does not replace rows (``ClaimedBatch.replace``: a reload goes through Spark's ``replaceWhere``);
+- the target exists (Spark creates it, with its protocol and properties), is not partitioned, has no column
+  mapping, constraints, generated or identity columns or invariants, all its columns are nullable, and its
+  protocol asks for no writer feature beyond append-only;
+- every file's columns are the table's data columns with the same Arrow types, in any order: nothing to cast,
+  widen, evolve or fail. Anything else (a new column, a widened type, a bad footer, a file pyarrow cannot read)
+  goes to Spark, which decides and reports it as it always does.
+
+The commit is made on the snapshot where the target's txn for the table was seen below ``batch_seq``: if the
+txn is already recorded, nothing is written (as Delta-Spark skips such a write), and a concurrent commit of the
+same txn application makes this commit fail with a conflict (delta-rs checks the app ids a commit carries), so
+a writer that lost its lease cannot land after the new holder. Data files are written before the commit; a
+crash between leaves files no commit references (``VACUUM`` removes them), exactly as a killed Spark write does.
+The named crash point ``during_target_write`` is that instant on this path.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from loader_assets.batch import ClaimedBatch
+from loader_assets.core import faults
+from loader_assets.core.discovery import resolve
+from loader_assets.reading import BATCH_ID_COLUMN, LOAD_TIMESTAMP_COLUMN, SOURCE_FILE_COLUMN, ExpectedFile
+from loader_assets.settings import FileFormat, LoaderSettings, LoadingStrategy, SchemaEvolution, TableSettings
+from loader_assets.target import open_target
+
+# writer features a plain append needs nothing for (appendOnly only forbids removing files)
+_WRITABLE_FEATURES = {"appendOnly"}
+DEFAULT_INDEXED_COLUMNS = 32  # delta.dataSkippingNumIndexedCols when the table does not set it
+MAX_STAT_STRING = 4096  # longer strings get no min/max (a bound must be a whole value here; see _column_stats)
+
+
+@dataclass(frozen=True)
+class SmallBatch:
+    """A batch read into Arrow, ready to commit: per file, its rows in the target's column order (audit columns
+    still to be stamped), and the target's Arrow schema."""
+
+    files: tuple[tuple[str, pa.Table], ...]
+    schema: pa.Schema
+
+    @property
+    def rows(self) -> dict[str, int]:
+        return {path: table.num_rows for path, table in self.files}
+
+
+def _normalised(kind: pa.DataType) -> pa.DataType:
+    if pa.types.is_large_string(kind) or pa.types.is_string_view(kind):
+        return pa.string()
+    if pa.types.is_large_binary(kind) or pa.types.is_binary_view(kind):
+        return pa.binary()
+    return kind
+
+
+def table_refusal(table: TableSettings, settings: LoaderSettings) -> str | None:
+    """Why none of the table's batches can take this path (None: a batch may, see ``plan_small_batch``)."""
+    if settings.small_batch_max_bytes <= 0:
+        return "small_batch_max_bytes is 0"
+    if table.loading_strategy is not LoadingStrategy.APPEND:
+        return f"loading_strategy {table.loading_strategy.value}"
+    if table.file_format is not FileFormat.PARQUET:
+        return f"file_format {table.file_format.value}"
+    if table.expectations:
+        return "the table has expectations"
+    if table.schema_evolution is SchemaEvolution.RESCUE:
+        return "schema_evolution rescue"
+    return None
+
+
+def _target_refusal(target: Any) -> str | None:  # noqa: ANN401 - a deltalake.DeltaTable
+    metadata, protocol = target.metadata(), target.protocol()
+    if metadata.partition_columns:
+        return "the target is partitioned"
+    configuration = metadata.configuration or {}
+    if (configuration.get("delta.columnMapping.mode") or "none") != "none":
+        return "the target uses column mapping"
+    if any(key.startswith("delta.constraints.") for key in configuration):
+        return "the target has CHECK constraints"
+    if str(configuration.get("delta.enableDeletionVectors", "false")).lower() == "true":
+        return "the target has deletion vectors enabled"
+    features = set(protocol.writer_features or [])
+    if protocol.min_writer_version > 7 or features - _WRITABLE_FEATURES or \
+            (protocol.min_writer_version > 2 and protocol.writer_features is None):
+        return f"the target's writer protocol ({protocol.min_writer_version}, {sorted(features)})"
+    schema = pa.schema(target.schema().to_arrow())
+    for field in schema:
+        if not field.nullable:
+            return f"column {field.name} is NOT NULL"
+        if any(key.decode().startswith("delta.") for key in (field.metadata or {})):
+            return f"column {field.name} has Delta metadata (invariant, generated or identity)"
+    return None
+
+
+def plan_small_batch(table: TableSettings, settings: LoaderSettings, files: Sequence[ExpectedFile],
+                     replace: bool) -> SmallBatch | str:
+    """The batch of ``files`` read for the small-batch engine, or why it goes to Spark (see the module
+    docstring). Reads each file whole with pyarrow: call it only for files that passed their precheck."""
+    refusal = table_refusal(table, settings)
+    if refusal:
+        return refusal
+    if replace:
+        return "the batch replaces rows its files may have"
+    total = sum(f.size for f in files)
+    if total > settings.small_batch_max_bytes:
+        return f"{total} bytes is above small_batch_max_bytes ({settings.small_batch_max_bytes})"
+    target = open_target(settings.table_path(table.table_name))
+    if target is None:
+        return "the target does not exist yet (Spark creates it)"
+    refusal = _target_refusal(target)
+    if refusal:
+        return refusal
+    schema = pa.schema(target.schema().to_arrow())
+    own = table.loader_columns()
+    data = pa.schema([f for f in schema if f.name not in own])
+    if set(schema.names) - set(data.names) != own:
+        return "the target's loader columns are not the table's"
+    wanted = {f.name: _normalised(f.type) for f in data}
+    read: list[tuple[str, pa.Table]] = []
+    for expected in files:
+        filesystem, fs_path = resolve(expected.path)
+        try:
+            with filesystem.open_input_file(fs_path) as handle:
+                rows = pq.read_table(handle)
+        except Exception as error:  # Spark reads it and reports why it cannot, as for any file
+            return f"pyarrow cannot read {expected.path}: {str(error)[:200]}"
+        got = {f.name: _normalised(f.type) for f in rows.schema}
+        if got.keys() != wanted.keys() or any(not got[name].equals(kind) for name, kind in wanted.items()):
+            return f"the columns of {expected.path} are not the table's with the same types"
+        read.append((expected.path, rows.select(data.names).cast(data)))
+    return SmallBatch(tuple(read), schema)
+
+
+def _indexed(schema: pa.Schema, configuration: Mapping[str, str | None]) -> set[str]:
+    """Top-level columns that get statistics, as Delta chooses them: ``delta.dataSkippingStatsColumns``, else the
+    first ``delta.dataSkippingNumIndexedCols`` leaf columns (32 by default; -1: all)."""
+    named = configuration.get("delta.dataSkippingStatsColumns")
+    if named:
+        return {name.strip().strip("`") for name in named.split(",")}
+    limit = int(configuration.get("delta.dataSkippingNumIndexedCols") or DEFAULT_INDEXED_COLUMNS)
+    chosen, leaves = set(), 0
+    for field in schema:
+        width = len(field.flatten()) if pa.types.is_struct(field.type) else 1
+        if limit >= 0 and leaves + width > limit:
+            break
+        chosen.add(field.name)
+        leaves += width
+    return chosen
+
+
+def _stat_timestamp(value: datetime, up: bool) -> str:
+    """A UTC timestamp bound at Delta's millisecond precision: rounded down for a minimum, up for a maximum."""
+    floor = value.replace(microsecond=value.microsecond // 1000 * 1000)
+    if up and floor != value:
+        floor += timedelta(milliseconds=1)
+    return floor.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{floor.microsecond // 1000:03d}Z"
+
+
+def _column_stats(column: pa.ChunkedArray) -> tuple[Any, Any] | None:
+    """(min, max) as the Delta log writes them, or None when this column gets none: types whose bounds
+    this engine does not write (bool, decimal, binary, nested, timestamps without a time zone), floats holding
+    NaN or infinities, strings longer than ``MAX_STAT_STRING``, and columns of only NULLs. Leaving a bound out
+    is always safe (a reader then cannot skip the file on it); a wrong bound is not."""
+    kind = column.type
+    if column.null_count == len(column):
+        return None
+    if pa.types.is_integer(kind):
+        low, high = pc.min_max(column).values()
+        return int(low.as_py()), int(high.as_py())
+    if pa.types.is_floating(kind):
+        if pc.any(pc.invert(pc.is_finite(column))).as_py():
+            return None
+        low, high = pc.min_max(column).values()
+        return float(low.as_py()), float(high.as_py())
+    if pa.types.is_string(kind) or pa.types.is_large_string(kind):
+        if pc.max(pc.utf8_length(column)).as_py() > MAX_STAT_STRING:
+            return None
+        low, high = pc.min_max(column).values()
+        return low.as_py(), high.as_py()
+    if pa.types.is_date32(kind):
+        low, high = pc.min_max(column).values()
+        return low.as_py().isoformat(), high.as_py().isoformat()
+    if pa.types.is_timestamp(kind) and kind.tz is not None:
+        low, high = pc.min_max(pc.cast(column, pa.timestamp("us", "UTC"))).values()
+        return _stat_timestamp(low.as_py(), up=False), _stat_timestamp(high.as_py(), up=True)
+    return None
+
+
+def delta_stats(rows: pa.Table, indexed: set[str]) -> str:
+    """The ``stats`` JSON of an add action for a data file holding ``rows``: ``numRecords`` exact, and for each
+    indexed top-level column its ``nullCount`` (structs left out) and, where ``_column_stats`` gives them, its
+    minimum and maximum."""
+    minimum: dict[str, Any] = {}
+    maximum: dict[str, Any] = {}
+    nulls: dict[str, int] = {}
+    for name in rows.column_names:
+        if name not in indexed:
+            continue
+        column = rows[name]
+        if pa.types.is_struct(column.type):
+            continue
+        nulls[name] = int(column.null_count)
+        bounds = _column_stats(column)
+        if bounds is not None:
+            minimum[name], maximum[name] = bounds
+    return json.dumps({"numRecords": rows.num_rows, "minValues": minimum, "maxValues": maximum, "nullCount": nulls},
+                      default=lambda v: v.isoformat() if isinstance(v, date) else str(v))
+
+
+def _stamped(rows: pa.Table, schema: pa.Schema, path: str, batch_id: str, loaded_at: datetime) -> pa.Table:
+    """``rows`` with the audit columns, in the target's column order and types."""
+    count = rows.num_rows
+    audit = {
+        SOURCE_FILE_COLUMN: pa.array([path] * count, pa.string()),
+        LOAD_TIMESTAMP_COLUMN: pa.array([loaded_at] * count, pa.timestamp("us", "UTC")),
+        BATCH_ID_COLUMN: pa.array([batch_id] * count, pa.string()),
+    }
+    columns = [audit[f.name] if f.name in audit else rows[f.name] for f in schema]
+    return pa.Table.from_arrays(columns, schema=schema)
+
+
+def commit_small_batch(batch: ClaimedBatch, small: SmallBatch) -> bool:
+    """Write ``small`` as the one commit of ``batch`` (see the module docstring). Returns False, writing
+    nothing, when the target already recorded the batch's txn (as Delta-Spark skips such a write); raises when
+    the commit fails (a conflict included), in which case it did not land."""
+    from deltalake import CommitProperties, Transaction
+    from deltalake.transaction import AddAction
+
+    target = open_target(batch.target_path)
+    if target is None:
+        raise RuntimeError(f"the target of table {batch.table_name!r} vanished at {batch.target_path}")
+    if (target.transaction_version(batch.app_id) or 0) >= batch.batch_seq:
+        return False
+    configuration = target.metadata().configuration or {}
+    indexed = _indexed(small.schema, configuration)
+    loaded_at = datetime.now(UTC)
+    actions = []
+    for path, rows in small.files:
+        if rows.num_rows == 0:
+            continue
+        stamped = _stamped(rows, small.schema, path, batch.batch_id, loaded_at)
+        name = f"part-00000-{uuid.uuid4()}-c000.snappy.parquet"
+        filesystem, fs_path = resolve(f"{batch.target_path.rstrip('/')}/{name}")
+        with filesystem.open_output_stream(fs_path) as sink:
+            pq.write_table(stamped, sink, compression="snappy")
+        size = filesystem.get_file_info(fs_path).size
+        actions.append(AddAction(name, int(size or 0), {}, math.floor(loaded_at.timestamp() * 1000), True,
+                                 delta_stats(stamped, indexed)))
+    faults.crash_point(faults.DURING_TARGET_WRITE)  # the data files are written, the commit is not
+    properties = CommitProperties(app_transactions=[Transaction(batch.app_id, batch.batch_seq)],
+                                  custom_metadata={"userMetadata": batch.user_metadata()})
+    target.create_write_transaction(actions, mode="append", schema=target.schema(), commit_properties=properties)
+    return True
