@@ -46,9 +46,11 @@ def run(rows: int = 1000, repeats: int = 3, workdir: Path | None = None) -> dict
     root = Path(workdir or tempfile.mkdtemp(prefix="bench-p14-"))
     port = common.free_port()
     table = {"table_name": "events", "source_path": "landing/events"}
-    common.write_config(root / "connect", table,
+    # the small-batch engine off on both sides: it would commit these batches without Spark, and P14 measures
+    # what attaching to a Spark Connect server saves a batch that needs Spark
+    common.write_config(root / "connect", table, small_batch_max_bytes=0,
                         spark={"master": "local[2]", "remote": f"sc://127.0.0.1:{port}", "conf": CONF})
-    common.write_config(root / "local", table, spark={"master": "local[2]", "conf": CONF})
+    common.write_config(root / "local", table, small_batch_max_bytes=0, spark={"master": "local[2]", "conf": CONF})
 
     with common.connect_server(root, port) as server_start:
         connect, local = [], []

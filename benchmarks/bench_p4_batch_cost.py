@@ -11,7 +11,9 @@ more and build the same state.
 Measured (median of ``--repeats``; each repeat adds a new batch of fresh files on both sides):
 - loader: ``run_pipeline`` of the new batch into the populated table (landing directory, tracker and Delta log
   all carry the history);
-- baseline: ``run_pipeline`` of identical files into a new, empty table.
+- baseline: ``run_pipeline`` of identical files into a new, empty table;
+both with the small-batch engine off (a first batch is always Spark's). Reported beside them: a batch of as many
+fresh files into the populated table through the small-batch engine (``small_batch_seconds``, no Spark).
 Target: <= 1.2x.
 
     python -m benchmarks.bench_p4_batch_cost --batches 100 --batch-files 10
@@ -99,9 +101,13 @@ def run(
     root = Path(workdir or tempfile.mkdtemp(prefix="bench-p4-"))
     moment = common.yesterday_noon()
     spark = common.spark_session()
+    # both sides through Spark (the small-batch engine off): an empty table's first batch is always Spark's, and
+    # what P4 measures is whether the cost of a batch grows with the table's history; the engine's batch into
+    # the populated table is timed beside it (small_batch_times)
     populated = common.write_config(
-        root / "populated", {"table_name": "events", "source_path": "landing/events"}
+        root / "populated", {"table_name": "events", "source_path": "landing/events"}, small_batch_max_bytes=0
     )
+    engine = populated.model_copy(update={"small_batch_max_bytes": 32 << 20})
     build_seconds, _ = common.timed(
         lambda: build_history(spark, populated, batches, batch_files, rows, moment)
     )
@@ -110,11 +116,11 @@ def run(
     common.write_data_files(root / "warmup" / "landing" / "events", 2, rows, moment)
     _load(warm)
 
-    empty_times, populated_times, phases = [], [], {}
+    empty_times, populated_times, small_batch_times, phases = [], [], [], {}
     for n in range(repeats):
         offset = (batches + 1 + n) * batch_files * rows
         fresh = common.write_config(
-            root / f"empty-{n}", {"table_name": "events", "source_path": "landing/events"}
+            root / f"empty-{n}", {"table_name": "events", "source_path": "landing/events"}, small_batch_max_bytes=0
         )
         for settings in (fresh, populated):
             common.write_data_files(
@@ -130,15 +136,21 @@ def run(
         seconds, summary, phases_populated = _load(populated)
         assert summary.success and summary.total_files_processed == batch_files, summary.to_json()
         populated_times.append(seconds)
-        phases = {"populated": phases_populated, "empty": phases_empty}
+        common.write_data_files(Path(engine.table("events").source_path) / f"engine-{n}", batch_files, rows, moment,
+                                first_offset=offset + batch_files * rows * (repeats + 1))
+        seconds, summary, phases_engine = _load(engine)
+        assert summary.success and summary.total_files_processed == batch_files, summary.to_json()
+        assert not summary.spark_session_started, summary.to_json()
+        small_batch_times.append(seconds)
+        phases = {"populated": phases_populated, "empty": phases_empty, "populated_small_batch": phases_engine}
 
-    expected = (batches + repeats) * batch_files * rows
+    expected = (batches + 2 * repeats) * batch_files * rows
     total = spark.read.format("delta").load(populated.table_path("events")).count()
     assert total == expected, (total, expected)
     counts = (
         DeltaTrackerResource(checkpoint_path=populated.checkpoint_path).for_table("events").status_counts()
     )
-    assert counts["completed"] == (batches + repeats) * batch_files, counts
+    assert counts["completed"] == (batches + 2 * repeats) * batch_files, counts
     loader_seconds, baseline_seconds = statistics.median(populated_times), statistics.median(empty_times)
     ratio = loader_seconds / baseline_seconds
     return common.result(
@@ -156,6 +168,8 @@ def run(
         tracker_completed_after=counts["completed"],
         populated_times=[round(s, 3) for s in populated_times],
         empty_times=[round(s, 3) for s in empty_times],
+        small_batch_seconds=round(statistics.median(small_batch_times), 3),
+        small_batch_times=[round(s, 3) for s in small_batch_times],
         history_build_seconds=round(build_seconds, 1),
         phases=phases,
         baseline="the same batch into an empty table (run_pipeline)",

@@ -16,7 +16,9 @@ Inside the lease, one batch:
 4. **Claim**: one tracker commit marks the batch ``processing`` with ``batch_id``, ``run_id`` and ``batch_seq =
    1 + max(tracker's last, target's txn version, the writer's floor)``, so a number is never reused and Delta
    never skips a write. Whether the batch replaces rows is decided here, per file, from the tracker alone.
-5. **Read** (``reading.py``): prechecks without Spark, then one Spark read; bad files fail one by one.
+5. **Read** (``reading.py``): prechecks without Spark, then one Spark read; bad files fail one by one. A small
+   append batch that needs nothing of Spark is read and committed instead by the small-batch engine
+   (``small_batch.py``: pyarrow and delta-rs, the same one commit with the same txn; no JVM).
 6. **Write** (``writers/``): the lease is checked, then exactly one target commit carrying
    ``txnAppId = loader_assets/<table>``, ``txnVersion = batch_seq``. A write that fails as a whole without
    landing is split in two, each half a batch of its own, until the bad file stands alone.
@@ -433,7 +435,12 @@ class TableLoad:
         self._lease.ensure_held()
         faults.crash_point(faults.BEFORE_TARGET_COMMIT)
         try:
-            commit_small_batch(part, small)
+            if commit_small_batch(part, small):
+                self._log.info(f"table {name}: batch {part.batch_id} committed with delta-rs (the small-batch "
+                               "engine)")
+            else:  # completion below finds no commit naming the batch and fails its files, as on the Spark path
+                self._log.warning(f"table {name}: batch {part.batch_id} was not written: the target already "
+                                  f"recorded txn version {part.batch_seq} (a newer holder committed)")
         except Exception as error:
             if target_txn_version(part.target_path, name) < part.batch_seq:
                 self._log.warning(f"table {name}: the delta-rs commit of batch {part.batch_id} failed without "
@@ -441,7 +448,6 @@ class TableLoad:
                 return False
             self._log.warning(f"table {name}: the delta-rs commit raised after it landed: {root_cause(error)}")
         faults.crash_point(faults.AFTER_TARGET_COMMIT)
-        self._log.info(f"table {name}: batch {part.batch_id} committed with delta-rs (the small-batch engine)")
         self._complete(part, None, outcome, counts=small.rows)
         outcome.small_batches += 1
         return True

@@ -46,8 +46,9 @@ def test_rerun_benchmark_starts_no_spark_session(spark, tmp_path):
 @pytest.mark.spark
 def test_batch_cost_benchmark_appends_to_the_populated_table(spark, tmp_path):
     result = bench_p4_batch_cost.run(batches=3, batch_files=2, rows=10, repeats=1, workdir=tmp_path / "bench")
-    assert result["populated_rows_after"] == (3 + 1) * 2 * 10
-    assert result["tracker_completed_after"] == (3 + 1) * 2
+    assert result["populated_rows_after"] == (3 + 2) * 2 * 10  # a Spark batch and a small-batch engine batch
+    assert result["tracker_completed_after"] == (3 + 2) * 2
+    assert len(result["small_batch_times"]) == 1 and "populated_small_batch" in result["phases"]
 
 
 def test_sensor_benchmark_requests_one_run_for_the_new_files(tmp_path):

@@ -417,7 +417,7 @@ def test_ci_seeds_cover_every_operation(request):
                "reprocess", "fix"):
         assert TOTALS[op] >= 1, (op, TOTALS)
     assert TOTALS["kill"] + TOTALS["kill missed"] >= 8 and TOTALS["race"] >= 3
-    assert TOTALS["delta-rs commit"] >= 5  # the even seeds' small appends went through the small-batch engine
+    assert TOTALS["delta-rs commit"] >= 3  # the even seeds' small appends went through the small-batch engine
 
 
 @pytest.mark.soak
