@@ -141,18 +141,24 @@ def plan_small_batch(table: TableSettings, settings: LoaderSettings, files: Sequ
     if set(schema.names) - set(data.names) != own:
         return "the target's loader columns are not the table's"
     wanted = {f.name: _normalised(f.type) for f in data}
+
+    def fits(columns: pa.Schema) -> bool:
+        got = {f.name: _normalised(f.type) for f in columns}
+        return got.keys() == wanted.keys() and all(got[name].equals(kind) for name, kind in wanted.items())
+
     read: list[tuple[str, pa.Table]] = []
-    for expected in files:
-        filesystem, fs_path = resolve(expected.path)
-        try:
-            with filesystem.open_input_file(fs_path) as handle:
-                rows = pq.read_table(handle)
-        except Exception as error:  # Spark reads it and reports why it cannot, as for any file
-            return f"pyarrow cannot read {expected.path}: {str(error)[:200]}"
-        got = {f.name: _normalised(f.type) for f in rows.schema}
-        if got.keys() != wanted.keys() or any(not got[name].equals(kind) for name, kind in wanted.items()):
-            return f"the columns of {expected.path} are not the table's with the same types"
-        read.append((expected.path, rows.select(data.names).cast(data)))
+    for reading in (False, True):  # every footer first (cheap), then the rows
+        for expected in files:
+            filesystem, fs_path = resolve(expected.path)
+            try:
+                with filesystem.open_input_file(fs_path) as handle:
+                    found = pq.read_table(handle) if reading else pq.read_schema(handle)
+            except Exception as error:  # Spark reads it and reports why it cannot, as for any file
+                return f"pyarrow cannot read {expected.path}: {str(error)[:200]}"
+            if not fits(found.schema if reading else found):
+                return f"the columns of {expected.path} are not the table's with the same types"
+            if reading:
+                read.append((expected.path, found.select(data.names).cast(data)))
     return SmallBatch(tuple(read), schema)
 
 
