@@ -37,7 +37,7 @@ import math
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pyarrow as pa
@@ -234,8 +234,8 @@ def delta_stats(rows: pa.Table, indexed: set[str]) -> str:
         bounds = _column_stats(column)
         if bounds is not None:
             minimum[name], maximum[name] = bounds
-    return json.dumps({"numRecords": rows.num_rows, "minValues": minimum, "maxValues": maximum, "nullCount": nulls},
-                      default=lambda v: v.isoformat() if isinstance(v, date) else str(v))
+    # every bound is already a JSON value (ints, floats, strings; dates and timestamps as Delta's strings)
+    return json.dumps({"numRecords": rows.num_rows, "minValues": minimum, "maxValues": maximum, "nullCount": nulls})
 
 
 def _stamped(rows: pa.Table, schema: pa.Schema, path: str, batch_id: str, loaded_at: datetime) -> pa.Table:
