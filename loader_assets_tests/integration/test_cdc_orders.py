@@ -6,15 +6,17 @@ values, nulls in the tracked column, identical rows in two files, and for full e
 extracts), each trial delivers the files in a random order, in one to three waves, loading after each wave with a
 random ``max_files_per_run``, and requires the final table to equal the pure-Python definition
 (``model/cdc.py``), audit columns aside. CI runs ``CI_TRIALS``; the soak tier runs ``LOADER_ASSETS_CDC_TRIALS``
-per configuration (default 34, so 204 orders and batchings over the six configurations):
+per configuration (default 34, so 204 orders and batchings over the six configurations), from trial
+``LOADER_ASSETS_CDC_FIRST_TRIAL`` (default 0; trial n loads stream 1000 + n // 4 in order n), one line per trial:
 
-    LOADER_ASSETS_CDC_TRIALS=34 .venv/bin/python -m pytest loader_assets_tests/integration/test_cdc_orders.py -m soak
+    LOADER_ASSETS_CDC_TRIALS=34 .venv/bin/python -m pytest loader_assets_tests/integration/test_cdc_orders.py -m soak -s
 """
 
 from __future__ import annotations
 
 import os
 import random
+import time
 from datetime import UTC, datetime, timedelta
 
 import pyarrow as pa
@@ -149,6 +151,10 @@ def test_many_orders_and_batchings(spark, tmp_path, instance, config_name):
     from loader_assets_tests.conftest import Lake
 
     trials = int(os.environ.get("LOADER_ASSETS_CDC_TRIALS", "34"))
-    for number in range(trials):
+    first = int(os.environ.get("LOADER_ASSETS_CDC_FIRST_TRIAL", "0"))  # to continue a soak where one stopped
+    started = time.monotonic()
+    for number in range(first, first + trials):
         seed = 1000 + number // 4  # four orders and batchings of each stream
         trial(spark, Lake(tmp_path / f"t{number}"), instance, config_name, seed, number)
+        print(f"{config_name} trial {number} (stream {seed}) ok ({time.monotonic() - started:.0f} s so far)",
+              flush=True)
