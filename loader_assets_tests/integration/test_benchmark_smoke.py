@@ -46,9 +46,13 @@ def test_rerun_benchmark_starts_no_spark_session(spark, tmp_path):
 @pytest.mark.spark
 def test_batch_cost_benchmark_appends_to_the_populated_table(spark, tmp_path):
     result = bench_p4_batch_cost.run(batches=3, batch_files=2, rows=10, repeats=1, workdir=tmp_path / "bench")
-    assert result["populated_rows_after"] == (3 + 2) * 2 * 10  # a Spark batch and a small-batch engine batch
-    assert result["tracker_completed_after"] == (3 + 2) * 2
+    # per repeat: a Spark batch, a small-batch engine batch, and a Spark batch right after the engine's commit
+    assert result["populated_rows_after"] == (3 + 3) * 2 * 10
+    assert result["tracker_completed_after"] == (3 + 3) * 2
     assert len(result["small_batch_times"]) == 1 and "populated_small_batch" in result["phases"]
+    assert len(result["populated_after_engine_times"]) == 1 and "populated_after_engine" in result["phases"]
+    # what the docstring says the after-engine figure shows: delta-rs left no version checksum for Spark
+    assert result["engine_commits_with_checksum"] == 0
 
 
 def test_sensor_benchmark_requests_one_run_for_the_new_files(tmp_path):
