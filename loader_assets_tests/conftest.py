@@ -82,6 +82,7 @@ class Lake:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.landing = root / "landing"
+        root.mkdir(parents=True, exist_ok=True)  # a lake below the test's tmp_path (the CDC soak: one per trial)
 
     def config(self, tables: list[dict[str, Any]] | None = None, **overrides: Any) -> LoaderSettings:
         raw: dict[str, Any] = {
