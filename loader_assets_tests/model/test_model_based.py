@@ -216,7 +216,10 @@ class Sequence:
         self.check("after two racing runs")
 
     def op_reset(self) -> None:
-        tables = TABLES if self.rng.random() < 0.5 else (self.rng.choice(TABLES),)
+        self.reset(TABLES if self.rng.random() < 0.5 else (self.rng.choice(TABLES),))
+
+    def reset(self, tables: tuple[str, ...] = TABLES) -> None:
+        """``reset-state`` of ``tables`` (every table: no ``--table``), in the world and the model."""
         args = [a for t in tables for a in ("--table", t)] if len(tables) == 1 else []
         code, _ = self.world.cli("reset-state", *args, "--yes")
         self._expect(code == 0, "reset-state failed")
@@ -366,21 +369,13 @@ class Scripted(Sequence):
     """A fixed sequence: the given steps instead of the generator, with the same world, model and checks (every
     run compared with the model, then settled and validate-consistency required to exit 0)."""
 
-    def __init__(self, root: Path, spark: Any, max_files: int, small_batches: bool = False) -> None:  # noqa: ANN401
-        # seed 1 (odd: every batch through Spark) unless the small-batch engine is wanted; no generated steps
-        super().__init__(0 if small_batches else 1, root, spark, 1, 0, 0, max_files=max_files)
+    def __init__(self, root: Path, spark: Any, max_files: int) -> None:  # noqa: ANN401
+        super().__init__(1, root, spark, 1, 0, 0, max_files=max_files)  # seed 1: odd, every batch through Spark
 
     def deliver(self, table: str, name: str, rows: list[tuple]) -> None:
         path = self.world.path(table, name)
         self._write(table, path, Content(tuple(rows)))
         self._did("add", f"add {path}")
-
-    def reset(self, *tables: str) -> None:
-        args = [a for t in tables for a in ("--table", t)]
-        code, _ = self.world.cli("reset-state", *args, "--yes")
-        self._expect(code == 0, "reset-state failed")
-        self.model.reset(tables or TABLES)
-        self._did("reset", f"reset-state {' '.join(tables) or 'all'}")
 
 
 @pytest.mark.model
@@ -423,6 +418,8 @@ def test_scd2_reload_after_reset_with_repeated_rows_against_the_model(spark, tmp
     assert case.world.history(spark) == history, case.log
     case.settle()
     assert len(history) == 6, history  # keys 1 and 4 keep one version each (repeats add none), 2 and 3 two
+
+
 # Seeds CI runs (each with the kills and races given): chosen so that together they exercise every operation,
 # several kills at named points and after random delays, and races (test_ci_seeds_cover_every_operation).
 CI_SEEDS = [(seed, 1 if seed % 5 in (1, 3) else 0, 1 if seed % 7 == 2 else 0) for seed in range(1, 21)]
