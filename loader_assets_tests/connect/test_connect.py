@@ -33,9 +33,7 @@ def table_rows(spark, path: Path, drop_prefix: str) -> list[tuple]:
 def test_cli_over_connect_loads_like_a_local_session_without_a_jvm(spark, connect_server, tmp_path):
     from loader_assets_tests.conftest import Lake
 
-    remote_lake, local_lake = Lake(tmp_path / "remote"), Lake(tmp_path / "local")
-    for lake in (remote_lake, local_lake):
-        lake.root.mkdir()
+    remote_lake, local_lake = Lake(tmp_path / "remote"), Lake(tmp_path / "local")  # Lake creates its root
     remote_lake.config(two_tables(), spark={"master": "local[2]", "remote": connect_server.url, "conf": TEST_SPARK_CONF})
     local_lake.config(two_tables())
     for lake in (remote_lake, local_lake):

@@ -53,8 +53,6 @@ def drop(lake: Lake, name: str, table: pa.Table, days_ago: float) -> Path:
 
 
 def lakes(tmp_path: Path) -> dict[str, Lake]:
-    for name in ("small", "spark"):
-        (tmp_path / name).mkdir()
     return {"delta-rs": Lake(tmp_path / "small"), "spark": Lake(tmp_path / "spark")}
 
 
