@@ -223,11 +223,15 @@ def compare_record_with_tracker(
 
 def keyed_report(
     spark: Any, table: TableSettings, settings: LoaderSettings, batch_ids: Sequence[str] | None = None,  # noqa: ANN401
+    touched_at_most: int | None = None,
 ) -> tuple[Scd2Violations | None, HistoryDifference]:
     """An scd2 or scd1 table against what its change record defines (scd2: its versions, plus the history's own
     invariants; scd1: its rows), sharing one scope. With ``batch_ids``, only the keys those batches recorded
     change rows of, unless they are more than ``SCOPED_CHECK_MAX_KEYS`` (then the whole table, cheaper than the
-    join at that size); full extracts are always checked whole (an extract deletes keys it does not name)."""
+    join at that size); full extracts are always checked whole (an extract deletes keys it does not name).
+    ``touched_at_most``, a bound on those keys the caller already knows (the batches' change rows), saves
+    counting them when it is below the threshold; the threshold only weighs cost, so the scope is right either
+    way."""
     from pyspark.sql import functions as F
 
     name = table.table_name
@@ -244,7 +248,8 @@ def keyed_report(
             touched = (ChangeRecord.change_rows(changes).where(F.col(BATCH_ID_COLUMN).isin(list(batch_ids)))
                        .select(*table.primary_keys).distinct().cache())
             cached.append(touched)
-            if touched.count() <= SCOPED_CHECK_MAX_KEYS:
+            if ((touched_at_most is not None and touched_at_most <= SCOPED_CHECK_MAX_KEYS)
+                    or touched.count() <= SCOPED_CHECK_MAX_KEYS):
                 keys = F.broadcast(touched)
                 target = target.join(keys, list(table.primary_keys), "left_semi").cache()
                 changes = changes.join(keys, list(table.primary_keys), "left_semi")
@@ -569,9 +574,16 @@ def files_of_run(tracker: FileTracker, run_id: str) -> list[str]:
 
 def batches_of_run(tracker: FileTracker, run_id: str) -> list[str]:
     """Batch ids of the files a run completed."""
-    rows = tracker.read(columns=["batch_id", "run_id", "status"], statuses=[FileStatus.COMPLETED])
+    return completed_by_run(tracker, run_id)[0]
+
+
+def completed_by_run(tracker: FileTracker, run_id: str) -> tuple[list[str], int]:
+    """Batch ids of the files a run completed, and those files' row counts summed (for an scd2 or scd1 table,
+    change rows: at least as many as the keys the run's batches touched)."""
+    rows = tracker.read(columns=["batch_id", "run_id", "status", "row_count"], statuses=[FileStatus.COMPLETED])
     mine = rows.filter(pc.equal(rows["run_id"], run_id))
-    return sorted({b for b in mine["batch_id"].to_pylist() if b})
+    return (sorted({b for b in mine["batch_id"].to_pylist() if b}),
+            int(pc.sum(pc.fill_null(mine["row_count"], 0)).as_py() or 0))
 
 
 def state_metadata(context: dg.AssetCheckExecutionContext, asset: str, check_name: str, before: VerifiedState,
@@ -730,7 +742,7 @@ def build_table_checks(table: TableSettings, settings: LoaderSettings) -> list[d
                     yield dg.AssetCheckResult(check_name=spec.name, passed=True, description="nothing loaded yet")
                 return
             table_tracker = tracker.for_table(name)
-            batches = batches_of_run(table_tracker, context.run.run_id)
+            batches, change_rows = completed_by_run(table_tracker, context.run.run_id)
             scope = "keys written by this run" if batches and not is_full(table) else "whole table"
             state = current_state(table_tracker, target_path, record)
             reused = {spec.name: unchanged_since(context.instance, name, spec.name, state) for spec in specs}
@@ -738,7 +750,7 @@ def build_table_checks(table: TableSettings, settings: LoaderSettings) -> list[d
                 for spec in specs:
                     yield unchanged_result(spec.name, str(state), str(reused[spec.name]))
                 return
-            violations, difference = keyed_report(spark.session, table, settings, batches or None)
+            violations, difference = keyed_report(spark.session, table, settings, batches or None, change_rows)
 
             def recorded(check_name: str, passed: bool) -> dict[str, Any]:
                 return state_metadata(context, name, check_name, state, passed, table_tracker, target_path, record,

@@ -56,7 +56,7 @@ import pyarrow.compute as pc
 
 from loader_assets.batch import ClaimedBatch
 from loader_assets.core import faults
-from loader_assets.core.errors import BatchWriteError, TrackerError, root_cause
+from loader_assets.core.errors import BatchWriteError, TrackerError, interruption_of, root_cause
 from loader_assets.core.states import FileStatus
 from loader_assets.planning import VANISHED_MESSAGE, Plan, plan_batch
 from loader_assets.reading import (
@@ -592,10 +592,12 @@ class TableLoad:
 
     def _resolve_after_error(self, error: BaseException) -> None:
         """The load raised with batches claimed and not resolved: resolve them now, still holding the lease,
-        from the target's txn version (committed -> completed, else failed with the error, counting a retry).
+        from the target's txn version (committed -> completed, else failed with the error, counting a retry;
+        an interruption by a signal, SIGINT or SIGTERM, counts none and says so, as recovery does for a kill).
         If that fails too, the files stay ``processing`` and the next holder's recovery resolves them."""
         name = self._table.table_name
         cause = root_cause(error)
+        interrupted = interruption_of(error) is not None
         try:
             assert self._lease is not None
             self._lease.ensure_held()  # a lease lost to another holder: its recovery resolves our batch
@@ -609,8 +611,13 @@ class TableLoad:
                 if batch.batch_seq <= committed_seq:
                     recover_interrupted(self._tracker, self.writer, self.context.spark)
                     continue
-                message = f"run {self.context.run_id} failed while loading batch {batch.batch_id}: {cause}"
-                self._tracker.fail(dict.fromkeys(paths, message), backoff=self.context.settings.retry_delay)
+                if interrupted:  # not the files' fault: like a killed run, it uses no retry (recovery.py)
+                    message = (f"interrupted: run {self.context.run_id} was stopped by a signal while loading "
+                               f"batch {batch.batch_id}, before its commit; the file is retried")
+                    self._tracker.fail(dict.fromkeys(paths, message), count_retry=False)
+                else:
+                    message = f"run {self.context.run_id} failed while loading batch {batch.batch_id}: {cause}"
+                    self._tracker.fail(dict.fromkeys(paths, message), backoff=self.context.settings.retry_delay)
                 self.writer.abandon(self.context.spark, batch)
         except Exception as failure:
             self._log.error(f"table {name}: left the interrupted batch to the next run's recovery: "

@@ -267,9 +267,10 @@ def table_history(target: DataFrame, table: TableSettings) -> DataFrame:
 def same_rows(expected: DataFrame, actual: DataFrame, columns: Sequence[str]) -> bool:
     """Whether ``expected`` and ``actual`` hold the same multiset of rows over ``columns``, by row count and two
     sums of 64-bit row hashes per side (``xxhash64`` unsalted and salted, summed as decimals so they never
-    overflow): two aggregations that shuffle neither side. Equal sums of different multisets need a 2^-64
-    accident twice over; anything this cannot vouch for (a map column, which Spark does not hash; rows that compare equal
-    but hash differently, such as -0.0 and 0.0) answers False, and the caller compares row by row."""
+    overflow): two aggregations that shuffle neither side, collected in one query. Equal sums of different
+    multisets need a 2^-64 accident twice over; anything this cannot vouch for (a map column, which Spark does
+    not hash; rows that compare equal but hash differently, such as -0.0 and 0.0) answers False, and the caller
+    compares row by row."""
     from pyspark.sql import functions as F
     from pyspark.sql.types import MapType
 
@@ -282,15 +283,18 @@ def same_rows(expected: DataFrame, actual: DataFrame, columns: Sequence[str]) ->
             != [actual.schema[c].dataType.simpleString() for c in columns]):  # nullability aside
         return False
 
-    def sums(frame: DataFrame) -> tuple[object, ...]:
+    def sums(frame: DataFrame, side: int) -> DataFrame:
         row = [F.col(c) for c in columns]
-        return tuple(frame.agg(
+        return frame.agg(
+            F.lit(side).alias("side"),
             F.count(F.lit(1)).alias("rows"),
             F.sum(F.xxhash64(*row).cast("decimal(20,0)")).alias("h1"),
             F.sum(F.xxhash64(F.lit("loader-assets"), *row).cast("decimal(20,0)")).alias("h2"),
-        ).collect()[0])
+        )
 
-    return sums(expected) == sums(actual)
+    # both sides in one query (a union: one Spark job, where a job per side costs more than these small sums)
+    both = {row["side"]: tuple(row)[1:] for row in sums(expected, 0).unionByName(sums(actual, 1)).collect()}
+    return both[0] == both[1]
 
 
 def difference(expected: DataFrame, actual: DataFrame, keys: Sequence[str], rest: Sequence[str],

@@ -77,3 +77,22 @@ def root_cause(error: BaseException) -> str:
         except Exception:  # the JVM may be gone; fall back to the Python text
             pass
     return first_line(str(error)) or type(error).__name__
+
+
+INTERRUPTIONS = ("KeyboardInterrupt", "DagsterExecutionInterruptedError")
+
+
+def interruption_of(error: BaseException) -> BaseException | None:
+    """The signal interruption (SIGINT, or SIGTERM, which Dagster maps to it) that ``error`` is or arose from,
+    if any: the error itself, or one in its ``__cause__``/``__context__`` chain. A signal that lands while the
+    JVM is answering leaves py4j's connection out of step, so the error that reaches the loader is often a
+    py4j one (a KeyError of one letter, "Method ... does not exist") raised while handling the interruption."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        if type(current).__name__ in INTERRUPTIONS:
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
+

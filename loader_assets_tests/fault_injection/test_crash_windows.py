@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -146,6 +147,45 @@ def test_small_batch_engine_killed_at_each_protocol_point_then_rerun_leaves_ever
     # a batch committed before the kill was the engine's; one that was not is reloaded by the rerun, which
     # replaces rows its files may have, and that is Spark's path (replaceWhere)
     assert ("delta-rs" in str(history[0].get("engineInfo"))) == committed
+    assert validate_here(lake) == 0
+
+
+def test_a_run_stopped_by_sigterm_records_its_files_as_interrupted_without_using_a_retry(spark, lake):
+    """SIGTERM (what a scheduler, `docker stop` or a timeout sends) reaches the loader as Dagster's interruption:
+    the run resolves its claimed batch before it exits, and says so. The files are failed as "interrupted",
+    with no retry used (as recovery does after a kill), not with whatever error the interruption surfaced as,
+    and the next run loads them. The second batch goes through the small-batch engine, so the stopped process
+    starts no JVM."""
+    paths = seed_files(lake, n=2)
+    settings = lake.config(retry_attempts=1)
+    assert rerun(lake)["total_files_processed"] == 2  # the first load (Spark creates the table)
+    paths += [lake.write_parquet("events", f"part {i}, 'x'.parquet", list(range(i * 100, i * 100 + 7)),
+                                 days_ago=1 - i * 0.1) for i in (2, 3)]
+    env = {**os.environ, "DAGSTER_HOME": str(lake.root / "dagster_home"), faults.PAUSE_AT_ENV: faults.AFTER_CLAIM,
+           faults.PAUSE_FILE_ENV: str(lake.root / "never")}
+    env.pop(faults.KILL_AT_ENV, None)
+    process = subprocess.Popen([sys.executable, "-m", "loader_assets", "run", "--config", str(lake.config_path)],
+                               env=env, cwd=lake.root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    reached = lake.root / "never.reached"
+    deadline = time.monotonic() + 300
+    while not reached.exists():
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()[1][-3000:]
+        time.sleep(0.1)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=300)
+    assert process.returncode != 0, err[-3000:]
+    rows = {r["file_path"]: r for r in DeltaTrackerResource(checkpoint_path=settings.checkpoint_path)
+            .for_table("events").read().to_pylist()}
+    stopped = [rows[str(p)] for p in paths[2:]]
+    assert [r["status"] for r in stopped] == ["failed", "failed"]
+    for row in stopped:
+        assert row["error_message"].startswith("interrupted: run "), row["error_message"]
+        assert "stopped by a signal" in row["error_message"]
+        assert (row["retry_count"] or 0) == 0  # retry_attempts is 1: a counted retry would strand the file
+    assert_lock_free(settings, "events")
+    assert rerun(lake)["total_files_processed"] == 2
+    assert target_rows(spark, settings, "events") == expected_rows(paths)
+    assert set(tracker_statuses(settings).values()) == {("completed", 7)}
     assert validate_here(lake) == 0
 
 
