@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -65,3 +66,12 @@ def cli(lake: Any, *args: str, env: dict | None = None, wait: bool = True) -> An
         return process
     out, err = process.communicate(timeout=600)
     return process.returncode, out, err
+
+
+def wait_for(marker: Path, process: subprocess.Popen, timeout: float = 300) -> None:
+    """Wait until ``marker`` exists (a paused process's ``<pause file>.reached``), failing with the process's
+    stderr if it exits first or ``timeout`` passes."""
+    deadline = time.monotonic() + timeout
+    while not marker.exists():
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()[1][-3000:]
+        time.sleep(0.1)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import time
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from loader_assets.core import faults
 from loader_assets.settings import load_settings
 from loader_assets_tests.conftest import TEST_SPARK_CONF, set_mtime
 from loader_assets_tests.connect.conftest import run_client
-from loader_assets_tests.deployments import cli, two_tables, write_small_files
+from loader_assets_tests.deployments import cli, two_tables, wait_for, write_small_files
 
 pytestmark = [pytest.mark.connect, pytest.mark.spark]
 
@@ -115,13 +114,6 @@ def write_customers(lake, name: str, keys: int, email: str, sequence: int, days_
                              "email": pa.array([f"{email}{i}@x" for i in range(keys)]),
                              "updated_at": pa.array([sequence] * keys, pa.int64())}), path)
     set_mtime(path, days_ago)
-
-
-def wait_for(marker: Path, process: subprocess.Popen, timeout: float = 300) -> None:
-    deadline = time.monotonic() + timeout
-    while not marker.exists():
-        assert process.poll() is None and time.monotonic() < deadline, process.communicate()[1][-3000:]
-        time.sleep(0.1)
 
 
 def fences(target_path: str) -> list[dict]:

@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -161,16 +160,12 @@ def test_a_run_stopped_by_sigterm_records_its_files_as_interrupted_without_using
     assert rerun(lake)["total_files_processed"] == 2  # the first load (Spark creates the table)
     paths += [lake.write_parquet("events", f"part {i}, 'x'.parquet", list(range(i * 100, i * 100 + 7)),
                                  days_ago=1 - i * 0.1) for i in (2, 3)]
-    env = {**os.environ, "DAGSTER_HOME": str(lake.root / "dagster_home"), faults.PAUSE_AT_ENV: faults.AFTER_CLAIM,
-           faults.PAUSE_FILE_ENV: str(lake.root / "never")}
-    env.pop(faults.KILL_AT_ENV, None)
-    process = subprocess.Popen([sys.executable, "-m", "loader_assets", "run", "--config", str(lake.config_path)],
-                               env=env, cwd=lake.root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    reached = lake.root / "never.reached"
-    deadline = time.monotonic() + 300
-    while not reached.exists():
-        assert process.poll() is None and time.monotonic() < deadline, process.communicate()[1][-3000:]
-        time.sleep(0.1)
+    from loader_assets_tests.deployments import cli as cli_process
+    from loader_assets_tests.deployments import wait_for
+
+    process = cli_process(lake, "run", wait=False, env={faults.PAUSE_AT_ENV: faults.AFTER_CLAIM,
+                                                        faults.PAUSE_FILE_ENV: str(lake.root / "never")})
+    wait_for(lake.root / "never.reached", process)
     process.send_signal(signal.SIGTERM)
     _, err = process.communicate(timeout=300)
     assert process.returncode != 0, err[-3000:]
