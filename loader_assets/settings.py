@@ -455,8 +455,9 @@ class LoaderSettings(_Frozen):
     )
     sensor_interval_seconds: int = Field(
         default=30, ge=1,
-        description="Seconds between a table sensor's ticks (the daemon's minimum interval): how soon a landed "
-                    "file is noticed. Each tick lists the landing directory once.",
+        description="Seconds between a table sensor's ticks: how soon a landed file is noticed. Dagster's daemon "
+                    "evaluates sensors every 5 s, so the interval is rounded up to a multiple of 5 "
+                    "(sensors.dagster_minimum_interval). Each tick lists the landing directory once.",
     )
     sensor_max_runs_per_tick: int = Field(
         default=5, ge=1,

@@ -117,3 +117,35 @@ def test_ui_launched_runs_of_one_table_wait_for_each_other_in_the_queue(lake, tm
     assert second_start >= first_end, spans
     tracker = DeltaTrackerResource(checkpoint_path=settings.checkpoint_path).for_table("events")
     assert sorted((r["status"], r["row_count"]) for r in tracker.read().to_pylist()) == [("completed", 2)] * 2
+
+
+def test_the_daemon_ticks_a_table_sensor_every_interval(lake, tmp_path):
+    """``sensor_interval_seconds: 5`` under a real ``dagster-daemon``: every gap between the table sensor's
+    ticks is one 5-s loop of the daemon, none two (sensors.dagster_minimum_interval). With Dagster's minimum set
+    to the interval itself, about every other gap was 10 s (the test fails that way)."""
+    from dagster._core.scheduler.instigation import InstigatorType
+
+    lake.config(sensor_interval_seconds=5)
+    (lake.landing / "events").mkdir(parents=True, exist_ok=True)  # nothing to load: every tick is a skip
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    shutil.copy(PROJECT / "dagster.yaml", home / "dagster.yaml")
+    env = {**os.environ, "DAGSTER_HOME": str(home), "LOADER_ASSETS_CONFIG": str(lake.config_path)}
+    daemon = _start([str(Path(sys.executable).parent / "dagster-daemon"), "run", "-m", "loader_assets.definitions"],
+                    env, tmp_path / "daemon.log")
+    try:
+        with dg.DagsterInstance.from_config(str(home)) as instance:
+            def tick_times() -> list[float]:
+                states = instance.all_instigator_state(instigator_type=InstigatorType.SENSOR)
+                return sorted(t.timestamp for s in states if s.instigator_name == "events_files_sensor"
+                              for t in instance.get_ticks(s.instigator_origin_id, s.selector_id, limit=100))
+
+            deadline = time.monotonic() + 240
+            while len(ticks := tick_times()) < 8:  # seven gaps
+                assert daemon.poll() is None, (tmp_path / "daemon.log").read_text()[-3000:]
+                assert time.monotonic() < deadline, (ticks, (tmp_path / "daemon.log").read_text()[-3000:])
+                time.sleep(1)
+    finally:
+        _stop(daemon)
+    gaps = [round(later - earlier, 2) for earlier, later in zip(ticks, ticks[1:])]
+    assert all(3.0 < gap < 7.5 for gap in gaps), gaps

@@ -8,7 +8,7 @@ from loader_assets.definitions import CONFIG_ENV, build_definitions, defs
 from loader_assets.planning import pending_work
 from loader_assets.resources.lock import DeltaLockResource
 from loader_assets.resources.tracker import DeltaTrackerResource
-from loader_assets.sensors import range_tags
+from loader_assets.sensors import DAEMON_SENSOR_LOOP_SECONDS, dagster_minimum_interval, range_tags
 
 PROJECT = Path(__file__).resolve().parents[2]
 
@@ -139,7 +139,17 @@ def test_an_idle_tables_skip_reason_says_what_each_file_waits_for_and_who_resolv
         "1 being loaded by a live run, 1 skipped, 1 new, younger than min_file_age_seconds=60")
 
 
-def test_sensor_interval_follows_the_setting(lake):
-    assert build_definitions(lake.config()).get_sensor_def("events_files_sensor").minimum_interval_seconds == 30
+def test_sensor_interval_follows_the_setting_rounded_up_to_the_daemons_loop(lake):
+    """Dagster's minimum interval is the interval rounded up to the daemon's 5-s loop, less the jitter a tick's
+    start has within its loop (sensors.dagster_minimum_interval; the daemon test checks the gaps it gives)."""
+    from dagster._daemon.sensor import MIN_INTERVAL_LOOP_TIME
+
+    assert DAEMON_SENSOR_LOOP_SECONDS == MIN_INTERVAL_LOOP_TIME  # a Dagster upgrade that changes it fails here
+    assert build_definitions(lake.config()).get_sensor_def("events_files_sensor").minimum_interval_seconds == 28
     fast = build_definitions(lake.config(sensor_interval_seconds=5))
-    assert fast.get_sensor_def("events_files_sensor").minimum_interval_seconds == 5
+    assert fast.get_sensor_def("events_files_sensor").minimum_interval_seconds == 3
+    # every interval ticks on the first loop at or after it, and not on the one before, with 2 s of jitter
+    for interval in range(1, 61):
+        minimum = dagster_minimum_interval(interval)
+        loops = max(1, -(-interval // 5))
+        assert 1 <= minimum and minimum <= loops * 5 - 2 and (loops == 1 or minimum > (loops - 1) * 5 + 2), interval
