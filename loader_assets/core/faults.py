@@ -7,7 +7,8 @@ The points are the crash windows of the exactly-once protocol (see ``loader_asse
 
 ``LOADER_ASSETS_PAUSE_AT=<point>`` with ``LOADER_ASSETS_PAUSE_FILE=<path>`` instead holds the process at the
 point: it creates ``<path>.reached`` and waits (up to 120 s) until ``<path>`` exists, so a test can change the
-world at that instant (a writer appending to a claimed file, for one).
+world at that instant (a writer appending to a claimed file, for one). ``LOADER_ASSETS_PAUSE_AT_HIT=<n>`` holds
+it only the n-th time (default: every time).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ KILL_AT_HIT_ENV = "LOADER_ASSETS_KILL_AT_HIT"  # kill the n-th time the point is
 KILL_DELAY_ENV = "LOADER_ASSETS_KILL_DELAY"
 PAUSE_AT_ENV = "LOADER_ASSETS_PAUSE_AT"
 PAUSE_FILE_ENV = "LOADER_ASSETS_PAUSE_FILE"
+PAUSE_AT_HIT_ENV = "LOADER_ASSETS_PAUSE_AT_HIT"
 
 # The protocol's crash windows, in the order a batch passes them. The "during" points kill from a timer while
 # the step that follows them is running (the Spark write of the target commit; the tracker's completion commit).
@@ -41,6 +43,7 @@ DEFAULT_DELAYS = {DURING_TARGET_WRITE: 1.0, DURING_TRACKER_COMMIT: 0.02}
 
 
 _hits: dict[str, int] = {}
+_pauses: dict[str, int] = {}
 
 
 def _kill() -> None:
@@ -60,6 +63,9 @@ def crash_point(name: str) -> None:
     if _armed(name):
         _kill()
     if os.environ.get(PAUSE_AT_ENV) == name and os.environ.get(PAUSE_FILE_ENV):
+        _pauses[name] = _pauses.get(name, 0) + 1
+        if os.environ.get(PAUSE_AT_HIT_ENV) not in (None, str(_pauses[name])):
+            return
         release = Path(os.environ[PAUSE_FILE_ENV])
         Path(f"{release}.reached").touch()
         deadline = time.monotonic() + 120

@@ -184,6 +184,41 @@ def test_a_run_stopped_by_sigterm_records_its_files_as_interrupted_without_using
     assert validate_here(lake) == 0
 
 
+def test_a_run_stopped_by_sigterm_in_its_second_batch_keeps_the_first_and_interrupts_only_the_second(spark, lake):
+    """With ``max_files_per_run: 1`` one invocation loads three files as three batches; SIGTERM arrives while
+    the second is claimed. The first batch stays completed, only the second's file is "interrupted" (no retry
+    used), the third was never claimed and stays pending; the next run loads the last two exactly once. Small
+    batches: the stopped process starts no JVM."""
+    paths = seed_files(lake, n=2)
+    settings = lake.config(retry_attempts=1, max_files_per_run=1)
+    assert rerun(lake)["total_files_processed"] == 2  # two batches; Spark creates the table
+    paths += [lake.write_parquet("events", f"late {i}.parquet", list(range(i * 100, i * 100 + 7)),
+                                 days_ago=1 - i * 0.1) for i in (2, 3, 4)]
+    from loader_assets_tests.deployments import cli as cli_process
+    from loader_assets_tests.deployments import wait_for
+
+    process = cli_process(lake, "run", wait=False, env={faults.PAUSE_AT_ENV: faults.AFTER_CLAIM,
+                                                        faults.PAUSE_AT_HIT_ENV: "2",
+                                                        faults.PAUSE_FILE_ENV: str(lake.root / "never")})
+    wait_for(lake.root / "never.reached", process)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=300)
+    assert process.returncode != 0, err[-3000:]
+    rows = {r["file_path"]: r for r in DeltaTrackerResource(checkpoint_path=settings.checkpoint_path)
+            .for_table("events").read().to_pylist()}
+    first, stopped, untouched = (rows[str(p)] for p in paths[2:])
+    assert (first["status"], first["row_count"], first["retry_count"] or 0) == ("completed", 7, 0)
+    assert stopped["status"] == "failed" and (stopped["retry_count"] or 0) == 0
+    assert stopped["error_message"].startswith("interrupted: run ") and "stopped by a signal" in \
+        stopped["error_message"], stopped["error_message"]
+    assert (untouched["status"], untouched["batch_id"]) == ("pending", None)
+    assert_lock_free(settings, "events")
+    assert rerun(lake)["total_files_processed"] == 2
+    assert target_rows(spark, settings, "events") == expected_rows(paths)
+    assert set(tracker_statuses(settings).values()) == {("completed", 7)}
+    assert validate_here(lake) == 0
+
+
 # after_lock, after_claim, during_tracker_commit and after_complete hold no SCD2-specific state (nothing claimed
 # yet, nothing written yet, or the table's commit done); the append matrix covers them in CI and the scd2 runs of
 # them are in the soak tier, to keep CI within its budget. The CDC cases below kill scd2 batches at more points.
