@@ -146,18 +146,18 @@ def new_tracker(checkpoint_path: Any, table: str = "t", baseline_txn: int = 0) -
     return tracker
 
 
-# ./dev test hands whole files to two workers (--dist loadfile --no-loadscope-reorder) in collection order. The
-# longest files go first, so the run does not end with one worker on a long file while the other idles
-# (longest-first stays within 4/3 of the best split). Seconds per file in a clean CI run (2026-12-01, 3099 s):
-# model 1264, crash windows 860, connect 485, cdc 454, cdc_orders 363, benchmark smoke 340, reset and reload 298,
-# scd2 load 245, postgres 236, bad input 221, log row counts ~100, testing kit 164, run queue 119; every other
-# file under 100 s keeps its place after these.
+# ./dev test hands whole files to three workers (--dist loadfile --no-loadscope-reorder) in collection order. The
+# longest files go first, so the run does not end with one worker on a long file while the others idle
+# (longest-first stays within 4/3 of the best split). Seconds per file in a clean three-worker run (2026-12-02,
+# 2095 s of pytest, 6249 worker-seconds): model 1466, crash windows 1168, cdc 492, connect 484, benchmark smoke
+# 341, cdc_orders 317, reset and reload 277, scd2 load 250, testing kit 188, postgres 171, file policies 164,
+# bad input 146, log row counts 108, run queue 91; every other file under 100 s keeps its place after these.
 LONGEST_FILES_FIRST = (
-    "model/test_model_based.py", "fault_injection/test_crash_windows.py", "connect/test_connect.py",
-    "integration/test_cdc.py", "integration/test_cdc_orders.py", "integration/test_benchmark_smoke.py",
-    "integration/test_reset_and_reload.py", "integration/test_scd2_load.py",
-    "integration/test_postgres_instance.py", "integration/test_bad_input.py", "integration/test_testing_kit.py",
-    "integration/test_run_queue.py", "integration/test_log_row_counts.py",
+    "model/test_model_based.py", "fault_injection/test_crash_windows.py", "integration/test_cdc.py",
+    "connect/test_connect.py", "integration/test_benchmark_smoke.py", "integration/test_cdc_orders.py",
+    "integration/test_reset_and_reload.py", "integration/test_scd2_load.py", "integration/test_testing_kit.py",
+    "integration/test_postgres_instance.py", "integration/test_file_policies.py", "integration/test_bad_input.py",
+    "integration/test_log_row_counts.py", "integration/test_run_queue.py",
 )
 
 
