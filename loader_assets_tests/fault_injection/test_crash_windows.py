@@ -149,6 +149,30 @@ def test_small_batch_engine_killed_at_each_protocol_point_then_rerun_leaves_ever
     assert validate_here(lake) == 0
 
 
+def sigterm_at_claim(lake, settings, hit=None):
+    """A ``loader-assets run`` process held right after its claim (the ``hit``-th, default the first), then
+    SIGTERMed; returns the table's tracker rows by path once it has exited (not 0)."""
+    from loader_assets_tests.deployments import cli as cli_process
+    from loader_assets_tests.deployments import wait_for
+
+    pause = {faults.PAUSE_AT_ENV: faults.AFTER_CLAIM, faults.PAUSE_FILE_ENV: str(lake.root / "never")}
+    process = cli_process(lake, "run", wait=False, env=pause | ({faults.PAUSE_AT_HIT_ENV: str(hit)} if hit else {}))
+    wait_for(lake.root / "never.reached", process)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=300)
+    assert process.returncode != 0, err[-3000:]
+    return {r["file_path"]: r for r in DeltaTrackerResource(checkpoint_path=settings.checkpoint_path)
+            .for_table("events").read().to_pylist()}
+
+
+def assert_interrupted(row):
+    """A file failed by a run stopped by a signal: said so, and no retry used."""
+    assert row["status"] == "failed", row
+    assert row["error_message"].startswith("interrupted: run "), row["error_message"]
+    assert "stopped by a signal" in row["error_message"], row["error_message"]
+    assert (row["retry_count"] or 0) == 0  # retry_attempts is 1: a counted retry would strand the file
+
+
 def test_a_run_stopped_by_sigterm_records_its_files_as_interrupted_without_using_a_retry(spark, lake):
     """SIGTERM (what a scheduler, `docker stop` or a timeout sends) reaches the loader as Dagster's interruption:
     the run resolves its claimed batch before it exits, and says so. The files are failed as "interrupted",
@@ -160,23 +184,9 @@ def test_a_run_stopped_by_sigterm_records_its_files_as_interrupted_without_using
     assert rerun(lake)["total_files_processed"] == 2  # the first load (Spark creates the table)
     paths += [lake.write_parquet("events", f"part {i}, 'x'.parquet", list(range(i * 100, i * 100 + 7)),
                                  days_ago=1 - i * 0.1) for i in (2, 3)]
-    from loader_assets_tests.deployments import cli as cli_process
-    from loader_assets_tests.deployments import wait_for
-
-    process = cli_process(lake, "run", wait=False, env={faults.PAUSE_AT_ENV: faults.AFTER_CLAIM,
-                                                        faults.PAUSE_FILE_ENV: str(lake.root / "never")})
-    wait_for(lake.root / "never.reached", process)
-    process.send_signal(signal.SIGTERM)
-    _, err = process.communicate(timeout=300)
-    assert process.returncode != 0, err[-3000:]
-    rows = {r["file_path"]: r for r in DeltaTrackerResource(checkpoint_path=settings.checkpoint_path)
-            .for_table("events").read().to_pylist()}
-    stopped = [rows[str(p)] for p in paths[2:]]
-    assert [r["status"] for r in stopped] == ["failed", "failed"]
-    for row in stopped:
-        assert row["error_message"].startswith("interrupted: run "), row["error_message"]
-        assert "stopped by a signal" in row["error_message"]
-        assert (row["retry_count"] or 0) == 0  # retry_attempts is 1: a counted retry would strand the file
+    rows = sigterm_at_claim(lake, settings)
+    for path in paths[2:]:
+        assert_interrupted(rows[str(path)])
     assert_lock_free(settings, "events")
     assert rerun(lake)["total_files_processed"] == 2
     assert target_rows(spark, settings, "events") == expected_rows(paths)
@@ -194,23 +204,10 @@ def test_a_run_stopped_by_sigterm_in_its_second_batch_keeps_the_first_and_interr
     assert rerun(lake)["total_files_processed"] == 2  # two batches; Spark creates the table
     paths += [lake.write_parquet("events", f"late {i}.parquet", list(range(i * 100, i * 100 + 7)),
                                  days_ago=1 - i * 0.1) for i in (2, 3, 4)]
-    from loader_assets_tests.deployments import cli as cli_process
-    from loader_assets_tests.deployments import wait_for
-
-    process = cli_process(lake, "run", wait=False, env={faults.PAUSE_AT_ENV: faults.AFTER_CLAIM,
-                                                        faults.PAUSE_AT_HIT_ENV: "2",
-                                                        faults.PAUSE_FILE_ENV: str(lake.root / "never")})
-    wait_for(lake.root / "never.reached", process)
-    process.send_signal(signal.SIGTERM)
-    _, err = process.communicate(timeout=300)
-    assert process.returncode != 0, err[-3000:]
-    rows = {r["file_path"]: r for r in DeltaTrackerResource(checkpoint_path=settings.checkpoint_path)
-            .for_table("events").read().to_pylist()}
+    rows = sigterm_at_claim(lake, settings, hit=2)
     first, stopped, untouched = (rows[str(p)] for p in paths[2:])
     assert (first["status"], first["row_count"], first["retry_count"] or 0) == ("completed", 7, 0)
-    assert stopped["status"] == "failed" and (stopped["retry_count"] or 0) == 0
-    assert stopped["error_message"].startswith("interrupted: run ") and "stopped by a signal" in \
-        stopped["error_message"], stopped["error_message"]
+    assert_interrupted(stopped)
     assert (untouched["status"], untouched["batch_id"]) == ("pending", None)
     assert_lock_free(settings, "events")
     assert rerun(lake)["total_files_processed"] == 2
