@@ -27,7 +27,7 @@ from loader_assets.settings import LoaderSettings, TableSettings
 # dagster/_daemon/sensor.py) and skips a sensor whose last tick started less than its minimum interval ago
 # (unit/test_definitions_and_sensor.py pins the value against Dagster's).
 DAEMON_SENSOR_LOOP_SECONDS = 5
-# how much later than a whole number of loops a tick may start and still count as on time
+# how much sooner than a whole number of loops after the last tick a tick may start and still be taken
 TICK_JITTER_SECONDS = 2
 
 IN_FLIGHT = [
