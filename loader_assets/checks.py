@@ -31,7 +31,7 @@ would load every partition). They run after each materialisation of the table an
 
 
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -43,8 +43,15 @@ import pyarrow.compute as pc
 
 from loader_assets.cdc import absence_events, as_events, extracts_of, is_full
 from loader_assets.changes import ChangeRecord, changes_location
-from loader_assets.core.spark_hash import spark_hash, weighted_sums
 from loader_assets.core.states import FileStatus
+from loader_assets.fingerprint import (
+    Fingerprint,
+    fingerprint_columns,
+    observed_in_run,
+    same,
+    tracker_fingerprints,
+    verified_by_fingerprints,
+)
 from loader_assets.planning import needs_operator
 from loader_assets.reading import AUDIT_COLUMNS, BATCH_ID_COLUMN, SOURCE_FILE_COLUMN
 from loader_assets.resources.lock import (
@@ -80,6 +87,11 @@ SAMPLE = 20
 SAMPLE_TABLE = 50  # rows of a files table in a check's metadata; a longer list says how many it left out
 
 
+COUNTED_BY_SPARK = "spark (the rows read back)"
+COUNTED_BY_LOG = "delta log statistics (one source file per data file)"
+COUNTED_BY_FINGERPRINTS = "the writes' observed fingerprints and the delta log's statistics"
+
+
 @dataclass
 class TargetConsistency:
     """Result of comparing the tracker with the target table."""
@@ -89,6 +101,7 @@ class TargetConsistency:
     count_mismatches: list[dict[str, Any]] = field(default_factory=list)
     untracked_files: list[str] = field(default_factory=list)
     duplicate_loads: list[dict[str, Any]] = field(default_factory=list)
+    counted_by: str = COUNTED_BY_SPARK  # how the target's rows were counted (a check's ``counted_by`` metadata)
 
     @property
     def consistent(self) -> bool:
@@ -100,10 +113,15 @@ def compare_target_with_tracker(
     tracker: FileTracker,
     target_path: str,
     files: Sequence[str] | None = None,
+    observed: Mapping[str, Fingerprint] | None = None,
 ) -> TargetConsistency:
     """Per-file row counts and batch ids of the target against the tracker. ``spark`` is a session, or a
     function returning one, called only when the Delta log cannot answer (so a check after a small batch starts
     no JVM).
+
+    ``observed``: the fingerprints of the rows the run's writes added, per batch (``loader_assets.fingerprint``).
+    With ``files``, when they and the Delta log's statistics prove the files' rows
+    (``fingerprint.verified_by_fingerprints``), no row is read back: what a large append's check costs.
 
     With ``files``, only those files are compared, each with one aggregation per file (a load checks what it
     wrote: their counts, and that none of them is in the table twice); rows of other files are not looked at.
@@ -130,6 +148,7 @@ def compare_target_with_tracker(
         expected = expected.filter(chosen)
     result.completed_files = expected.num_rows
     if open_target(target_path) is None:
+        result.counted_by = "no target table"
         result.count_mismatches = [
             {"file": row["file_path"], "tracker_rows": row["row_count"], "target_rows": 0}
             for row in expected.to_pylist()
@@ -143,9 +162,14 @@ def compare_target_with_tracker(
         # other file).
         logged = rows_per_source_file(target_path, SOURCE_FILE_COLUMN, BATCH_ID_COLUMN,
                                       None if every_file else files)
+        result.counted_by = COUNTED_BY_LOG
+        if logged is None and observed:
+            logged = verified_by_fingerprints(target_path, expected, observed, every_file)
+            result.counted_by = COUNTED_BY_FINGERPRINTS
         if logged is not None:
             _compare_counts(result, logged, expected)
             return result
+        result.counted_by = COUNTED_BY_SPARK
         spark = spark() if callable(spark) else spark
         frame = spark.read.format("delta").load(target_path)
         scoped = frame if every_file else frame.where(F.col(SOURCE_FILE_COLUMN).isin(list(files)))
@@ -268,46 +292,29 @@ def keyed_report(
 
 
 def batch_fingerprint_frame(frame: Any) -> Any:
-    """The target side of the per-batch fingerprint: one row per ``_batch_id`` (as ``batch``) with its rows and
-    the sums of ``hash(_source_file)`` and ``hash(_source_file, _source_file)`` (NULL when a sum overflows)."""
+    """The target side of the per-batch fingerprint (``loader_assets.fingerprint``): one row per ``_batch_id``
+    (as ``batch``) with its ``rows``, ``h1`` and ``h2``."""
     from pyspark.sql import functions as F
 
-    path = F.col(SOURCE_FILE_COLUMN)
-    return frame.groupBy(F.col(BATCH_ID_COLUMN).alias("batch")).agg(
-        F.count(F.lit(1)).cast("long").alias("rows"), F.try_sum(F.hash(path).cast("long")).alias("h1"),
-        F.try_sum(F.hash(path, path).cast("long")).alias("h2"))
+    return frame.groupBy(F.col(BATCH_ID_COLUMN).alias("batch")).agg(*fingerprint_columns())
 
 
 def _batch_fingerprints(frame: Any, tracked: pa.Table, excluded: list[str]) -> list[str | None]:
     """Batch ids whose target rows differ from ``tracked`` (the tracker's completed files that have rows) in
-    that batch, compared by (rows, sum of h1, sum of h2) with h1 = Spark's ``hash(_source_file)`` and h2 =
-    ``hash(_source_file, _source_file)`` (see compare_target_with_tracker). The target side is one Spark
+    that batch, compared by their fingerprints (``loader_assets.fingerprint``). The target side is one Spark
     aggregation (``batch_fingerprint_frame``) that returns a row per batch; the tracker side is computed on the
-    driver with the same hash (``core.spark_hash``), so no tracker row goes to the JVM. Rows of ``excluded``
-    files (waiting for a reload) are left out of the target side."""
+    driver. Rows of ``excluded`` files (waiting for a reload) are left out of the target side."""
     from pyspark.sql import functions as F
 
     target = frame.where(~F.col(SOURCE_FILE_COLUMN).isin(excluded)) if excluded else frame
     with ThreadPoolExecutor(max_workers=1) as pool:  # the driver hashes the tracker while Spark scans
         spark_side = pool.submit(batch_fingerprint_frame(target).toArrow)
-        expected = _tracker_fingerprints(tracked)
+        expected = tracker_fingerprints(tracked)
         sums = spark_side.result()
     found = {row["batch"]: (row["rows"], row["h1"], row["h2"]) for row in sums.to_pylist()}
     # a batch on one side only, or a sum that overflowed (NULL), differs
-    return sorted((b for b in {*found, *expected} if found.get(b) != expected.get(b) or None in found.get(b, ())),
+    return sorted((b for b in {*found, *expected} if not same(found.get(b), expected.get(b))),
                   key=lambda b: (b is None, b or ""))
-
-
-def _tracker_fingerprints(tracked: pa.Table) -> dict[str | None, tuple[int, int, int]]:
-    """(rows, sum of h1, sum of h2) per batch of the tracker's completed files, each weighted by its rows."""
-    h1 = spark_hash(tracked["file_path"])
-    h2 = spark_hash(tracked["file_path"], h1)
-    counts = tracked["row_count"]
-    ones = pa.array([1] * tracked.num_rows, pa.int64())
-    expected_rows = weighted_sums(tracked["batch_id"], ones, counts)
-    expected_h1 = weighted_sums(tracked["batch_id"], h1, counts)
-    expected_h2 = weighted_sums(tracked["batch_id"], h2, counts)
-    return {b: (expected_rows[b], expected_h1[b], expected_h2[b]) for b in expected_rows}
 
 
 def _compare_per_file(result: TargetConsistency, frame: Any, expected: pa.Table) -> None:
@@ -561,6 +568,7 @@ def target_consistency_result(consistency: TargetConsistency, scope: str = "whol
             "count_mismatches": dg.MetadataValue.json(consistency.count_mismatches),
             "untracked_files": dg.MetadataValue.json(consistency.untracked_files),
             "duplicate_loads": dg.MetadataValue.json(consistency.duplicate_loads),
+            "counted_by": consistency.counted_by,
             **(extra or {}),
         },
     )
@@ -652,8 +660,9 @@ def build_table_checks(table: TableSettings, settings: LoaderSettings) -> list[d
         if record is not None:
             consistency = compare_record_with_tracker(spark.session, table_tracker, record, scope or None)
         else:
-            consistency = compare_target_with_tracker(lambda: spark.session, table_tracker, target_path,
-                                                      scope or None)
+            consistency = compare_target_with_tracker(
+                lambda: spark.session, table_tracker, target_path, scope or None,
+                observed_in_run(context.instance, context.run.run_id, name) if scope else None)
         recorded = state_metadata(context, name, check_name, state, consistency.consistent, table_tracker,
                                   target_path, record, batches_of_run(table_tracker, context.run.run_id) if scope
                                   else None, scope)

@@ -95,26 +95,14 @@ def rows_per_source_file(target_path: str, source_column: str, batch_column: str
     source file and of one batch (``batch_column`` min == max: rows of a file under two batch ids are a duplicate
     load, which the caller's Spark query names), and has statistics. Never for a table with deletion vectors
     (``numRecords`` would count deleted rows): the loader creates none, a user may turn them on."""
-    table = open_target(target_path)
-    if table is None:
-        return NO_ROWS
-    if str(table.metadata().configuration.get("delta.enableDeletionVectors", "false")).lower() == "true" or \
-            "deletionVectors" in (table.protocol().writer_features or []):
+    actions = data_file_stats(target_path, source_column, batch_column)
+    if actions is None:
         return None
-    wanted = ["num_records", f"min.{source_column}", f"max.{source_column}", f"null_count.{source_column}",
-              f"min.{batch_column}", f"max.{batch_column}"]
-    actions = pa.table(table.get_add_actions(flatten=True))
     if actions.num_rows == 0:
         return NO_ROWS
-    if any(name not in actions.column_names for name in wanted):
-        return None  # statistics not collected for these columns
-    actions = actions.select(wanted)
     low, high = actions[f"min.{source_column}"], actions[f"max.{source_column}"]
     if files is not None:
-        asked = sorted(set(files))
-        candidate = [lo is None or hi is None or _holds_one(asked, lo, hi)
-                     for lo, hi in zip(low.to_pylist(), high.to_pylist(), strict=True)]
-        actions = actions.filter(pa.array(candidate, pa.bool_()))
+        actions = actions.filter(holds_one_of(files, low, high))
         low, high = actions[f"min.{source_column}"], actions[f"max.{source_column}"]
     exact = pc.and_(
         pc.and_(pc.equal(low, high), pc.equal(actions[f"null_count.{source_column}"], 0)),
@@ -131,6 +119,37 @@ def rows_per_source_file(target_path: str, source_column: str, batch_column: str
     if files is not None:
         per_file = per_file.filter(pc.is_in(per_file["file_path"], pa.array(list(files), pa.string())))
     return per_file.filter(pc.greater(per_file["rows"], 0)).sort_by("file_path")
+
+
+def data_file_stats(target_path: str, source_column: str, batch_column: str) -> pa.Table | None:
+    """The statistics of the target's live data files from its Delta log, one row per file: ``num_records`` and
+    the min, max and null count of ``source_column`` and of ``batch_column`` (flattened names such as
+    ``min._source_file``); empty when the table does not exist or has no file. None when the log cannot be
+    trusted to count rows: statistics not collected for these columns, or deletion vectors (``numRecords``
+    would count deleted rows: the loader creates none, a user may turn them on)."""
+    table = open_target(target_path)
+    wanted = ["num_records", f"min.{source_column}", f"max.{source_column}", f"null_count.{source_column}",
+              f"min.{batch_column}", f"max.{batch_column}", f"null_count.{batch_column}"]
+    empty = pa.table({name: pa.array([], pa.int64() if name.startswith(("num", "null")) else pa.string())
+                      for name in wanted})
+    if table is None:
+        return empty
+    if str(table.metadata().configuration.get("delta.enableDeletionVectors", "false")).lower() == "true" or \
+            "deletionVectors" in (table.protocol().writer_features or []):
+        return None
+    actions = pa.table(table.get_add_actions(flatten=True))
+    if actions.num_rows == 0:
+        return empty
+    if any(name not in actions.column_names for name in wanted):
+        return None  # statistics not collected for these columns
+    return actions.select(wanted)
+
+
+def holds_one_of(asked: Sequence[str], low: pa.ChunkedArray, high: pa.ChunkedArray) -> pa.Array:
+    """Per data file, whether its [low, high] statistics range may hold one of ``asked`` (a missing bound: yes)."""
+    ordered = sorted(set(asked))
+    return pa.array([lo is None or hi is None or _holds_one(ordered, lo, hi)
+                     for lo, hi in zip(low.to_pylist(), high.to_pylist(), strict=True)], pa.bool_())
 
 
 def _holds_one(asked: list[str], low: str, high: str) -> bool:
