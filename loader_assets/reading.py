@@ -27,7 +27,9 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -315,6 +317,32 @@ def _spark_file_uris(input_files: Sequence[str], paths: Sequence[str]) -> list[s
     return [uri for uri in uris if uri is not None]
 
 
+PARALLEL_LISTING_CONF = "spark.sql.sources.parallelPartitionDiscovery.threshold"
+_LISTING_CONF_LOCK = threading.Lock()
+
+
+@contextmanager
+def _listed_in_the_driver(spark: SparkSession, paths: Sequence[str]) -> Iterator[None]:
+    """Let Spark list ``paths`` in the driver when they are all local files. Above 32 paths Spark lists them
+    with a distributed job of its own, which cost 0.7-0.9 s for benchmark P1's 200 files against 0.05 s in the
+    driver: those are files the loader has just looked at, one ``stat`` each. On an object store the job stays
+    (a listing there is a request per path, which the job runs in parallel). The session conf is read when the
+    relation is built (``load``), so it is set around that call only and restored."""
+    if not all(isinstance(resolve(path)[0], pafs.LocalFileSystem) for path in paths):
+        yield
+        return
+    with _LISTING_CONF_LOCK:  # two loads in one process must not restore each other's value
+        previous = spark.conf.get(PARALLEL_LISTING_CONF, None)
+        spark.conf.set(PARALLEL_LISTING_CONF, str(len(paths) + 1))
+        try:
+            yield
+        finally:
+            if previous is None:
+                spark.conf.unset(PARALLEL_LISTING_CONF)
+            else:
+                spark.conf.set(PARALLEL_LISTING_CONF, previous)
+
+
 def _read_parquet_group(spark: SparkSession, table: TableSettings, files: list[ExpectedFile]) -> _FileFrame | str:
     """Files with one footer schema as one Spark read, or why that cannot be done safely (then each file is
     read on its own). Reading 200 files as one relation instead of a 200-way union of one-file relations is
@@ -325,8 +353,9 @@ def _read_parquet_group(spark: SparkSession, table: TableSettings, files: list[E
 
     paths = [f.path for f in files]
     try:
-        frame = (spark.read.format("parquet").options(**table.spark_read_options)
-                 .load([escape_glob(p) for p in paths]))
+        with _listed_in_the_driver(spark, paths):
+            frame = (spark.read.format("parquet").options(**table.spark_read_options)
+                     .load([escape_glob(p) for p in paths]))
         data_schema = frame.schema
         input_files = frame.inputFiles()
         uris = _spark_file_uris(input_files, paths)

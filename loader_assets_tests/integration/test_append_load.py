@@ -113,6 +113,26 @@ def test_ranged_run_over_several_day_partitions_is_one_run_one_commit(spark, lak
     assert len(history) == 1
 
 
+@pytest.mark.parametrize("before", [None, "7"])
+def test_a_group_read_lists_local_files_in_the_driver_and_leaves_the_session_as_it_was(spark, lake, instance,
+                                                                                        before):
+    from loader_assets.reading import PARALLEL_LISTING_CONF
+
+    files = [lake.write_parquet("events", f"g{n}.parquet", [n]) for n in range(40)]  # above Spark's 32
+    if before is None:
+        spark.conf.unset(PARALLEL_LISTING_CONF)
+    else:
+        spark.conf.set(PARALLEL_LISTING_CONF, before)
+    try:
+        settings = lake.config(small_batch_max_bytes=0)
+        summary = run_pipeline(settings, instance=instance)
+        assert summary.total_files_processed == 40 and summary.total_rows_loaded == 40
+        assert spark.conf.get(PARALLEL_LISTING_CONF, None) == before
+        assert target_rows(spark, settings, "events") == sorted((n, f"n{n}", str(f)) for n, f in enumerate(files))
+    finally:
+        spark.conf.unset(PARALLEL_LISTING_CONF)
+
+
 def test_file_names_with_quotes_commas_spaces_unicode_and_glob_characters(spark, lake, instance):
     names = ["it's, \"quoted\".parquet", "with space ü 名前.parquet", "glob [a] {b} *.parquet", "percent%20+plus.parquet"]
     paths = [lake.write_parquet("events", name, [i], days_ago=1) for i, name in enumerate(names)]
