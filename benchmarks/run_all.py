@@ -144,8 +144,9 @@ DEVIATIONS = [
     "P4's 100-batch history is built with the loader's own pieces (lock, tracker register/claim/complete, "
     "`reading.read_batch`, the append IO manager's commit with txn and userMetadata), one batch at a time, "
     "instead of 100 `run_pipeline` calls (several minutes more for the same state).",
-    "P1 runs 3 rounds of baseline, loader and floor (Spark by hand with the loader's audit columns and txn "
-    "options), after a warm-up of each on two small files, and reports medians; P4 is the median of 5 batches "
+    "P1 runs 5 rounds of the raw copy, then the loader and the floor (Spark by hand with the loader's audit "
+    "columns and txn options: P1's baseline since issue 15) taking turns going first, after a warm-up of each "
+    "on two small files, and reports medians; P4 is the median of 5 batches "
     "per side, run alternately; P5, P6 and P7 are medians of 3-5 repetitions.",
     "P3's figure is `run_pipeline` in a process that has imported the loader (a fresh Dagster instance and "
     "definitions); `cli_process_seconds` in results.json is the same rerun as a new `loader-assets run` "

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -98,13 +99,15 @@ def verified_by_fingerprints(target_path: str, expected: pa.Table, observed: Map
        with ``every_file``, every data file, since the table must hold nothing else) holds rows of one of those
        batches only (``_batch_id`` min == max, no nulls): no earlier load of the files is left, nothing else is
        there;
-    3. per batch, the live data files of that batch hold as many rows as were observed: the commit's files are
-       all still there and hold exactly the written rows (no other commit carries the batch's id).
+    3. per batch, the live data files of that batch are exactly the files its commit added (read from the
+       commit's JSON at the tracker's ``target_version``), holding as many rows as were observed: data files
+       are immutable, so no UPDATE, DELETE or OPTIMIZE changed the written rows since, and no other commit
+       carries the batch's id.
     Deletion vectors, or statistics the log lacks, leave it unproven (``target.data_file_stats``).
     """
     from loader_assets.core.states import FileStatus
     from loader_assets.reading import BATCH_ID_COLUMN
-    from loader_assets.target import data_file_stats, holds_one_of
+    from loader_assets.target import data_file_stats, files_added_by, holds_one_of
 
     if not observed or expected.num_rows == 0:
         return None
@@ -132,14 +135,21 @@ def verified_by_fingerprints(target_path: str, expected: pa.Table, observed: Map
     elif not pc.all(of_batch).as_py():
         return None
     mine = stats.filter(of_batch)
+    live: dict[str, set[str]] = {batch: set() for batch in batches}
     held = dict.fromkeys(batches, 0)
-    for batch, records in zip(mine[f"min.{BATCH_ID_COLUMN}"].to_pylist(), mine["num_records"].to_pylist(),
-                              strict=True):
+    for batch, path, records in zip(mine[f"min.{BATCH_ID_COLUMN}"].to_pylist(), mine["path"].to_pylist(),
+                                    mine["num_records"].to_pylist(), strict=True):
         if records is None:
             return None
+        live[batch].add(unquote(path))
         held[batch] += int(records)
     if any(held[batch] != observed[batch][0] for batch in batches):
         return None
+    versions = dict(zip(expected["batch_id"].to_pylist(), expected["target_version"].to_pylist(), strict=True))
+    for batch in batches:  # the batch's rows are still the files its commit wrote: no UPDATE, DELETE or OPTIMIZE
+        version = versions.get(batch)
+        if version is None or files_added_by(target_path, int(version)) != live[batch]:
+            return None
     return (with_rows.select(["file_path", "row_count"]).rename_columns(["file_path", "rows"])
             .cast(pa.schema([("file_path", pa.string()), ("rows", pa.int64())])).sort_by("file_path"))
 

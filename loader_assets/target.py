@@ -13,6 +13,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import unquote
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -122,13 +123,13 @@ def rows_per_source_file(target_path: str, source_column: str, batch_column: str
 
 
 def data_file_stats(target_path: str, source_column: str, batch_column: str) -> pa.Table | None:
-    """The statistics of the target's live data files from its Delta log, one row per file: ``num_records`` and
-    the min, max and null count of ``source_column`` and of ``batch_column`` (flattened names such as
+    """The statistics of the target's live data files from its Delta log, one row per file: its ``path``,
+    ``num_records`` and the min, max and null count of ``source_column`` and of ``batch_column`` (flattened names such as
     ``min._source_file``); empty when the table does not exist or has no file. None when the log cannot be
     trusted to count rows: statistics not collected for these columns, or deletion vectors (``numRecords``
     would count deleted rows: the loader creates none, a user may turn them on)."""
     table = open_target(target_path)
-    wanted = ["num_records", f"min.{source_column}", f"max.{source_column}", f"null_count.{source_column}",
+    wanted = ["path", "num_records", f"min.{source_column}", f"max.{source_column}", f"null_count.{source_column}",
               f"min.{batch_column}", f"max.{batch_column}", f"null_count.{batch_column}"]
     empty = pa.table({name: pa.array([], pa.int64() if name.startswith(("num", "null")) else pa.string())
                       for name in wanted})
@@ -143,6 +144,25 @@ def data_file_stats(target_path: str, source_column: str, batch_column: str) -> 
     if any(name not in actions.column_names for name in wanted):
         return None  # statistics not collected for these columns
     return actions.select(wanted)
+
+
+def files_added_by(target_path: str, version: int) -> set[str] | None:
+    """The data files (paths as the log names them, percent-decoded) that commit ``version`` of the target
+    added, read from its JSON commit; None if that file is gone (the log's retention removed it)."""
+    from loader_assets.core.discovery import resolve
+
+    filesystem, root = resolve(target_path.rstrip("/"))
+    try:
+        with filesystem.open_input_stream(f"{root}/_delta_log/{version:020d}.json") as stream:
+            lines = stream.read().decode("utf-8").splitlines()
+    except (FileNotFoundError, OSError):
+        return None
+    added = set()
+    for line in lines:
+        action = json.loads(line) if line.strip() else {}
+        if "add" in action:
+            added.add(unquote(action["add"]["path"]))
+    return added
 
 
 def holds_one_of(asked: Sequence[str], low: pa.ChunkedArray, high: pa.ChunkedArray) -> pa.Array:

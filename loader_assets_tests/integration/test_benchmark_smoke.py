@@ -28,10 +28,11 @@ def test_scd2_benchmark_at_tiny_size_matches_the_canonical_merge(spark, tmp_path
 
 @pytest.mark.spark
 def test_append_benchmark_loads_every_row_on_both_sides(spark, tmp_path):
-    result = bench_p1_append.run(files=4, rows=500, workdir=tmp_path / "bench")
+    result = bench_p1_append.run(files=4, rows=500, repeats=2, workdir=tmp_path / "bench")
     assert result["tables_equal_row_counts"]
     assert result["loader_rows"] == result["baseline_rows"] == result["total_rows_loaded"] == 2000
     assert result["phases"]["read batch (Spark)"]["calls"] == 1
+    assert len(result["round_ratios"]) == 2 and result["raw_copy_seconds"] > 0  # both turn orders ran
     assert result["python_peak_rss_mb"] > 0
 
 
