@@ -10,7 +10,9 @@ would load every partition). They run after each materialisation of the table an
 - ``target_matches_tracker``: every completed file's row count equals its rows in the target, no rows
   come from a file that is not completed, and no file's rows carry two batch ids (a duplicate load). For an
   scd2 table the count is the file's change rows in the change record, and no change row may come from a file
-  the tracker does not count as loaded.
+  the tracker does not count as loaded. Its ``counted_by`` metadata says how the rows were counted: from the
+  Delta log's statistics, from the fingerprints the run's writes observed (``loader_assets.fingerprint``), or
+  by reading them in Spark.
 - ``expectation_<name>`` (one per configured expectation): rows checked, passed and failed over the table's
   current files, from the counts the loads stored in the tracker, with sample failing rows. No Spark.
 - ``freshness`` (tables with ``freshness``): the newest loaded file is at most ``max_lag_minutes`` old
@@ -220,7 +222,7 @@ def compare_record_with_tracker(
     from a file the tracker does not count as loaded. With ``files``, only those files."""
     from pyspark.sql import functions as F
 
-    result = TargetConsistency()
+    result = TargetConsistency(counted_by="spark (the change record's rows)")
     expected = files_with_rows(tracker)
     if files is not None:
         expected = expected.filter(pc.is_in(expected["file_path"], pa.array(list(files), pa.string())))
