@@ -8,11 +8,12 @@ fingerprints mean the rows are the tracker's files with the tracker's counts: tw
 files with equal fingerprints need both hash sums to collide at once (about 1 in 2^64 for unrelated hashes).
 A NULL sum never counts as equal.
 
-Two places compute the rows' side (docs/ARCHITECTURE.md, "Checks after a load look at what the run wrote"):
+Two places compute the rows' side (docs/ARCHITECTURE.md, "A packed append is proven by the fingerprint its
+write observed"):
 - ``fingerprint_columns`` grouped by ``_batch_id`` over the target (the whole-table check, ``checks.py``);
 - ``observe`` on the rows a Spark append writes, filled by the write itself (a Spark ``Observation``, no
-  second pass over the data): the post-load check compares it with the tracker and, through the Delta log's
-  statistics, with the commit, instead of reading the batch back (``checks.verified_by_fingerprint``).
+  second pass over the data): the post-load check compares it with the tracker and, through the Delta log,
+  with the commit, instead of reading the batch back (``verified_by_fingerprints``).
 """
 
 from __future__ import annotations
