@@ -18,6 +18,8 @@ from loader_assets.fingerprint import observe, observed, observed_in_run, verifi
 from loader_assets.reading import BATCH_ID_COLUMN, SOURCE_FILE_COLUMN
 from loader_assets.resources.tracker import DeltaTrackerResource
 from loader_assets.target import rows_per_source_file
+from loader_assets_tests.conftest import target_rows
+from loader_assets_tests.integration.test_reset_and_reload import home, six_files  # noqa: F401 - a fixture
 
 pytestmark = pytest.mark.spark
 
@@ -191,3 +193,36 @@ def test_a_proof_always_agrees_with_sparks_count_over_random_loads_and_changes(s
         proof_agrees(tamper)
         spark.sql(f"RESTORE TABLE delta.`{path}` TO VERSION AS OF {loaded}")
     assert proof_agrees("RESTORE"), f"seed {seed}: RESTORE puts the written files back, which proves again"
+
+
+@pytest.mark.usefixtures("home")  # the CLI's DAGSTER_HOME
+def test_runs_of_several_batches_and_their_reload_after_reset_state_are_proven(spark, lake, instance):
+    """The operator path: batches of three packed files (``max_files_per_run`` 3, one run each), then
+    ``reset-state`` and the reload, whose batches replace the files' rows (``replaceWhere``). Every run's check
+    passes, and it counts by the writes' fingerprints, not by reading the rows back."""
+    from loader_assets.cli import main
+
+    files = [str(f) for f in six_files(lake)]
+    settings = lake.config(small_batch_max_bytes=0, max_files_per_run=3)
+    path = settings.table_path("events")
+
+    def checks_of_last(runs):
+        from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus as Status
+
+        history = instance.event_log_storage.get_asset_check_execution_history(
+            dg.AssetCheckKey(dg.AssetKey("events"), "target_matches_tracker"), limit=runs,
+            status={Status.SUCCEEDED, Status.FAILED})
+        return [(h.event.dagster_event.event_specific_data.passed,
+                 h.event.dagster_event.event_specific_data.metadata["counted_by"].value) for h in history]
+
+    first = run_pipeline(settings, instance=instance)
+    assert first.success and len(first.tables["events"].run_ids) == 2
+    assert rows_per_source_file(path, SOURCE_FILE_COLUMN, BATCH_ID_COLUMN, files[3:]) is None  # packed
+    assert checks_of_last(2) == [(True, COUNTED_BY_FINGERPRINTS)] * 2
+    assert main(["reset-state", "--config", str(lake.config_path), "--yes"]) == 0
+    reload = run_pipeline(settings, instance=instance)
+    assert reload.success and reload.total_files_processed == 6 and len(reload.tables["events"].run_ids) == 2
+    assert checks_of_last(2) == [(True, COUNTED_BY_FINGERPRINTS)] * 2
+    assert sorted(target_rows(spark, settings, "events")) == sorted(
+        (i * 10 + j, f"n{i * 10 + j}", f) for i, f in enumerate(files) for j in range(10))
+    assert main(["validate-consistency", "--config", str(lake.config_path)]) == 0
