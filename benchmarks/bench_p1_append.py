@@ -65,9 +65,9 @@ def run(
 ) -> dict[str, Any]:
     """Time the loader's append of ``files`` x ``rows`` against a Spark append of the same files by hand.
 
-    Each repetition runs, in turn, the baseline, the loader and the floor (Spark by hand writing the same audit
-    columns and txn), each into a new table; the figures are medians, so one slow moment of the machine does
-    not decide the ratio."""
+    Each repetition runs, in turn, the raw copy, the loader and the floor (Spark by hand writing the same audit
+    columns and txn; the baseline of the ratio), each into a new table; the figures are medians, so one slow
+    moment of the machine does not decide the ratio."""
     root = Path(workdir or tempfile.mkdtemp(prefix="bench-p1-"))
     moment = common.yesterday_noon()
     source = root / "landing" / "events"
@@ -80,11 +80,11 @@ def run(
     _one_read_with_audit(spark, warm_paths, root / "warmup-floor")
     _loader(root / "warmup-loader", warm_source)
 
-    loader_times, baseline_times, floor_times, phase_runs, summary = [], [], [], [], None
+    loader_times, raw_copy_times, floor_times, phase_runs, summary = [], [], [], [], None
     for n in range(repeats):
-        baseline_path = root / f"baseline-{n}"
-        seconds, _ = common.timed(lambda baseline_path=baseline_path: _baseline(spark, paths, baseline_path))
-        baseline_times.append(seconds)
+        raw_copy_path = root / f"raw-copy-{n}"
+        seconds, _ = common.timed(lambda raw_copy_path=raw_copy_path: _baseline(spark, paths, raw_copy_path))
+        raw_copy_times.append(seconds)
 
         def floor(n: int = n) -> None:
             seconds, _ = common.timed(lambda: _one_read_with_audit(spark, paths, root / f"floor-{n}"))
@@ -97,12 +97,14 @@ def run(
         phase_runs.append((seconds, extra["phases"]))
         assert summary.success and summary.total_files_processed == files, summary.to_json()
         loader_rows = spark.read.format("delta").load(extra["settings"].table_path("events")).count()
-        baseline_rows = spark.read.format("delta").load(str(baseline_path)).count()
-        assert loader_rows == baseline_rows == files * rows, (loader_rows, baseline_rows)
+        raw_copy_rows = spark.read.format("delta").load(str(raw_copy_path)).count()
+        assert loader_rows == raw_copy_rows == files * rows, (loader_rows, raw_copy_rows)
         if not n % 2:
             floor()
+        floor_rows = spark.read.format("delta").load(str(root / f"floor-{n}")).count()
+        assert floor_rows == files * rows, floor_rows
 
-    loader_seconds, baseline_seconds = statistics.median(loader_times), statistics.median(baseline_times)
+    loader_seconds, raw_copy_seconds = statistics.median(loader_times), statistics.median(raw_copy_times)
     floor_seconds = statistics.median(floor_times)
     phases = min(phase_runs, key=lambda item: abs(item[0] - loader_seconds))[1]  # the median run's phases
     ratio = loader_seconds / floor_seconds  # issue 15: judged against the floor, the raw copy's ratio beside it
@@ -116,24 +118,27 @@ def run(
         TARGET_RATIO,
         "<= 1.10x the floor",
         ratio <= TARGET_RATIO,
-        raw_copy_seconds=round(baseline_seconds, 3),
-        raw_copy_ratio=round(loader_seconds / baseline_seconds, 3),
+        raw_copy_seconds=round(raw_copy_seconds, 3),
+        raw_copy_ratio=round(loader_seconds / raw_copy_seconds, 3),
         round_ratios=[round(lo / fl, 3) for lo, fl in zip(loader_times, floor_times, strict=True)],
         files=files,
         rows=files * rows,
         loader_rows=loader_rows,
-        baseline_rows=baseline_rows,
-        tables_equal_row_counts=loader_rows == baseline_rows == files * rows,
+        baseline_rows=floor_rows,
+        raw_copy_rows=raw_copy_rows,
+        tables_equal_row_counts=loader_rows == floor_rows == raw_copy_rows == files * rows,
         total_rows_loaded=summary.total_rows_loaded,
         loader_times=[round(s, 3) for s in loader_times],
-        baseline_times=[round(s, 3) for s in baseline_times],
+        raw_copy_times=[round(s, 3) for s in raw_copy_times],
         floor_times=[round(s, 3) for s in floor_times],
-        floor_ratio=round(floor_seconds / baseline_seconds, 3),
+        floor_over_raw_copy=round(floor_seconds / raw_copy_seconds, 3),
         loader_over_floor=round(loader_seconds / floor_seconds, 3),
         loader_files_per_second=round(files / loader_seconds, 1),
         loader_rows_per_second=round(files * rows / loader_seconds),
-        baseline_files_per_second=round(files / baseline_seconds, 1),
-        baseline_rows_per_second=round(files * rows / baseline_seconds),
+        baseline_files_per_second=round(files / floor_seconds, 1),  # the floor, as in the ratio
+        baseline_rows_per_second=round(files * rows / floor_seconds),
+        raw_copy_files_per_second=round(files / raw_copy_seconds, 1),
+        raw_copy_rows_per_second=round(files * rows / raw_copy_seconds),
         python_peak_rss_mb=common.python_peak_rss_mb(),
         jvm_driver_peak_rss_mb=common.jvm_peak_rss_mb(spark),
         phases=phases,

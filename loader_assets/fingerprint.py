@@ -1,12 +1,14 @@
 """A batch's fingerprint: its rows and two hash sums of ``_source_file``, comparable with what the tracker says.
 
-For a set of rows the fingerprint is (rows, sum of h1, sum of h2) with h1 = Spark's ``hash(_source_file)`` and
-h2 = ``hash(_source_file, _source_file)``, both 32-bit, summed as 64-bit (``try_sum``: NULL if a sum would
-overflow). For the tracker's files of a batch it is the same sums with each file weighted by its row count,
-computed on the driver with the same hash (``core.spark_hash``), so no tracker row goes to the JVM. Equal
-fingerprints mean the rows are the tracker's files with the tracker's counts: two different multisets of
-files with equal fingerprints need both hash sums to collide at once (about 1 in 2^64 for unrelated hashes).
-A NULL sum never counts as equal.
+For a set of rows the fingerprint is (rows, sum of h1, sum of h2), where h1 and h2 are the high (signed) and
+low (unsigned) 32-bit halves of Spark's ``xxhash64(_source_file)``, summed as 64-bit (``try_sum``: NULL if a
+sum would overflow, which needs 2^31 rows). For the tracker's files of a batch it is the same sums with each
+file weighted by its row count, computed on the driver with the same hash (``core.spark_hash``), so no
+tracker row goes to the JVM. Equal fingerprints mean the rows are the tracker's files with the tracker's
+counts: two different multisets of files with equal fingerprints need both half sums to collide at once
+(about 1 in 2^64, the halves of a 64-bit hash being independent). A NULL sum never counts as equal. One
+XXH64 pass reads each path once; the Murmur3 pair it replaced (``hash(s)``, ``hash(s, s)``) read it three
+times.
 
 Two places compute the rows' side (docs/ARCHITECTURE.md, "A packed append is proven by the fingerprint its
 write observed"):
@@ -25,7 +27,7 @@ from urllib.parse import unquote
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from loader_assets.core.spark_hash import spark_hash, weighted_sums
+from loader_assets.core.spark_hash import halves, spark_xxhash64, weighted_sums
 from loader_assets.reading import SOURCE_FILE_COLUMN
 
 if TYPE_CHECKING:
@@ -38,9 +40,17 @@ def fingerprint_columns() -> list[Column]:
     """The aggregations of a fingerprint over rows with ``_source_file``: ``rows``, ``h1``, ``h2``."""
     from pyspark.sql import functions as F
 
-    path = F.col(SOURCE_FILE_COLUMN)
-    return [F.count(F.lit(1)).cast("long").alias("rows"), F.try_sum(F.hash(path).cast("long")).alias("h1"),
-            F.try_sum(F.hash(path, path).cast("long")).alias("h2")]
+    return _fingerprint_of(F.xxhash64(F.col(SOURCE_FILE_COLUMN)))
+
+
+def _fingerprint_of(hashed: Column) -> list[Column]:
+    from pyspark.sql import functions as F
+
+    return [F.count(F.lit(1)).cast("long").alias("rows"), F.try_sum(F.shiftright(hashed, 32)).alias("h1"),
+            F.try_sum(hashed.bitwiseAND(F.lit(_LOW_HALF))).alias("h2")]
+
+
+_LOW_HALF = 0xFFFFFFFF
 
 
 def observe(frame: DataFrame) -> tuple[DataFrame, Any]:
@@ -72,8 +82,7 @@ def observed(observation: Any) -> Fingerprint | None:  # noqa: ANN401 - a pyspar
 def tracker_fingerprints(tracked: pa.Table) -> dict[str | None, Fingerprint]:
     """The fingerprint per ``batch_id`` of tracker rows (``file_path``, ``batch_id``, ``row_count``), each file
     weighted by its row count."""
-    h1 = spark_hash(tracked["file_path"])
-    h2 = spark_hash(tracked["file_path"], h1)
+    h1, h2 = halves(spark_xxhash64(tracked["file_path"]))
     counts = tracked["row_count"]
     ones = pa.array([1] * tracked.num_rows, pa.int64())
     rows = weighted_sums(tracked["batch_id"], ones, counts)
