@@ -28,11 +28,20 @@ same txn application makes this commit fail with a conflict (delta-rs checks the
 a writer that lost its lease cannot land after the new holder. Data files are written before the commit; a
 crash between leaves files no commit references (``VACUUM`` removes them), exactly as a killed Spark write does.
 The named crash point ``during_target_write`` is that instant on this path.
+
+After the commit the engine writes the checkpoint Delta-Spark would have written had it made the commit: at
+every version that is a multiple of 10 (Spark's default ``delta.checkpointInterval``) when the table does not set
+the property; delta-rs's own post-commit hook would wait for 100 commits (a table that sets it is checkpointed by
+that hook, which follows it). Without it each open of the table replays every
+JSON commit since the last checkpoint: 22 ms at 99 commits against 2.6 ms at 10, and a small run opens its
+target about 14 times. A kill between the commit and the checkpoint leaves the commit whole and only skips that
+checkpoint (the next multiple writes one); a failed checkpoint is logged and changes nothing else.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import uuid
@@ -53,11 +62,15 @@ from loader_assets.reading import BATCH_ID_COLUMN, LOAD_TIMESTAMP_COLUMN, SOURCE
 from loader_assets.settings import FileFormat, LoaderSettings, LoadingStrategy, SchemaEvolution, TableSettings
 from loader_assets.target import open_target
 
+logger = logging.getLogger(__name__)
+
 # writer features a plain append needs nothing for (appendOnly only forbids removing files)
 _WRITABLE_FEATURES = {"appendOnly"}
 DEFAULT_INDEXED_COLUMNS = 32  # delta.dataSkippingNumIndexedCols when the table does not set it
 WRITER_THREADS = max(2, min(4, os.cpu_count() or 1))  # data files of a batch written at once
 MAX_STAT_STRING = 4096  # longer strings get no min/max (a bound must be a whole value here; see _column_stats)
+CHECKPOINT_INTERVAL_PROPERTY = "delta.checkpointInterval"
+SPARK_CHECKPOINT_INTERVAL = 10  # the property's default in Delta-Spark
 
 
 @dataclass(frozen=True)
@@ -286,4 +299,26 @@ def commit_small_batch(batch: ClaimedBatch, small: SmallBatch) -> bool:
     properties = CommitProperties(app_transactions=[Transaction(batch.app_id, batch.batch_seq)],
                                   custom_metadata={"userMetadata": batch.user_metadata()})
     target.create_write_transaction(actions, mode="append", schema=target.schema(), commit_properties=properties)
+    checkpoint_like_spark(target, configuration)
     return True
+
+
+def checkpoint_like_spark(target: Any, configuration: Mapping[str, str | None]) -> int | None:  # noqa: ANN401
+    """Write the checkpoint Delta-Spark writes after a commit, on a table that does not set
+    ``delta.checkpointInterval``: at every version that is a multiple of Spark's default interval. A table that
+    sets the property is left to delta-rs's post-commit hook, which follows it (checkpointing the version before
+    each multiple: 9, 19, ... for 10); without the property the hook waits for 100 commits (99, 199, ...).
+    ``target`` is the handle the commit was made with; it is brought to the table's latest version first (a
+    checkpoint of any version is valid, whoever committed it). Returns the version checkpointed, or None."""
+    if configuration.get(CHECKPOINT_INTERVAL_PROPERTY):
+        return None
+    try:
+        target.update_incremental()
+        version = target.version()
+        if version % SPARK_CHECKPOINT_INTERVAL:
+            return None
+        target.create_checkpoint()
+        return version
+    except Exception as error:  # the commit has landed; a missing checkpoint only makes opening it slower
+        logger.warning("no checkpoint written after the commit to %s: %s", target.table_uri, error)
+        return None

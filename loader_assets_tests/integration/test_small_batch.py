@@ -18,8 +18,8 @@ import pytest
 
 from loader_assets.api import run_pipeline
 from loader_assets.resources.tracker import DeltaTrackerResource
-from loader_assets.small_batch import delta_stats
-from loader_assets.target import open_target, rows_per_source_file, target_txn_version
+from loader_assets.small_batch import checkpoint_like_spark, delta_stats
+from loader_assets.target import app_id, open_target, rows_per_source_file, target_txn_version
 from loader_assets_tests.conftest import Lake, set_mtime
 
 pytestmark = pytest.mark.spark
@@ -122,6 +122,67 @@ def test_a_small_append_commits_with_delta_rs_without_starting_spark(spark, lake
     checks = instance.get_records_for_run(summary.tables["events"].run_ids[0]).records
     assert any(getattr(e.event_log_entry.dagster_event, "event_type_value", "") == "ASSET_CHECK_EVALUATION"
                for e in checks)
+
+
+def test_the_engine_checkpoints_the_target_where_spark_would(spark, lake, instance):
+    """Spark's appends checkpoint a table at every 10th version (``delta.checkpointInterval``'s default); the
+    engine's commits do too, so opening the target never replays more than 9 JSON commits. The checkpoint
+    carries the batches' txn: Spark, reading the table through it, skips a write of a batch already committed."""
+    from pyspark.sql import functions as F
+
+    settings = lake.config()
+    path = settings.table_path("events")
+    log = Path(path) / "_delta_log"
+    tracker = DeltaTrackerResource(checkpoint_path=settings.checkpoint_path).for_table("events")
+    for n in range(11):  # version 0 by Spark (it creates the table), versions 1-10 by the engine
+        drop(lake, f"{n:02d}.parquet", rows([n]), days_ago=1)
+        summary = run_pipeline(settings, instance=instance)
+        assert summary.success and summary.total_files_processed == 1, summary.to_json()
+        assert sorted(p.name for p in log.glob("*.checkpoint.parquet")) == (
+            ["00000000000000000010.checkpoint.parquet"] if n == 10 else [])
+    assert json.loads((log / "_last_checkpoint").read_text())["version"] == 10
+    last_seq = max(r["batch_seq"] for r in tracker.read().to_pylist())
+    assert target_txn_version(path, "events") == last_seq  # delta-rs, reading checkpoint 10 alone
+    # Spark's snapshot of version 10 comes from the checkpoint: the last batch's txn must be in it
+    frame = spark.read.format("delta").load(path)
+    assert sorted(r.id for r in frame.select("id").collect()) == list(range(11))
+    (frame.limit(1).withColumn("id", F.lit(-1)).write.format("delta").mode("append")
+     .option("txnAppId", app_id("events")).option("txnVersion", str(last_seq)).save(path))
+    assert spark.read.format("delta").load(path).count() == 11  # skipped: the txn was already recorded
+    drop(lake, "11.parquet", rows([11]), days_ago=1)
+    assert run_pipeline(settings, instance=instance).total_files_processed == 1
+    assert engines_of(settings) == ["spark"] + ["delta-rs"] * 11
+    assert sorted(r.id for r in spark.read.format("delta").load(path).select("id").collect()) == list(range(12))
+
+
+def test_a_checkpoint_is_written_at_every_tenth_version_of_a_table_without_the_property(tmp_path):
+    """Without ``delta.checkpointInterval`` on the table: at 10, 20, 30, ... as Spark would (delta-rs's own hook
+    adds 99); with the property set, never by this function (the hook follows the property: 9, 19, ...)."""
+    from deltalake import DeltaTable, write_deltalake
+
+    one = pa.table({"id": pa.array([1], pa.int64())})
+    plain, configured = tmp_path / "plain", tmp_path / "configured"
+    write_deltalake(plain, one)
+    write_deltalake(configured, one, configuration={"delta.checkpointInterval": "10"})
+    written = []
+    for _ in range(110):
+        write_deltalake(plain, one, mode="append")
+        target = DeltaTable(plain)
+        version = checkpoint_like_spark(target, target.metadata().configuration)
+        if version is not None:
+            written.append(version)
+        if target.version() <= 20:
+            write_deltalake(configured, one, mode="append")
+            other = DeltaTable(configured)
+            assert checkpoint_like_spark(other, other.metadata().configuration) is None
+
+    def checkpoints(path: Path) -> list[int]:
+        return sorted(int(p.name.split(".")[0]) for p in (path / "_delta_log").glob("*.checkpoint.parquet"))
+
+    assert written == list(range(10, 111, 10))
+    assert checkpoints(plain) == sorted([*written, 99])
+    assert checkpoints(configured) == [9, 19]
+    assert DeltaTable(plain).to_pyarrow_table().num_rows == 111
 
 
 def _holds(row, condition: str) -> bool:
