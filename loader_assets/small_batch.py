@@ -29,13 +29,14 @@ a writer that lost its lease cannot land after the new holder. Data files are wr
 crash between leaves files no commit references (``VACUUM`` removes them), exactly as a killed Spark write does.
 The named crash point ``during_target_write`` is that instant on this path.
 
-After the commit the engine writes the checkpoint Delta-Spark would have written had it made the commit: at
-every version that is a multiple of 10 (Spark's default ``delta.checkpointInterval``) when the table does not set
-the property; delta-rs's own post-commit hook would wait for 100 commits (a table that sets it is checkpointed by
-that hook, which follows it). Without it each open of the table replays every
-JSON commit since the last checkpoint: 22 ms at 99 commits against 2.6 ms at 10, and a small run opens its
-target about 14 times. A kill between the commit and the checkpoint leaves the commit whole and only skips that
-checkpoint (the next multiple writes one); a failed checkpoint is logged and changes nothing else.
+After the commit the engine writes the checkpoint Delta-Spark would have written had it made the commit
+(``checkpoint_like_spark``): at every version that is a multiple of 10 (Spark's default
+``delta.checkpointInterval``) when the table does not set the property, where delta-rs's own post-commit hook
+would wait for 100 commits. Without it each open of the table replays every JSON commit since the last
+checkpoint: 22 ms at 99 commits against 2.6 ms at 10, and a small run opens its target about 14 times. A kill
+between the commit and the checkpoint leaves the commit whole and only skips that checkpoint (the next multiple
+writes one); delta-rs writes the checkpoint file whole or not at all; a failed checkpoint is logged and changes
+nothing else.
 """
 
 from __future__ import annotations
