@@ -174,7 +174,7 @@ def _warm(spark: Any, root: Path, rows: int, repeats: int) -> dict[str, Any]:  #
                 rs_seconds, _ = common.timed(rs)
                 hand_seconds, _ = common.timed(hand)
             assert summary.success and summary.total_files_processed == 1, summary.to_json()
-            if name == "append" and n >= 1:  # the table exists: the small-batch engine, no Spark at all
+            if name in ("append", "scd2") and n >= 1:  # the table exists: a small-batch engine, no Spark at all
                 assert not summary.spark_session_started, summary.to_json()
             if n >= 2:
                 figures[name]["loader"].append(loader_seconds)
@@ -185,6 +185,7 @@ def _warm(spark: Any, root: Path, rows: int, repeats: int) -> dict[str, Any]:  #
                 == _rows(spark_settings.table_path("events")) == (n + 1) * rows)
         assert _rows(scd2_settings.table_path("customers")) == _rows(hand_scd2) == (n + 1) * rows  # a version
         assert _history(rs_scd2) == _history(hand_scd2)  # per key a round; both MERGEs give the same history
+        assert _history(scd2_settings.table_path("customers")) == _history(hand_scd2)  # and the loader's
     assert DeltaTable(str(rs_scd2)).transaction_version("hand-rs") == repeats + 2
     instance.dispose()
     out: dict[str, Any] = {}

@@ -63,6 +63,7 @@ from loader_assets.resources.lock import (
     run_ended_checker,
 )
 from loader_assets.resources.spark import SparkSessionResource
+from loader_assets.scoped_history import record_rows_per_file, scoped_report
 from loader_assets.resources.tracker import DeltaTrackerResource, FileTracker
 from loader_assets.scd1 import compare_rows
 from loader_assets.scd2 import (
@@ -218,10 +219,13 @@ def files_with_rows(tracker: FileTracker) -> pa.Table:
 
 def compare_record_with_tracker(
     spark: Any, tracker: FileTracker, record: ChangeRecord, files: Sequence[str] | None = None,
+    settings: LoaderSettings | None = None,
 ) -> TargetConsistency:
     """For an scd2 table: each file's row count in the tracker against the change rows the record holds of it
     (across all its batches: a file's rows are recorded once, however often it is replayed), and no change rows
-    from a file the tracker does not count as loaded. With ``files``, only those files."""
+    from a file the tracker does not count as loaded. With ``files``, only those files, read with delta-rs when
+    ``settings`` are given (``scoped_history.record_rows_per_file``). ``spark`` is a session, or a function
+    returning one, called only for a Spark count."""
     from pyspark.sql import functions as F
 
     result = TargetConsistency(counted_by="spark (the change record's rows)")
@@ -230,7 +234,13 @@ def compare_record_with_tracker(
         expected = expected.filter(pc.is_in(expected["file_path"], pa.array(list(files), pa.string())))
     result.completed_files = expected.num_rows
     counts = pa.table({"file_path": pa.array([], pa.string()), "rows": pa.array([], pa.int64())})
-    if record.exists():
+    read = record_rows_per_file(settings, record.table_name, files) if files is not None and settings else None
+    if read is not None:  # a run's files: their change rows read with delta-rs
+        result.counted_by = "delta-rs (the change record's rows of the run's files)"
+        counts = pa.table({"file_path": pa.array(list(read), pa.string()),
+                           "rows": pa.array(list(read.values()), pa.int64())})
+    elif record.exists():
+        spark = spark() if callable(spark) else spark
         frame = ChangeRecord.change_rows(record.committed(spark))
         if files is not None:
             frame = frame.where(F.col(SOURCE_FILE_COLUMN).isin(list(files)))
@@ -662,7 +672,8 @@ def build_table_checks(table: TableSettings, settings: LoaderSettings) -> list[d
         if not scope and (run_id := unchanged_since(context.instance, name, check_name, state)):
             return unchanged_result(check_name, str(state), run_id)
         if record is not None:
-            consistency = compare_record_with_tracker(spark.session, table_tracker, record, scope or None)
+            consistency = compare_record_with_tracker(lambda: spark.session, table_tracker, record, scope or None,
+                                                      settings)
         else:
             consistency = compare_target_with_tracker(
                 lambda: spark.session, table_tracker, target_path, scope or None,
@@ -763,7 +774,10 @@ def build_table_checks(table: TableSettings, settings: LoaderSettings) -> list[d
                 for spec in specs:
                     yield unchanged_result(spec.name, str(state), str(reused[spec.name]))
                 return
-            violations, difference = keyed_report(spark.session, table, settings, batches or None, change_rows)
+            # a run's few keys are read with delta-rs (scoped_history.py); otherwise Spark checks
+            scoped = scoped_report(table, settings, batches) if batches else None
+            violations, difference = scoped or keyed_report(spark.session, table, settings, batches or None,
+                                                            change_rows)
 
             def recorded(check_name: str, passed: bool) -> dict[str, Any]:
                 return state_metadata(context, name, check_name, state, passed, table_tracker, target_path, record,

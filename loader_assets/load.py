@@ -75,6 +75,8 @@ from loader_assets.resources.lock import Lease, RunEnded, TableLock
 from loader_assets.resources.tracker import FileTracker
 from loader_assets.settings import DuplicateContent, LoaderSettings, SchemaEvolution, TableSettings
 from loader_assets.small_batch import commit_small_batch, plan_small_batch, table_refusal
+from loader_assets.small_scd2 import KeyedSmallBatch, commit_small_scd2, plan_small_scd2
+from loader_assets.small_scd2 import table_refusal as scd2_refusal
 from loader_assets.target import batch_commit, open_target, target_txn_version
 from loader_assets.writers.base import TableWriter, replace_predicate
 
@@ -426,20 +428,31 @@ class TableLoad:
 
     # ------------------------------------------------------------------------------------------- writing
     def _load_small(self, part: ClaimedBatch, outcome: LoadOutcome) -> bool:
-        """Commit ``part`` with the small-batch engine (``small_batch.py``) when it qualifies; False when the
-        Spark path is to load it instead (it does not qualify, or its delta-rs commit failed without landing)."""
+        """Commit ``part`` with a small-batch engine when it qualifies (append: ``small_batch.py``; scd2:
+        ``small_scd2.py``); False when the Spark path is to load it instead (it does not qualify, or its
+        delta-rs commit failed without landing)."""
         name = self._table.table_name
-        if table_refusal(self._table, self.context.settings):
+        settings = self.context.settings
+        keyed = self._table.is_scd2
+        if (scd2_refusal if keyed else table_refusal)(self._table, settings):
             return False
-        small = plan_small_batch(self._table, self.context.settings, part.files, part.replace)
+        small = (plan_small_scd2(self._table, settings, part.files, part) if keyed
+                 else plan_small_batch(self._table, settings, part.files, part.replace))
         if isinstance(small, str):
             self._log.info(f"table {name}: batch {part.batch_id} is loaded with Spark: {small}")
             return False
         assert self._lease is not None
         self._lease.ensure_held()
         faults.crash_point(faults.BEFORE_TARGET_COMMIT)
+        counts: Mapping[str, int] | None = None
         try:
-            if commit_small_batch(part, small):
+            if isinstance(small, KeyedSmallBatch):
+                counts = commit_small_scd2(part, small, settings)
+                committed = counts is not None
+            else:
+                committed = commit_small_batch(part, small)
+                counts = small.rows
+            if committed:
                 self._log.info(f"table {name}: batch {part.batch_id} committed with delta-rs (the small-batch "
                                "engine)")
             else:  # completion below finds no commit naming the batch and fails its files, as on the Spark path
@@ -449,10 +462,16 @@ class TableLoad:
             if target_txn_version(part.target_path, name) < part.batch_seq:
                 self._log.warning(f"table {name}: the delta-rs commit of batch {part.batch_id} failed without "
                                   f"landing ({root_cause(error)}); loading it with Spark instead")
+                if keyed:  # the record may hold the batch's rows: they go before Spark records them again
+                    self.writer.abandon(self.context.spark, part)
                 return False
             self._log.warning(f"table {name}: the delta-rs commit raised after it landed: {root_cause(error)}")
         faults.crash_point(faults.AFTER_TARGET_COMMIT)
-        self._complete(part, None, outcome, counts=small.rows)
+        if isinstance(small, KeyedSmallBatch):
+            outcome.late_rows += small.late_rows
+            if counts is None and target_txn_version(part.target_path, name) >= part.batch_seq:
+                counts = self.writer.row_counts(self.context.spark(), part, {}, {})  # it landed, then raised
+        self._complete(part, None, outcome, counts=counts)
         outcome.small_batches += 1
         return True
 

@@ -157,6 +157,16 @@ def plan_small_batch(table: TableSettings, settings: LoaderSettings, files: Sequ
     data = pa.schema([f for f in schema if f.name not in own])
     if set(schema.names) - set(data.names) != own:
         return "the target's loader columns are not the table's"
+    read = read_parquet_files(files, data)
+    if isinstance(read, str):
+        return read
+    return SmallBatch(tuple(read), schema)
+
+
+def read_parquet_files(files: Sequence[ExpectedFile], data: pa.Schema) -> list[tuple[str, pa.Table]] | str:
+    """Each file's rows in ``data``'s column order and types, or why the files go to Spark: a file pyarrow
+    cannot read, or whose columns are not ``data``'s with the same Arrow types (in any order). Every footer is
+    read first (cheap), then the rows, so a misfit late in the batch costs no row read."""
     wanted = {f.name: _normalised(f.type) for f in data}
 
     def fits(columns: pa.Schema) -> bool:
@@ -164,7 +174,7 @@ def plan_small_batch(table: TableSettings, settings: LoaderSettings, files: Sequ
         return got.keys() == wanted.keys() and all(got[name].equals(kind) for name, kind in wanted.items())
 
     read: list[tuple[str, pa.Table]] = []
-    for reading in (False, True):  # every footer first (cheap), then the rows
+    for reading in (False, True):
         for expected in files:
             filesystem, fs_path = resolve(expected.path)
             try:
@@ -176,7 +186,7 @@ def plan_small_batch(table: TableSettings, settings: LoaderSettings, files: Sequ
                 return f"the columns of {expected.path} are not the table's with the same types"
             if reading:
                 read.append((expected.path, found.select(data.names).cast(data)))
-    return SmallBatch(tuple(read), schema)
+    return read
 
 
 def _indexed(schema: pa.Schema, configuration: Mapping[str, str | None]) -> set[str]:
@@ -271,37 +281,50 @@ def commit_small_batch(batch: ClaimedBatch, small: SmallBatch) -> bool:
     """Write ``small`` as the one commit of ``batch`` (see the module docstring). Returns False, writing
     nothing, when the target already recorded the batch's txn (as Delta-Spark skips such a write); raises when
     the commit fails (a conflict included), in which case it did not land."""
-    from deltalake import CommitProperties, Transaction
-    from deltalake.transaction import AddAction
+    from deltalake import Transaction
 
     target = open_target(batch.target_path)
     if target is None:
         raise RuntimeError(f"the target of table {batch.table_name!r} vanished at {batch.target_path}")
     if (target.transaction_version(batch.app_id) or 0) >= batch.batch_seq:
         return False
-    configuration = target.metadata().configuration or {}
-    indexed = _indexed(small.schema, configuration)
     loaded_at = datetime.now(UTC)
+    stamped = [_stamped(rows, small.schema, path, batch.batch_id, loaded_at) for path, rows in small.files
+               if rows.num_rows]
+    commit_data_files(target, batch.target_path, stamped, Transaction(batch.app_id, batch.batch_seq),
+                      batch.user_metadata(), faults.DURING_TARGET_WRITE)
+    return True
 
-    def data_file(path: str, rows: pa.Table) -> AddAction:
-        stamped = _stamped(rows, small.schema, path, batch.batch_id, loaded_at)
+
+def commit_data_files(target: Any, table_path: str, tables: Sequence[pa.Table], txn: Any,  # noqa: ANN401
+                      user_metadata: str, crash_point: str | None = None) -> None:
+    """Write each of ``tables`` (rows already in the table's column order and types) as one data file of the
+    Delta table at ``table_path``, side by side, then commit them as one append on ``target``'s snapshot,
+    carrying ``txn`` (a delta-rs ``Transaction``) and ``user_metadata``, and write the checkpoint Spark would
+    (``checkpoint_like_spark``). ``crash_point`` names the instant between the files and the commit."""
+    from deltalake import CommitProperties
+    from deltalake.transaction import AddAction
+
+    configuration = target.metadata().configuration or {}
+    indexed = _indexed(pa.schema(target.schema().to_arrow()), configuration)
+    added_at = math.floor(datetime.now(UTC).timestamp() * 1000)
+
+    def data_file(rows: pa.Table) -> AddAction:
         name = f"part-00000-{uuid.uuid4()}-c000.snappy.parquet"
-        filesystem, fs_path = resolve(f"{batch.target_path.rstrip('/')}/{name}")
+        filesystem, fs_path = resolve(f"{table_path.rstrip('/')}/{name}")
         with filesystem.open_output_stream(fs_path) as sink:
-            pq.write_table(stamped, sink, compression="snappy")
+            pq.write_table(rows, sink, compression="snappy")
         size = filesystem.get_file_info(fs_path).size
-        return AddAction(name, int(size or 0), {}, math.floor(loaded_at.timestamp() * 1000), True,
-                         delta_stats(stamped, indexed))
+        return AddAction(name, int(size or 0), {}, added_at, True, delta_stats(rows, indexed))
 
-    # one data file per source file, written side by side (pyarrow's encoding and writing release the GIL)
+    # pyarrow's encoding and writing release the GIL
     with ThreadPoolExecutor(max_workers=WRITER_THREADS) as pool:
-        actions = list(pool.map(lambda item: data_file(*item), [(p, r) for p, r in small.files if r.num_rows]))
-    faults.crash_point(faults.DURING_TARGET_WRITE)  # the data files are written, the commit is not
-    properties = CommitProperties(app_transactions=[Transaction(batch.app_id, batch.batch_seq)],
-                                  custom_metadata={"userMetadata": batch.user_metadata()})
+        actions = list(pool.map(data_file, tables))
+    if crash_point:
+        faults.crash_point(crash_point)  # the data files are written, the commit is not
+    properties = CommitProperties(app_transactions=[txn], custom_metadata={"userMetadata": user_metadata})
     target.create_write_transaction(actions, mode="append", schema=target.schema(), commit_properties=properties)
     checkpoint_like_spark(target, configuration)
-    return True
 
 
 def checkpoint_like_spark(target: Any, configuration: Mapping[str, str | None]) -> int | None:  # noqa: ANN401
@@ -316,7 +339,7 @@ def checkpoint_like_spark(target: Any, configuration: Mapping[str, str | None]) 
     try:
         target.update_incremental()
         version = target.version()
-        if version % SPARK_CHECKPOINT_INTERVAL:
+        if not version or version % SPARK_CHECKPOINT_INTERVAL:
             return None
         target.create_checkpoint()
         return version

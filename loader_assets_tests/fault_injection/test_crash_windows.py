@@ -222,12 +222,16 @@ def test_a_run_stopped_by_sigterm_in_its_second_batch_keeps_the_first_and_interr
 # after_target_commit runs in CI as the full-extract CDC case below.
 SCD2_SOAK_ONLY = (faults.AFTER_LOCK, faults.AFTER_CLAIM, faults.DURING_TRACKER_COMMIT, faults.AFTER_COMPLETE,
                   faults.AFTER_TARGET_COMMIT)
-SCD2_POINTS = [p if p not in SCD2_SOAK_ONLY else pytest.param(p, marks=pytest.mark.soak)
-               for p in POINTS] + [faults.AFTER_CHANGE_RECORD]
+# The killed batch goes through the small-batch engine (delta-rs, small_scd2.py) with its default settings; the
+# two points of the Spark path's keyed writer that differ from the engine's run with the engine off as well.
+SCD2_POINTS = [*[(p, "delta-rs") if p not in SCD2_SOAK_ONLY else pytest.param(p, "delta-rs", marks=pytest.mark.soak)
+                 for p in POINTS if p != faults.AFTER_CHANGE_RECORD],
+               (faults.AFTER_CHANGE_RECORD, "delta-rs"), (faults.DURING_TARGET_WRITE, "spark"),
+               (faults.AFTER_CHANGE_RECORD, "spark")]
 
 
-@pytest.mark.parametrize("point", SCD2_POINTS)
-def test_scd2_sigkill_at_each_protocol_point_then_rerun_leaves_history_exact(spark, lake, instance, point):
+@pytest.mark.parametrize(("point", "engine"), SCD2_POINTS)
+def test_scd2_sigkill_at_each_protocol_point_then_rerun_leaves_history_exact(spark, lake, instance, point, engine):
     from loader_assets.api import run_pipeline
     from loader_assets.scd2 import scd2_violations
     from loader_assets_tests.integration.test_scd2_load import (
@@ -239,7 +243,7 @@ def test_scd2_sigkill_at_each_protocol_point_then_rerun_leaves_history_exact(spa
         version,
     )
 
-    settings = lake.config(tables=[customers_table()])
+    settings = lake.config(tables=[customers_table()], small_batch_max_bytes=(32 << 20) if engine == "delta-rs" else 0)
     drop(lake, "01.parquet", [(1, "ann", "a@x", "gold", t(1)), (2, "bob", "b@x", "free", t(1))], days_ago=3)
     # the first load is not under test: in this process (no JVM start), so the killed run hits the MERGE path
     assert run_pipeline(settings, instance=instance, run_checks=False).total_files_processed == 1
@@ -258,6 +262,8 @@ def test_scd2_sigkill_at_each_protocol_point_then_rerun_leaves_history_exact(spa
         ("01.parquet", "completed", 2), ("02.parquet", "completed", 2)}
     assert_lock_free(settings, "customers")
     assert validate_here(lake) == 0
+    history = spark.sql(f"DESCRIBE HISTORY delta.`{settings.table_path('customers')}`").orderBy("version").collect()
+    assert ("delta-rs" in str(history[-1]["engineInfo"])) == (engine == "delta-rs")  # the batch took that engine
 
 
 @pytest.mark.parametrize("round_no", [1, pytest.param(2, marks=pytest.mark.soak)])  # a second round: soak tier

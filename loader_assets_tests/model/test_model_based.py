@@ -1,7 +1,7 @@
 """Model-based test of the exactly-once contract: seeded random operation sequences against a pure-Python model.
 
 Each sequence drives a small lake with an append table (``events``) and an scd2 table (``customers``) through
-random operations (even seeds with the small-batch engine on, so the append table's small batches commit through
+random operations (even seeds with the small-batch engines on, so both tables' small batches commit through
 delta-rs; odd seeds with every batch through Spark): files added, re-delivered changed, removed, copied, dropped corrupt; ``run`` (in this process,
 on the warm Spark session); ``run`` killed with SIGKILL (a separate process, at a named protocol point or after a
 random delay); two ``run`` processes racing; ``reset-state`` (every table or one); ``retry`` / ``reprocess`` /
@@ -56,7 +56,7 @@ class Sequence:
         self.kills_left, self.races_left = kills, races
         retry_attempts = 2
         self.max_files = max_files or self.rng.choice([1, 2, 3, 50])  # given only by the scripted cases
-        # even seeds let the small-batch engine (delta-rs) commit the append table's small batches, odd seeds
+        # even seeds let the small-batch engines (delta-rs) commit both tables' small batches, odd seeds
         # send every batch to Spark; decided outside the generator, so a seed's operations stay what they were
         small_batches = seed % 2 == 0
         self.world = World(root, self.max_files, retry_attempts, small_batches)
@@ -360,8 +360,9 @@ class Sequence:
             self.step()
         self.settle()
         self.counts["delta-rs commit"] += self.world.delta_rs_commits()  # batches the small-batch engine took
-        self.log.append(f"done in {time.monotonic() - started:.0f} s; the append table's commits made by the "
-                        f"small-batch engine: {self.counts['delta-rs commit']}")
+        self.counts["scd2 delta-rs commit"] += self.world.delta_rs_commits(SCD2)  # ... the scd2 engine took
+        self.log.append(f"done in {time.monotonic() - started:.0f} s; commits made by the small-batch engines: "
+                        f"append {self.counts['delta-rs commit']}, scd2 {self.counts['scd2 delta-rs commit']}")
         return self.counts
 
 
@@ -478,6 +479,7 @@ def test_ci_seeds_cover_every_operation(request):
         assert TOTALS[op] >= 1, (op, TOTALS)
     assert TOTALS["kill"] + TOTALS["kill missed"] >= 8 and TOTALS["race"] >= 3
     assert TOTALS["delta-rs commit"] >= 3  # the even seeds' small appends went through the small-batch engine
+    assert TOTALS["scd2 delta-rs commit"] >= 3  # and their small scd2 batches through its scd2 engine
 
 
 @pytest.mark.soak

@@ -59,7 +59,7 @@ class World:
         config = {
             "target_root": "lake", "checkpoint_path": "checkpoints", "retry_attempts": retry_attempts,
             "retry_backoff_seconds": 0, "lock_wait_seconds": 900, "max_files_per_run": max_files_per_run,
-            # the small-batch engine (delta-rs) takes the append table's small batches, or Spark takes every batch
+            # the small-batch engines (delta-rs) take both tables' small batches, or Spark takes every batch
             "small_batch_max_bytes": (32 << 20) if small_batches else 0,
             "spark": {"master": "local[2]", "conf": dict(TEST_SPARK_CONF)},
             "tables": [
@@ -156,9 +156,9 @@ class World:
 
         return sorted(((r[0], r[1], r[2], seq(r[3]), seq(r[4]), r[5]) for r in rows), key=repr)
 
-    def delta_rs_commits(self) -> int:
-        """Commits of the append table made by the small-batch engine (delta-rs names itself in engineInfo)."""
-        target = open_target(self.settings.table_path(APPEND))
+    def delta_rs_commits(self, table: str = APPEND) -> int:
+        """Commits of a table made by a small-batch engine (delta-rs names itself in engineInfo)."""
+        target = open_target(self.settings.table_path(table))
         return 0 if target is None else sum("delta-rs" in str(e.get("engineInfo")) for e in target.history())
 
     def batch_seqs(self) -> dict[str, int]:
