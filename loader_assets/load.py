@@ -75,8 +75,8 @@ from loader_assets.resources.lock import Lease, RunEnded, TableLock
 from loader_assets.resources.tracker import FileTracker
 from loader_assets.settings import DuplicateContent, LoaderSettings, SchemaEvolution, TableSettings
 from loader_assets.small_batch import commit_small_batch, plan_small_batch, table_refusal
-from loader_assets.small_scd2 import KeyedSmallBatch, commit_small_scd2, plan_small_scd2
-from loader_assets.small_scd2 import table_refusal as scd2_refusal
+from loader_assets.small_keyed import KeyedSmallBatch, commit_small_keyed, plan_small_keyed
+from loader_assets.small_keyed import table_refusal as keyed_refusal
 from loader_assets.target import batch_commit, open_target, target_txn_version
 from loader_assets.writers.base import TableWriter, replace_predicate
 
@@ -428,15 +428,15 @@ class TableLoad:
 
     # ------------------------------------------------------------------------------------------- writing
     def _load_small(self, part: ClaimedBatch, outcome: LoadOutcome) -> bool:
-        """Commit ``part`` with a small-batch engine when it qualifies (append: ``small_batch.py``; scd2:
-        ``small_scd2.py``); False when the Spark path is to load it instead (it does not qualify, or its
+        """Commit ``part`` with a small-batch engine when it qualifies (append: ``small_batch.py``; scd2, scd1:
+        ``small_keyed.py``); False when the Spark path is to load it instead (it does not qualify, or its
         delta-rs commit failed without landing)."""
         name = self._table.table_name
         settings = self.context.settings
-        keyed = self._table.is_scd2
-        if (scd2_refusal if keyed else table_refusal)(self._table, settings):
+        keyed = self._table.keeps_changes
+        if (keyed_refusal if keyed else table_refusal)(self._table, settings):
             return False
-        small = (plan_small_scd2(self._table, settings, part.files, part) if keyed
+        small = (plan_small_keyed(self._table, settings, part.files, part) if keyed
                  else plan_small_batch(self._table, settings, part.files, part.replace))
         if isinstance(small, str):
             self._log.info(f"table {name}: batch {part.batch_id} is loaded with Spark: {small}")
@@ -447,7 +447,7 @@ class TableLoad:
         counts: Mapping[str, int] | None = None
         try:
             if isinstance(small, KeyedSmallBatch):
-                counts = commit_small_scd2(part, small, settings)
+                counts = commit_small_keyed(part, small, settings)
                 committed = counts is not None
             else:
                 committed = commit_small_batch(part, small)

@@ -1,17 +1,19 @@
-"""The history checks of an scd2 table for the few keys a run touched, read with delta-rs instead of Spark.
+"""The history checks of an scd2 or scd1 table for the few keys a run touched, read with delta-rs, not Spark.
 
 ``checks.keyed_report`` compares a table with what its change record defines and checks the history's own
 invariants, in Spark: about 3 s of small jobs even when a run changed one key (benchmark P10). When a run's
 batches recorded change rows of at most ``MAX_KEYS`` keys, this module answers the same two questions for those
 keys from the two tables' pruned Arrow datasets: the record's committed change rows of the keys (rows of
-batches up to the target's txn version; extract markers left out), and the table's rows of the keys. The
-history the rows define is ``small_scd2.history`` (the definition ``scd2.history_from_events`` states for
-Spark), so the check is exactly as strong as the Spark one on that scope: every version the record implies is
-in the table with its end, flag, values and ``_source_file``, and nothing else is; at most one current row per
-key (exactly one unless keys can be deleted), the flag set exactly when the end is NULL, versions that start
-before they end, never overlap and leave no gaps but deletes.
+batches up to the target's txn version; extract markers left out), and the table's rows of the keys. The rows
+the record defines are ``small_keyed.history`` (scd2: the definition ``scd2.history_from_events`` states for
+Spark) or ``small_keyed.latest`` (scd1: ``scd1.latest_from_events``), so the check is exactly as strong as the
+Spark one on that scope: every version (scd1: row) the record implies is in the table with its values and
+``_source_file`` (scd2: its end and flag too), and nothing else is, no key twice (scd1) or no version twice
+(scd2); and for scd2 the invariants: at most one current row per key (exactly one unless keys can be deleted),
+the flag set exactly when the end is NULL, versions that start before they end, never overlap and leave no
+gaps but deletes.
 
-Tables it does not answer for (None: the caller runs the Spark check): not scd2, full extracts (an extract
+Tables it does not answer for (None: the caller runs the Spark check): append, full extracts (an extract
 deletes keys it does not name, so the scope is the whole table), deletion versions, a missing table or record,
 nested columns, more keys than ``MAX_KEYS``.
 """
@@ -30,7 +32,7 @@ from loader_assets.changes import changes_location
 from loader_assets.reading import AUDIT_COLUMNS, BATCH_ID_COLUMN, SOURCE_FILE_COLUMN
 from loader_assets.scd2 import HistoryDifference, Scd2Violations, deletes_possible
 from loader_assets.settings import ExtractMode, LoaderSettings, TableSettings
-from loader_assets.small_scd2 import Event, Version, comparable, history, per_file
+from loader_assets.small_keyed import Event, Version, comparable, history, latest, per_file
 from loader_assets.target import app_id, open_target
 
 MAX_KEYS = 10_000
@@ -63,10 +65,11 @@ def record_rows_per_file(settings: LoaderSettings, table_name: str, files: Seque
 
 
 def scoped_report(table: TableSettings, settings: LoaderSettings, batch_ids: Sequence[str]
-                  ) -> tuple[Scd2Violations, HistoryDifference] | None:
-    """The invariants and the history difference of the keys ``batch_ids`` recorded change rows of, or None
-    when this module does not answer for the table (see the module docstring)."""
-    if not table.is_scd2 or table.extract_mode is ExtractMode.FULL or table.flags_deletions or not batch_ids:
+                  ) -> tuple[Scd2Violations | None, HistoryDifference] | None:
+    """The invariants (scd2; None for scd1) and the difference of the keys ``batch_ids`` recorded change rows
+    of, or None when this module does not answer for the table (see the module docstring)."""
+    scd2 = table.is_scd2
+    if not table.keeps_changes or table.extract_mode is ExtractMode.FULL or table.flags_deletions or not batch_ids:
         return None
     name = table.table_name
     target = open_target(settings.table_path(name))
@@ -79,7 +82,8 @@ def scoped_report(table: TableSettings, settings: LoaderSettings, batch_ids: Seq
         return None
     keys = list(table.primary_keys)
     start, end, current = table.scd2_output_columns
-    data = [f.name for f in schema if f.name not in (*AUDIT_COLUMNS, start, end, current)]
+    own = (*AUDIT_COLUMNS, start, end, current) if scd2 else AUDIT_COLUMNS
+    data = [f.name for f in schema if f.name not in own]
     if not set(data) <= record_names:
         return None
     committed = target.transaction_version(app_id(name)) or 0
@@ -92,17 +96,17 @@ def scoped_report(table: TableSettings, settings: LoaderSettings, batch_ids: Seq
     if len(wanted) > MAX_KEYS:
         return None
     if not wanted:
-        return Scd2Violations(), HistoryDifference()
+        return (Scd2Violations() if scd2 else None), HistoryDifference()
     scope = None
     for index, column in enumerate(keys):
         values = pa.array(sorted({k[index] for k in wanted}), schema.field(column).type)
         scope = ds.field(column).isin(values) if scope is None else scope & ds.field(column).isin(values)
     events = changes.to_table(columns=[*data, RECORD_SEQUENCE, RECORD_FILE_TIME, SOURCE_FILE_COLUMN, RECORD_OP],
                               filter=counted & scope)
-    rows = target.to_pyarrow_dataset().to_table(columns=[*data, start, end, current, SOURCE_FILE_COLUMN],
-                                                filter=scope)
+    rows = target.to_pyarrow_dataset().to_table(
+        columns=[*data, *((start, end, current) if scd2 else ()), SOURCE_FILE_COLUMN], filter=scope)
     key_at = [data.index(k) for k in keys]
-    tracked_at = [data.index(c) for c in table.tracking_columns]
+    tracked_at = [data.index(c) for c in table.tracking_columns] if scd2 else list(range(len(data)))
 
     by_key: dict[tuple, list[Event]] = {}
     values_rows = zip(*(events[c].to_pylist() for c in data), strict=True) if events.num_rows else []
@@ -116,28 +120,34 @@ def scoped_report(table: TableSettings, settings: LoaderSettings, batch_ids: Seq
                                                     tuple(values[i] for i in tracked_at)))
     actual: dict[tuple, list[tuple[Version, Any]]] = {}
     table_values = zip(*(rows[c].to_pylist() for c in data), strict=True) if rows.num_rows else []
-    for values, first, last, flag, path in zip(table_values, rows[start].to_pylist(), rows[end].to_pylist(),
-                                               rows[current].to_pylist(), rows[SOURCE_FILE_COLUMN].to_pylist(),
-                                               strict=True):
+    count = rows.num_rows
+    for values, first, last, flag, path in zip(
+            table_values, *((rows[start].to_pylist(), rows[end].to_pylist(), rows[current].to_pylist()) if scd2
+                            else ([None] * count, [None] * count, [True] * count)),
+            rows[SOURCE_FILE_COLUMN].to_pylist(), strict=True):
         key = tuple(values[i] for i in key_at)
         if key in wanted:
             actual.setdefault(key, []).append((Version(first, last, bool(flag), values, path), flag))
 
     difference = HistoryDifference()
     for key in wanted:
-        expected = {comparable(v.start): v for v in history(by_key.get(key, []))}
+        expected = {comparable(v.start): v for v in (history if scd2 else latest)(by_key.get(key, []))}
         seen: set[Any] = set()
         for version, _ in actual.get(key, []):
             at = comparable(version.start)
             if at in seen or at not in expected or not expected[at].same(version):
                 difference.unexpected += 1
-                _sample(difference.samples, "unexpected", f"{_label(keys, key)} from {version.start}")
+                _sample(difference.samples, "unexpected", _at(keys, key, version, scd2))
             seen.add(at)
         for at, version in expected.items():
             if not any(comparable(v.start) == at and v.same(version) for v, _ in actual.get(key, [])):
                 difference.missing += 1
-                _sample(difference.samples, "missing", f"{_label(keys, key)} from {version.start}")
-    return invariants(actual, keys, deletes_possible(table)), difference
+                _sample(difference.samples, "missing", _at(keys, key, version, scd2))
+    return (invariants(actual, keys, deletes_possible(table)) if scd2 else None), difference
+
+
+def _at(keys: Sequence[str], key: tuple, version: Version, scd2: bool) -> str:
+    return f"{_label(keys, key)} from {version.start}" if scd2 else _label(keys, key)
 
 
 def invariants(actual: dict[tuple, list[tuple[Version, Any]]], keys: Sequence[str], gaps_allowed: bool

@@ -448,10 +448,10 @@ class LoaderSettings(_Frozen):
     max_files_per_run: int = Field(default=1000, ge=1, description="At most this many files in one batch.")
     small_batch_max_bytes: int = Field(
         default=32 << 20, ge=0,
-        description="An append or scd2 (incremental) batch of parquet files totalling at most this many bytes, into "
+        description="An append, scd2 or scd1 (incremental) batch of parquet files totalling at most this many bytes, into "
                     "an existing table, is committed with delta-rs in the run's process, without Spark, when nothing "
                     "in it needs Spark (same columns and types as the table, no row that fails validation; "
-                    "docs/ARCHITECTURE.md, \"The small-batch engine\" and \"The small-batch engine for scd2 "
+                    "docs/ARCHITECTURE.md, \"The small-batch engine\" and \"The small-batch engine for keyed "
                     "tables\"). 0 sends every batch to Spark.",
     )
     sensor_interval_seconds: int = Field(

@@ -97,10 +97,16 @@ def _normalised(kind: pa.DataType) -> pa.DataType:
 
 def table_refusal(table: TableSettings, settings: LoaderSettings) -> str | None:
     """Why none of the table's batches can take this path (None: a batch may, see ``plan_small_batch``)."""
-    if settings.small_batch_max_bytes <= 0:
-        return "small_batch_max_bytes is 0"
     if table.loading_strategy is not LoadingStrategy.APPEND:
         return f"loading_strategy {table.loading_strategy.value}"
+    return input_refusal(table, settings)
+
+
+def input_refusal(table: TableSettings, settings: LoaderSettings) -> str | None:
+    """Why no small-batch engine reads this table's files (both engines read parquet with pyarrow and leave
+    expectations and rescue to Spark); None when one may."""
+    if settings.small_batch_max_bytes <= 0:
+        return "small_batch_max_bytes is 0"
     if table.file_format is not FileFormat.PARQUET:
         return f"file_format {table.file_format.value}"
     if table.expectations:

@@ -222,7 +222,7 @@ def test_a_run_stopped_by_sigterm_in_its_second_batch_keeps_the_first_and_interr
 # after_target_commit runs in CI as the full-extract CDC case below.
 SCD2_SOAK_ONLY = (faults.AFTER_LOCK, faults.AFTER_CLAIM, faults.DURING_TRACKER_COMMIT, faults.AFTER_COMPLETE,
                   faults.AFTER_TARGET_COMMIT)
-# The killed batch goes through the small-batch engine (delta-rs, small_scd2.py) with its default settings; the
+# The killed batch goes through the small-batch engine (delta-rs, small_keyed.py) with its default settings; the
 # two points of the Spark path's keyed writer that differ from the engine's run with the engine off as well.
 SCD2_POINTS = [*[(p, "delta-rs") if p not in SCD2_SOAK_ONLY else pytest.param(p, "delta-rs", marks=pytest.mark.soak)
                  for p in POINTS if p != faults.AFTER_CHANGE_RECORD],

@@ -89,7 +89,7 @@ def tracker_rows(settings):
 
 @pytest.mark.parametrize("engine", ["spark", "delta-rs"])
 def test_scd2_history_over_a_sequence_of_loads(spark, lake, instance, engine):
-    """Every batch after the first goes to the small-batch engine (delta-rs, ``small_scd2.py``) or, with it off,
+    """Every batch after the first goes to the small-batch engine (delta-rs, ``small_keyed.py``) or, with it off,
     to Spark: the same tables either way."""
     settings = lake.config(tables=[customers_table()], small_batch_max_bytes=(32 << 20) if engine == "delta-rs" else 0)
     # load 1: initial

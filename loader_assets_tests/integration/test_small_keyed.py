@@ -1,4 +1,4 @@
-"""The small-batch engine for scd2 tables (small_scd2.py) and the history checks of a run's keys without Spark
+"""The small-batch engine for keyed tables (small_keyed.py) and the history checks of a run's keys without Spark
 (scoped_history.py).
 
 The engine's tables are held to the same exact tables as Spark's in test_scd2_load.py (both engines), test_cdc.py
@@ -18,7 +18,7 @@ from loader_assets.changes import changes_location
 from loader_assets.checks import keyed_report
 from loader_assets.resources.tracker import DeltaTrackerResource
 from loader_assets.scoped_history import scoped_report
-from loader_assets.small_scd2 import DeleteTest
+from loader_assets.small_keyed import DeleteTest
 from loader_assets.target import open_target
 from loader_assets_tests.integration.test_scd2_load import customers_table, drop, ordered, t, table_state, version
 
@@ -38,7 +38,7 @@ def latest_check(instance, check_name):
     return evaluation.passed, {k: getattr(v, "value", v) for k, v in evaluation.metadata.items()}
 
 
-def test_a_small_scd2_batch_and_its_checks_run_without_spark(spark, lake, instance):
+def test_a_small_keyed_batch_and_its_checks_run_without_spark(spark, lake, instance):
     settings = lake.config(tables=[customers_table()])
     drop(lake, "01.parquet", [(1, "ann", "a@x", "gold", t(1)), (2, "bob", "b@x", "free", t(1)),
                               (2, "rob", "b@x", "free", t(5)), (3, "cy", "c@x", "free", t(1))], days_ago=3)
@@ -139,3 +139,31 @@ def test_the_delete_conditions_the_engine_takes_evaluate_as_spark_does(spark):
     for condition in ("op = 'D' OR op = 'X'", "lower(op) = 'd'", "op = 1", "op NOT IN ('D')", "op IS NULL",
                       "op = 'it''s'"):
         assert DeleteTest.parse(condition) is None, condition
+
+
+@pytest.mark.parametrize(("statement", "expected"), [
+    ("UPDATE {t} SET tier = 'platinum' WHERE customer_id = 2", (1, 1)),  # a value changed by hand
+    ("DELETE FROM {t} WHERE customer_id = 2", (1, 0)),  # a key's row gone
+    ("INSERT INTO {t} SELECT * FROM {t} WHERE customer_id = 1", (0, 1)),  # a key twice
+])
+def test_the_scoped_scd1_check_finds_what_the_spark_check_finds(spark, lake, instance, statement, expected):
+    settings = lake.config(tables=[customers_table(loading_strategy="scd1", tracking_columns=[])])
+    drop(lake, "01.parquet", [(1, "ann", "a@x", "gold", t(1)), (2, "bob", "b@x", "free", t(3))], days_ago=3)
+    run_pipeline(settings, instance=instance, run_checks=False)
+    drop(lake, "02.parquet", [(1, "anne", "a@x", "gold", t(2)), (3, "cy", "c@x", "free", t(2)),
+                              (2, "old bob", "b@x", "free", t(2))], days_ago=2)  # a stale row: discarded
+    summary = run_pipeline(settings, instance=instance)
+    assert summary.success and not summary.spark_session_started  # the engine and the scoped checks
+    assert engines(settings.table_path("customers"))[-1] == "delta-rs"
+    for check in ("rows_match_changes", "target_matches_tracker"):
+        assert latest_check(instance, check)[0], check
+    frame = spark.read.format("delta").load(settings.table_path("customers"))
+    assert sorted(tuple(r) for r in frame.select("customer_id", "name").collect()) == [
+        (1, "anne"), (2, "bob"), (3, "cy")]
+    batch_ids = sorted({r["batch_id"] for r in DeltaTrackerResource(checkpoint_path=settings.checkpoint_path)
+                        .for_table("customers").read().to_pylist()})
+    spark.sql(statement.format(t=f"delta.`{settings.table_path('customers')}`"))
+    violations, scoped = scoped_report(settings.tables[0], settings, batch_ids)
+    _, by_spark = keyed_report(spark, settings.tables[0], settings, batch_ids)
+    assert violations is None
+    assert (scoped.missing, scoped.unexpected) == (by_spark.missing, by_spark.unexpected) == expected

@@ -1,29 +1,30 @@
-"""The small-batch engine for scd2 tables: a few parquet files of changes, applied with delta-rs in this process.
+"""The small-batch engine for keyed tables (scd2, scd1): a few parquet files of changes, applied with delta-rs.
 
 A 10-row change file into an existing scd2 table costs Spark about 10 s warm (some 80 small jobs: the
 validation's join, window and aggregation, the change record's append, the re-threading MERGE; benchmark P10),
 and delta-rs does the same MERGE in well under a second. A batch whose result is, by construction, what the
 Spark path (``writers/keyed.py``) would commit goes through here instead. The definitions are the ones
-``cdc.py`` and ``scd2.py`` state for Spark, restated here over Python values for one batch's keys:
+``cdc.py``, ``scd2.py`` and ``scd1.py`` state for Spark, restated here over Python values for one batch's keys:
 
 - the batch's rows get their sequence (``scd2_sequence_column``, or the file's modification time), their op (a
   delete when ``delete_condition`` holds, see ``DeleteTest``) and their values;
 - each row is annotated against the change record's committed rows of its key (``annotate``): applied before
   (a replay: dropped), a clash, late, ambiguous with the previous row of its key in the batch, or new;
-- the history of each of the batch's keys is computed from its events before the batch and with the batch's new
-  rows (``history``), and their difference (``version_diff``) is applied as one MERGE on (key, start).
+- the table's rows of each of the batch's keys are computed from its events before the batch and with the
+  batch's new rows (scd2: its versions, ``history``; scd1: its latest row, ``latest``), and their difference
+  (``version_diff``) is applied as one MERGE (scd2: on key and start; scd1: on the key).
 
 A batch takes this path only when nothing in it needs Spark's semantics or Spark's error reporting, so the two
 engines cannot disagree on what a table holds or on what fails:
 
 - the append engine's conditions on size, format, expectations, schema evolution and the target's protocol
   (``small_batch._target_refusal``), for the target and for the change record, which both exist;
-- the table is scd2 with ``extract_mode: incremental``, without deletion versions (``hard_deletes:
+- the table is scd2 or scd1 with ``extract_mode: incremental``, without deletion versions (``hard_deletes:
   new_record``), and ``delete_condition`` is absent or one comparison this module evaluates exactly as Spark
   does (``DeleteTest``);
 - every column name is a plain identifier and no column is nested (struct, list, map);
 - the files' columns are the table's source columns with the same types; the change record holds the same
-  source columns; the sequence has the type of the table's start column;
+  source columns; the sequence has the type of the record's (and an scd2 table's start column's);
 - at most ``MAX_ROWS`` rows;
 - no row fails validation (a null key or sequence, an ambiguity, a clash, a late row refused): Spark loads such
   a batch and names the files and keys, as it always does.
@@ -63,11 +64,9 @@ from loader_assets.reading import BATCH_ID_COLUMN, LOAD_TIMESTAMP_COLUMN, SOURCE
 from loader_assets.settings import (
     CHANGE_RECORD_COLUMNS,
     ExtractMode,
-    FileFormat,
     LateArriving,
     LoaderSettings,
     LoadingStrategy,
-    SchemaEvolution,
     TableSettings,
 )
 from loader_assets.small_batch import (
@@ -75,6 +74,7 @@ from loader_assets.small_batch import (
     _target_refusal,
     checkpoint_like_spark,
     commit_data_files,
+    input_refusal,
     read_parquet_files,
 )
 from loader_assets.target import open_target, txn_version
@@ -186,6 +186,15 @@ def history(events: Sequence[Event]) -> list[Version]:
     return versions
 
 
+def latest(events: Sequence[Event]) -> list[Version]:
+    """``scd1.latest_from_events`` for one key: its latest event (sequence, file time, file, op order) decides:
+    an upsert is the key's row (a ``Version`` without start or end), a delete leaves none."""
+    if not events:
+        return []
+    newest = max(events, key=Event.order)
+    return [Version(None, None, True, newest.values, newest.path)] if newest.op == UPSERT else []
+
+
 @dataclass
 class Annotated:
     """What ``annotate`` found: the rows to record and apply (``new``), late rows, and the first problem that
@@ -256,20 +265,15 @@ class KeyedSmallBatch:
 
 def table_refusal(table: TableSettings, settings: LoaderSettings) -> str | None:
     """Why none of the table's batches can take this path (None: a batch may)."""
-    if settings.small_batch_max_bytes <= 0:
-        return "small_batch_max_bytes is 0"
-    if table.loading_strategy is not LoadingStrategy.SCD2:
+    if table.loading_strategy not in (LoadingStrategy.SCD2, LoadingStrategy.SCD1):
         return f"loading_strategy {table.loading_strategy.value}"
     if table.extract_mode is not ExtractMode.INCREMENTAL:
         return "extract_mode full"
     if table.flags_deletions:
         return "hard_deletes new_record"
-    if table.file_format is not FileFormat.PARQUET:
-        return f"file_format {table.file_format.value}"
-    if table.expectations:
-        return "the table has expectations"
-    if table.schema_evolution is SchemaEvolution.RESCUE:
-        return "schema_evolution rescue"
+    refusal = input_refusal(table, settings)
+    if refusal:
+        return refusal
     if table.delete_condition and DeleteTest.parse(table.delete_condition) is None:
         return "delete_condition is not one this engine evaluates (column = 'text', != or IN)"
     return None
@@ -281,7 +285,7 @@ def per_file(paths: pa.ChunkedArray) -> dict[str, int]:
     return dict(zip(counted.field("values").to_pylist(), counted.field("counts").to_pylist(), strict=True))
 
 
-def plan_small_scd2(table: TableSettings, settings: LoaderSettings, files: Sequence[ExpectedFile],
+def plan_small_keyed(table: TableSettings, settings: LoaderSettings, files: Sequence[ExpectedFile],
                     batch: ClaimedBatch) -> KeyedSmallBatch | str:
     """The batch of ``files`` planned for this engine, or why it goes to Spark (see the module docstring)."""
     refusal = table_refusal(table, settings)
@@ -298,12 +302,13 @@ def plan_small_scd2(table: TableSettings, settings: LoaderSettings, files: Seque
         refusal = _target_refusal(handle)
         if refusal:
             return refusal
+    scd2 = table.is_scd2
     start, end, current = table.scd2_output_columns
     schema = pa.schema(target.schema().to_arrow())
     record_schema = pa.schema(record.schema().to_arrow())
     if any(not PLAIN_NAME.match(f.name) or pa.types.is_nested(f.type) for f in (*schema, *record_schema)):
         return "a column name is not a plain identifier, or a column is nested"
-    own = {*AUDIT, start, end, current}
+    own = {*AUDIT, start, end, current} if scd2 else set(AUDIT)
     data = pa.schema([f for f in schema if f.name not in own])
     if set(schema.names) - set(data.names) != own:
         return "the target's loader columns are not the table's"
@@ -316,7 +321,7 @@ def plan_small_scd2(table: TableSettings, settings: LoaderSettings, files: Seque
         return "the change record's source columns are not the table's"
     sequence_type = (data.field(table.scd2_sequence_column).type if table.scd2_sequence_column
                      else pa.timestamp("us", "UTC"))
-    if not _normalised(schema.field(start).type).equals(_normalised(sequence_type)) or \
+    if (scd2 and not _normalised(schema.field(start).type).equals(_normalised(sequence_type))) or \
             not _normalised(record_schema.field(RECORD_SEQUENCE).type).equals(_normalised(sequence_type)):
         return "the sequence's type is not the table's start column's"
     delete = DeleteTest.parse(table.delete_condition) if table.delete_condition else None
@@ -331,7 +336,7 @@ def plan_small_scd2(table: TableSettings, settings: LoaderSettings, files: Seque
 
     keys = tuple(table.primary_keys)
     names = data.names
-    tracked_at = [names.index(c) for c in table.tracking_columns]
+    tracked_at = [names.index(c) for c in table.tracking_columns] if scd2 else list(range(len(names)))
     key_at = [names.index(c) for c in keys]
     sequence_at = names.index(table.scd2_sequence_column) if table.scd2_sequence_column else None
     delete_at = names.index(delete.column) if delete else None
@@ -374,7 +379,7 @@ def plan_small_scd2(table: TableSettings, settings: LoaderSettings, files: Seque
         known_values, found[RECORD_SEQUENCE].to_pylist(), found[RECORD_FILE_TIME].to_pylist(),
         found[SOURCE_FILE_COLUMN].to_pylist(), [op or UPSERT for op in found[RECORD_OP].to_pylist()]).items()
         if key in rows}
-    refuse_late = table.late_arriving is LateArriving.REFUSE
+    refuse_late = scd2 and table.late_arriving is LateArriving.REFUSE
     annotated = annotate(rows, known, refuse_late)
     if annotated.problem:
         return f"{annotated.problem} (Spark names the files and keys)"
@@ -398,34 +403,39 @@ def plan_small_scd2(table: TableSettings, settings: LoaderSettings, files: Seque
                                            schema=record_schema)
 
     merge_source = None
-    updated = (end, current, *names, SOURCE_FILE_COLUMN)
+    # scd2: versions matched on (key, start), an update keeps the batch that inserted the version; scd1: rows
+    # matched on the key, an update makes the row the batch's (scd2.merge_versions, scd1.merge_rows)
+    matched = (*keys, start) if scd2 else keys
+    updated = (end, current, *names, SOURCE_FILE_COLUMN) if scd2 else (*names, *AUDIT)
+    table_of = history if scd2 else latest
     if annotated.new_rows:
         changes: list[tuple[tuple, str, Version | None, Version]] = []
         for key, new_events in annotated.new.items():
-            before = history(known.get(key, []))
-            after = history([*known.get(key, []), *new_events])
+            before = table_of(known.get(key, []))
+            after = table_of([*known.get(key, []), *new_events])
             changes.extend((key, action, old, version) for action, old, version in version_diff(before, after))
         columns = {f"{MERGE_KEY_PREFIX}{c}": [None if action == INSERT else key[i] for key, action, _, _ in changes]
                    for i, c in enumerate(keys)}
-        columns[f"{MERGE_KEY_PREFIX}{start}"] = [None if action == INSERT else old.start
-                                                  for _, action, old, _ in changes]
         columns[ACTION] = [action for _, action, _, _ in changes]
         columns.update({name: [v.values[i] for _, _, _, v in changes] for i, name in enumerate(names)})
-        columns.update({start: [v.start for _, _, _, v in changes], end: [v.end for _, _, _, v in changes],
-                        current: [v.current for _, _, _, v in changes],
-                        SOURCE_FILE_COLUMN: [v.path for _, _, _, v in changes],
+        columns.update({SOURCE_FILE_COLUMN: [v.path for _, _, _, v in changes],
                         LOAD_TIMESTAMP_COLUMN: [loaded_at] * len(changes),
                         BATCH_ID_COLUMN: [batch.batch_id] * len(changes)})
+        if scd2:
+            columns[f"{MERGE_KEY_PREFIX}{start}"] = [None if action == INSERT else old.start
+                                                      for _, action, old, _ in changes]
+            columns.update({start: [v.start for _, _, _, v in changes], end: [v.end for _, _, _, v in changes],
+                            current: [v.current for _, _, _, v in changes]})
         types = {f.name: f.type for f in schema}
-        types.update({f"{MERGE_KEY_PREFIX}{c}": types[c] for c in (*keys, start)})
+        types.update({f"{MERGE_KEY_PREFIX}{c}": types[c] for c in matched})
         types[ACTION] = pa.string()
         merge_source = pa.table({name: pa.array(values, types[name]) for name, values in columns.items()})
-    return KeyedSmallBatch(record_rows, merge_source, tuple(schema.names), (*keys, start), updated,
+    return KeyedSmallBatch(record_rows, merge_source, tuple(schema.names), tuple(matched), updated,
                            annotated.late_rows, annotated.new_rows, earlier_rows)
 
 
 # ------------------------------------------------------------------------------------------- committing
-def commit_small_scd2(batch: ClaimedBatch, plan: KeyedSmallBatch, settings: LoaderSettings) -> dict[str, int] | None:
+def commit_small_keyed(batch: ClaimedBatch, plan: KeyedSmallBatch, settings: LoaderSettings) -> dict[str, int] | None:
     """Apply ``plan`` as ``batch``'s commits (see the module docstring): the record's append, then the
     target's one commit. Returns the change rows each file has in the record (what ``row_counts`` gives on the
     Spark path), or None, writing nothing to the target, when the target already recorded the batch's txn.
