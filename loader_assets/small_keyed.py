@@ -319,6 +319,10 @@ def plan_small_keyed(table: TableSettings, settings: LoaderSettings, files: Sequ
     if record_data.keys() != set(data.names) or any(not record_data[f.name].equals(_normalised(f.type))
                                                      for f in data):
         return "the change record's source columns are not the table's"
+    named = {*table.primary_keys, *(table.tracking_columns if scd2 else ()),
+             *((table.scd2_sequence_column,) if table.scd2_sequence_column else ())}
+    if not named <= set(data.names):  # the settings name a column the table does not have: Spark reports it
+        return f"the table has no column {sorted(named - set(data.names))[0]}"
     sequence_type = (data.field(table.scd2_sequence_column).type if table.scd2_sequence_column
                      else pa.timestamp("us", "UTC"))
     if (scd2 and not _normalised(schema.field(start).type).equals(_normalised(sequence_type))) or \

@@ -167,3 +167,14 @@ def test_the_scoped_scd1_check_finds_what_the_spark_check_finds(spark, lake, ins
     _, by_spark = keyed_report(spark, settings.tables[0], settings, batch_ids)
     assert violations is None
     assert (scoped.missing, scoped.unexpected) == (by_spark.missing, by_spark.unexpected) == expected
+
+
+def test_a_setting_that_names_a_column_the_table_lacks_goes_to_spark_which_fails_the_file(spark, lake, instance):
+    settings = lake.config(tables=[customers_table()])
+    drop(lake, "01.parquet", [(1, "ann", "a@x", "gold", t(1))], days_ago=3)
+    run_pipeline(settings, instance=instance, run_checks=False)
+    settings = lake.config(tables=[customers_table(tracking_columns=["name", "nickname"])])  # changed afterwards
+    drop(lake, "02.parquet", [(1, "anne", "a@x", "gold", t(2))], days_ago=2)
+    summary = run_pipeline(settings, instance=instance, run_checks=False)
+    (error,) = summary.tables["customers"].failed_files.values()
+    assert error == "missing configured columns ['nickname']"
