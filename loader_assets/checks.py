@@ -219,13 +219,12 @@ def files_with_rows(tracker: FileTracker) -> pa.Table:
 
 def compare_record_with_tracker(
     spark: Any, tracker: FileTracker, record: ChangeRecord, files: Sequence[str] | None = None,
-    settings: LoaderSettings | None = None,
 ) -> TargetConsistency:
     """For an scd2 table: each file's row count in the tracker against the change rows the record holds of it
     (across all its batches: a file's rows are recorded once, however often it is replayed), and no change rows
-    from a file the tracker does not count as loaded. With ``files``, only those files, read with delta-rs when
-    ``settings`` are given (``scoped_history.record_rows_per_file``). ``spark`` is a session, or a function
-    returning one, called only for a Spark count."""
+    from a file the tracker does not count as loaded. With ``files``, only those files, read with delta-rs
+    (``scoped_history.record_rows_per_file``). ``spark`` is a session, or a function returning one, called only
+    for a Spark count (the whole record)."""
     from pyspark.sql import functions as F
 
     result = TargetConsistency(counted_by="spark (the change record's rows)")
@@ -234,7 +233,7 @@ def compare_record_with_tracker(
         expected = expected.filter(pc.is_in(expected["file_path"], pa.array(list(files), pa.string())))
     result.completed_files = expected.num_rows
     counts = pa.table({"file_path": pa.array([], pa.string()), "rows": pa.array([], pa.int64())})
-    read = record_rows_per_file(settings, record.table_name, files) if files is not None and settings else None
+    read = record_rows_per_file(record, files) if files is not None else None
     if read is not None:  # a run's files: their change rows read with delta-rs
         result.counted_by = "delta-rs (the change record's rows of the run's files)"
         counts = pa.table({"file_path": pa.array(list(read), pa.string()),
@@ -672,8 +671,7 @@ def build_table_checks(table: TableSettings, settings: LoaderSettings) -> list[d
         if not scope and (run_id := unchanged_since(context.instance, name, check_name, state)):
             return unchanged_result(check_name, str(state), run_id)
         if record is not None:
-            consistency = compare_record_with_tracker(lambda: spark.session, table_tracker, record, scope or None,
-                                                      settings)
+            consistency = compare_record_with_tracker(lambda: spark.session, table_tracker, record, scope or None)
         else:
             consistency = compare_target_with_tracker(
                 lambda: spark.session, table_tracker, target_path, scope or None,

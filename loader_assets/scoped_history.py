@@ -27,12 +27,12 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.dataset as ds
 
-from loader_assets.cdc import DELETE, EXTRACT, RECORD_BATCH_SEQ, RECORD_FILE_TIME, RECORD_OP, RECORD_SEQUENCE, UPSERT
-from loader_assets.changes import changes_location
+from loader_assets.cdc import DELETE, RECORD_FILE_TIME, RECORD_OP, RECORD_SEQUENCE, UPSERT
+from loader_assets.changes import ChangeRecord, changes_location
 from loader_assets.reading import AUDIT_COLUMNS, BATCH_ID_COLUMN, SOURCE_FILE_COLUMN
 from loader_assets.scd2 import HistoryDifference, Scd2Violations, deletes_possible
 from loader_assets.settings import ExtractMode, LoaderSettings, TableSettings
-from loader_assets.small_keyed import Event, Version, comparable, history, latest, per_file
+from loader_assets.small_keyed import Event, Version, comparable, counted_changes, history, latest, per_file
 from loader_assets.target import app_id, open_target
 
 MAX_KEYS = 10_000
@@ -49,18 +49,16 @@ def _sample(samples: dict[str, list[str]], name: str, text: str) -> None:
         found.append(text)
 
 
-def record_rows_per_file(settings: LoaderSettings, table_name: str, files: Sequence[str]) -> dict[str, int] | None:
+def record_rows_per_file(change_record: ChangeRecord, files: Sequence[str]) -> dict[str, int] | None:
     """Change rows each of ``files`` has in the record (batches the target committed; markers left out), read
     with delta-rs; None when the table or its record does not exist."""
-    target = open_target(settings.table_path(table_name))
-    record = open_target(changes_location(settings.target_root, table_name))
+    target = open_target(change_record.target_path)
+    record = open_target(change_record.path)
     if target is None or record is None or RECORD_OP not in pa.schema(record.schema().to_arrow()).names:
         return None
-    committed = target.transaction_version(app_id(table_name)) or 0
-    counted = (ds.field(RECORD_BATCH_SEQ) <= committed) & (
-        (ds.field(RECORD_OP) != EXTRACT) | ds.field(RECORD_OP).is_null())
-    found = record.to_pyarrow_dataset().to_table(columns=[SOURCE_FILE_COLUMN], filter=counted & ds.field(
-        SOURCE_FILE_COLUMN).isin(pa.array(list(files), pa.string())))
+    committed = target.transaction_version(app_id(change_record.table_name)) or 0
+    found = record.to_pyarrow_dataset().to_table(columns=[SOURCE_FILE_COLUMN], filter=counted_changes(
+        committed) & ds.field(SOURCE_FILE_COLUMN).isin(pa.array(list(files), pa.string())))
     return per_file(found[SOURCE_FILE_COLUMN])
 
 
@@ -86,9 +84,7 @@ def scoped_report(table: TableSettings, settings: LoaderSettings, batch_ids: Seq
     data = [f.name for f in schema if f.name not in own]
     if not set(data) <= record_names:
         return None
-    committed = target.transaction_version(app_id(name)) or 0
-    counted = (ds.field(RECORD_BATCH_SEQ) <= committed) & (
-        (ds.field(RECORD_OP) != EXTRACT) | ds.field(RECORD_OP).is_null())
+    counted = counted_changes(target.transaction_version(app_id(name)) or 0)
     changes = record.to_pyarrow_dataset()
     touched = changes.to_table(columns=keys, filter=counted & ds.field(BATCH_ID_COLUMN).isin(
         pa.array(list(batch_ids), pa.string())))

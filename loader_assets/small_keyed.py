@@ -279,6 +279,13 @@ def table_refusal(table: TableSettings, settings: LoaderSettings) -> str | None:
     return None
 
 
+def counted_changes(committed: int) -> ds.Expression:
+    """The change record's rows that count (``changes.ChangeRecord.committed`` and ``change_rows``): rows of
+    batches up to the target's txn version ``committed``, extract markers left out (a NULL op is an upsert)."""
+    return (ds.field(RECORD_BATCH_SEQ) <= committed) & (
+        (ds.field(RECORD_OP) != EXTRACT) | ds.field(RECORD_OP).is_null())
+
+
 def per_file(paths: pa.ChunkedArray) -> dict[str, int]:
     """How many times each path occurs."""
     counted = pc.value_counts(paths)
@@ -370,8 +377,7 @@ def plan_small_keyed(table: TableSettings, settings: LoaderSettings, files: Sequ
     # the record's committed events of the batch's keys (rows of batches the target never committed do not count)
     committed = target.transaction_version(batch.app_id) or 0
     dataset = record.to_pyarrow_dataset()
-    counted = (ds.field(RECORD_BATCH_SEQ) <= committed) & (
-        (ds.field(RECORD_OP) != EXTRACT) | ds.field(RECORD_OP).is_null())
+    counted = counted_changes(committed)
     wanted = counted
     for index, column in enumerate(keys):
         wanted = wanted & ds.field(column).isin(pa.array(sorted({k[index] for k in rows}),
