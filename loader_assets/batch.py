@@ -54,9 +54,9 @@ class ClaimedBatch:
         """path -> modification time (microseconds) as the tracker saw it at discovery."""
         return {f.path: f.modified_micros for f in self.files}
 
-    def user_metadata(self) -> str:
+    def user_metadata(self, merge: str | None = None) -> str:
         return commit_metadata(self.batch_id, self.batch_seq, self.run_id, self.table_name, len(self.files),
-                               {path: json.loads(found) for path, found in self.quality})
+                               {path: json.loads(found) for path, found in self.quality}, merge)
 
     def with_quality(self, quarantined: Mapping[str, int], expectations: Mapping[str, Any]) -> ClaimedBatch:
         """This batch carrying what its read found per file (see ``quality``)."""

@@ -46,6 +46,7 @@ FILE_TIME = "__file_time"
 VALUES = "__values"
 TRACKED = "__tracked"
 OP = "__op"
+LAST_OP, LAST_TRACKED = "__last_op", "__last_tracked"  # the op and tracked values of the key's newest recorded change
 UPSERT, DELETE, EXTRACT = "upsert", "delete", "extract"
 SAMPLE = 5
 
@@ -125,6 +126,14 @@ def new_events(annotated: DataFrame, table: TableSettings) -> DataFrame:
     """The events a batch adds: its new rows (``__new``), shaped as ``as_events`` shapes the record's."""
     return annotated.where("__new").select(*table.primary_keys, SEQ, FILE_TIME, OP, VALUES, SOURCE_FILE_COLUMN,
                                            TRACKED)
+
+
+def in_order_events(annotated: DataFrame, table: TableSettings) -> DataFrame:
+    """``new_events`` with each key's newest recorded change (``LAST_OP``, ``LAST_TRACKED``): what
+    ``scd2.in_order_versions`` and ``scd1.in_order_rows`` need when no new row is older than its key's newest
+    recorded change (a batch with no late rows)."""
+    return annotated.where("__new").select(*table.primary_keys, SEQ, FILE_TIME, OP, VALUES, SOURCE_FILE_COLUMN,
+                                           TRACKED, LAST_OP, LAST_TRACKED)
 
 
 def known_of_keys(record: DataFrame, rows: DataFrame, table: TableSettings) -> DataFrame:
@@ -217,7 +226,8 @@ def _add_error(errors: dict[str, str], path: str, message: str) -> None:
 
 def annotate(rows: DataFrame, table: TableSettings, known: DataFrame | None) -> DataFrame:
     """Join each row with what the record knows of its key (its change row at the row's sequence, if any; its
-    newest change's sequence) and, over each key in load order (one window), flag it:
+    newest change's sequence, op and tracked values: ``__last_seq``, ``LAST_OP``, ``LAST_TRACKED``) and, over each
+    key in load order (one window), flag it:
 
     - ``__applied``: the record has this change row (same key, sequence, op and values): a replay, dropped;
     - ``__clash``: the record has a change row of the key at this sequence with another op or other values;
@@ -233,10 +243,15 @@ def annotate(rows: DataFrame, table: TableSettings, known: DataFrame | None) -> 
     if known is None:
         joined = rows.select(
             "*", F.lit(None).cast(rows.schema[SEQ].dataType).alias("__last_seq"),
+            F.lit(None).cast("string").alias(LAST_OP),
+            F.lit(None).cast(rows.schema[TRACKED].dataType).alias(LAST_TRACKED),
             F.lit(None).cast(rows.schema[VALUES].dataType).alias("__rec_values"), F.lit(None).cast("string")
             .alias("__rec_op"))
     else:
-        latest = known.groupBy(*keys).agg(F.max(SEQ).alias("__last_seq"))
+        newest = F.max_by(F.struct(F.col(OP).alias("op"), F.col(TRACKED).alias("tracked")), F.col(SEQ))
+        latest = known.groupBy(*keys).agg(F.max(SEQ).alias("__last_seq"), newest.alias("__newest")).select(
+            *keys, "__last_seq", F.col("__newest.op").alias(LAST_OP),
+            F.col("__newest.tracked").alias(LAST_TRACKED))
         at_seq = known.select(*keys, SEQ, F.col(VALUES).alias("__rec_values"), F.col(OP).alias("__rec_op"))
         joined = rows.join(latest, list(keys), "left").join(at_seq, [*keys, SEQ], "left")
     recorded = F.col("__rec_op").isNotNull()

@@ -5,6 +5,12 @@ time, then path) decides: an upsert is the key's row, with its values and ``_sou
 key has no row. An older change that arrives after a newer one is *stale*: it is recorded (so a later, even older
 delete or a replay is judged right) and changes nothing; runs count such rows. Deletes that arrive before the rows
 they delete are kept in the record as tombstones, so a stale upsert never revives a deleted key.
+
+A batch with no stale row (every new event is newer than its key's recorded ones) decides each of its keys by its
+own newest event: ``in_order_rows`` takes it, and ``merge_in_order`` applies it as an upsert MERGE on the key that
+updates a row only where its values or ``_source_file`` differ, as ``row_diff`` would, without computing the keys'
+rows before and after from the record. It compares with the table's row instead of the record's: the two agree
+while ``rows_match_changes`` holds.
 """
 
 from __future__ import annotations
@@ -14,7 +20,17 @@ from typing import TYPE_CHECKING
 
 from loader_assets.cdc import FILE_TIME, OP, SEQ, UPSERT, VALUES, key_json, struct_of
 from loader_assets.reading import AUDIT_COLUMNS, SOURCE_FILE_COLUMN
-from loader_assets.scd2 import HistoryDifference, diff, difference, merge_diff
+from loader_assets.scd2 import (
+    ACTION,
+    MERGE_KEY_PREFIX,
+    REMOVE,
+    UPSERT_ROW,
+    HistoryDifference,
+    diff,
+    difference,
+    merge_diff,
+    quoted,
+)
 from loader_assets.settings import TableSettings
 
 if TYPE_CHECKING:
@@ -41,17 +57,52 @@ def row_diff(old: DataFrame, new: DataFrame, table: TableSettings) -> DataFrame:
     return diff(old, new, table.primary_keys, [VALUES, SOURCE_FILE_COLUMN])
 
 
+def _table_rows(rows: DataFrame, audit: Mapping[str, Column]) -> DataFrame:
+    """A row diff with the table's columns: values and audit columns beside it."""
+    from pyspark.sql import functions as F
+
+    values = rows.schema[VALUES].dataType.names
+    return rows.select("*", *[F.col(f"{VALUES}.{c}").alias(c) for c in values if c not in rows.columns],
+                       *[value.alias(name) for name, value in audit.items()])
+
+
 def merge_rows(spark: SparkSession, target_path: str, rows: DataFrame, table: TableSettings,
                insert_columns: Sequence[str], audit: Mapping[str, Column]) -> None:
     """Apply a ``row_diff``: matched on the key, update (values, source file and audit columns: the row is the
     batch's now) or delete; not matched, insert."""
+    values = rows.schema[VALUES].dataType.names
+    merge_diff(spark, target_path, _table_rows(rows, audit), table.primary_keys,
+               [*values, SOURCE_FILE_COLUMN, *audit], insert_columns)
+
+
+def in_order_rows(events: DataFrame, table: TableSettings) -> DataFrame:
+    """``row_diff`` for a batch whose new events (``cdc.in_order_events``) are all newer than their key's recorded
+    ones (the module docstring): per key, the batch's newest event: an ``UPSERT_ROW`` with its values and
+    ``_source_file``, or a delete (``REMOVE``), matched on the key."""
+    from pyspark.sql import Window
     from pyspark.sql import functions as F
 
+    keys = list(table.primary_keys)
+    newest_first = Window.partitionBy(*keys).orderBy(F.col(SEQ).desc(), F.col(FILE_TIME).desc(),
+                                                      F.col(SOURCE_FILE_COLUMN).desc(), F.col(OP).desc())
+    return (events.withColumn("__rank", F.row_number().over(newest_first)).where(F.col("__rank") == 1)
+            .select(*[F.col(k).alias(MERGE_KEY_PREFIX + k) for k in keys],
+                    F.when(F.col(OP) == F.lit(UPSERT), F.lit(UPSERT_ROW)).otherwise(F.lit(REMOVE)).alias(ACTION),
+                    *keys, VALUES, SOURCE_FILE_COLUMN))
+
+
+def merge_in_order(spark: SparkSession, target_path: str, rows: DataFrame, table: TableSettings,
+                   insert_columns: Sequence[str], audit: Mapping[str, Column], target_columns: Sequence[str]
+                   ) -> None:
+    """Apply ``in_order_rows``: a delete removes the key's row; an upsert inserts it, or updates it (values,
+    source file, audit columns) where a value or ``_source_file`` differs, null-safely, as ``row_diff`` compares.
+    A value column the table does not have yet (schema evolution) counts as NULL in the table's row."""
     values = rows.schema[VALUES].dataType.names
-    source = rows.select("*", *[F.col(f"{VALUES}.{c}").alias(c) for c in values if c not in rows.columns],
-                         *[value.alias(name) for name, value in audit.items()])
-    merge_diff(spark, target_path, source, table.primary_keys, [*values, SOURCE_FILE_COLUMN, *audit],
-               insert_columns)
+    same = [f"t.{quoted(c)} <=> s.{quoted(c)}" if c in target_columns else f"s.{quoted(c)} IS NULL"
+            for c in [*values, SOURCE_FILE_COLUMN]]
+    merge_diff(spark, target_path, _table_rows(rows, audit), table.primary_keys,
+               [*values, SOURCE_FILE_COLUMN, *audit], insert_columns,
+               update_condition="NOT (" + " AND ".join(same) + ")")
 
 
 def rows_frame(latest: DataFrame, audit: Mapping[str, Column]) -> DataFrame:

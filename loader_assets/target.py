@@ -220,14 +220,21 @@ def batch_commit(target_path: str, batch_id: str, search_depth: int = 200) -> di
     return None
 
 
+MERGE_IN_ORDER = "in_order"  # a keyed batch with no late row: close-and-insert (scd2) or upsert (scd1)
+MERGE_DIFF = "diff"  # the difference of the batch's keys' tables before and after it (late rows, full extracts)
+
+
 def commit_metadata(batch_id: str, batch_seq: int, run_id: str, table_name: str, files: int,
-                    quality: dict[str, Any] | None = None) -> str:
+                    quality: dict[str, Any] | None = None, merge: str | None = None) -> str:
     """The userMetadata of a batch's commit (JSON naming the batch; ``quality``: per file, the rows it had
-    quarantined and its expectation results, when any)."""
+    quarantined and its expectation results, when any; ``merge``: for a keyed table's MERGE, which one,
+    ``MERGE_IN_ORDER`` or ``MERGE_DIFF``)."""
     payload: dict[str, Any] = {"batch_id": batch_id, "batch_seq": batch_seq, "run_id": run_id, "table": table_name,
                                "files": files}
     if quality:
         payload["quality"] = quality
+    if merge:
+        payload["merge"] = merge
     return json.dumps(payload, sort_keys=True)
 
 

@@ -14,6 +14,11 @@ userMetadata through ``spark.databricks.delta.commitInfo.userMetadata``, set rig
 Which keys a batch touches: those of its rows (incremental extracts); every key (full extracts, since an extract
 deletes the keys absent from it, wherever it falls in sequence order).
 
+Which MERGE: a batch of an incremental table with no late (scd2) or stale (scd1) row, without ``hard_deletes:
+new_record``, takes the in-order MERGE (``scd2.in_order_versions`` / ``scd1.in_order_rows``: computed from the
+batch's own events and its keys' newest recorded change); any other batch the MERGE of the difference between
+the keys' tables before and after it. The commit's userMetadata names which (``merge``).
+
 Crash window between (1) and (2): the record holds the batch's rows and the target does not. The rows do not
 count (reads keep ``_change_batch_seq <=`` the target's txn version) and are deleted by the next holder's
 ``recover`` or, if the write failed in this run, by ``abandon`` before the files are retried.
@@ -33,6 +38,7 @@ from loader_assets.cdc import (
     change_rows,
     extract_markers,
     extracts_of,
+    in_order_events,
     is_full,
     known_of_keys,
     marker_rows,
@@ -43,16 +49,19 @@ from loader_assets.cdc import (
 from loader_assets.changes import ChangeRecord, changes_location
 from loader_assets.core import faults
 from loader_assets.reading import BATCH_ID_COLUMN, LOAD_TIMESTAMP_COLUMN, SOURCE_FILE_COLUMN
-from loader_assets.scd1 import latest_from_events, merge_rows, row_diff, rows_frame
+from loader_assets.scd1 import in_order_rows, latest_from_events, merge_rows, row_diff, rows_frame
+from loader_assets.scd1 import merge_in_order as merge_rows_in_order
 from loader_assets.scd2 import (
     history_from_events,
+    in_order_versions,
+    merge_in_order,
     merge_versions,
     version_columns,
     version_diff,
     versions_frame,
 )
 from loader_assets.settings import LoaderSettings, TableSettings
-from loader_assets.target import open_target, target_txn_version
+from loader_assets.target import MERGE_DIFF, MERGE_IN_ORDER, open_target, target_txn_version
 from loader_assets.writers.base import SparkProvider, TableWriter, empty_commit, fence_commit
 
 if TYPE_CHECKING:
@@ -169,8 +178,13 @@ class KeyedWriter(TableWriter):
             insert_columns += [c for c in prepared.rows.schema[VALUES].dataType.names if c not in insert_columns]
             insert_columns += [c for c in (*version_columns(table), SOURCE_FILE_COLUMN, *audit)
                                if c not in insert_columns and (table.is_scd2 or c not in version_columns(table))]
-        with delta_txn(spark, batch.app_id, batch.batch_seq, batch.user_metadata(), evolve_schema):
-            self._merge(spark, batch, before, after, insert_columns, audit)
+        in_order = not full and not prepared.extras.get("late_rows") and not table.flags_deletions
+        metadata = batch.user_metadata(MERGE_IN_ORDER if in_order else MERGE_DIFF)
+        with delta_txn(spark, batch.app_id, batch.batch_seq, metadata, evolve_schema):
+            if in_order:
+                self._merge_in_order(spark, batch, prepared.rows, insert_columns, audit, target_columns)
+            else:
+                self._merge(spark, batch, before, after, insert_columns, audit)
 
     def _table_rows(self, events: DataFrame, audit: Mapping[str, Column]) -> DataFrame:
         if self.table.is_scd2:
@@ -186,6 +200,16 @@ class KeyedWriter(TableWriter):
         else:
             diff = row_diff(latest_from_events(before, table), latest_from_events(after, table), table)
             merge_rows(spark, batch.target_path, diff, table, insert_columns, audit)
+
+    def _merge_in_order(self, spark: SparkSession, batch: ClaimedBatch, annotated: DataFrame,
+                        insert_columns: list[str], audit: Mapping[str, Column], target_columns: list[str]) -> None:
+        events = in_order_events(annotated, self.table)
+        if self.table.is_scd2:
+            merge_in_order(spark, batch.target_path, in_order_versions(events, self.table), self.table,
+                           insert_columns, audit)
+        else:
+            merge_rows_in_order(spark, batch.target_path, in_order_rows(events, self.table), self.table,
+                                insert_columns, audit, target_columns)
 
     def abandon(self, spark: SparkProvider, batch: ClaimedBatch) -> None:
         self.record.drop_uncommitted(spark, target_txn_version(self.target_path, self.table.table_name))

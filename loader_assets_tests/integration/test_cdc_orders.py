@@ -5,8 +5,11 @@ For seeded random change streams (8 to 10 files over six overlapping keys, with 
 values, nulls in the tracked column, identical rows in two files, and for full extracts keys absent from some
 extracts), each trial delivers the files in a random order, in one to three waves, loading after each wave with a
 random ``max_files_per_run``, and requires the final table to equal the pure-Python definition
-(``model/cdc.py``), audit columns aside. CI runs ``CI_TRIALS``; the soak tier runs ``LOADER_ASSETS_CDC_TRIALS``
-per configuration (default 34, so 204 orders and batchings over the six configurations), from trial
+(``model/cdc.py``), audit columns aside. The ``*_in_order_on_spark`` configurations draw streams whose files follow
+each other in sequence and deliver them in order but for one swap, so their batches mostly take Spark's in-order
+MERGE; every trial reports which engine and which MERGE made its commits (``commit_kinds``), and the CI trials
+assert that each path was taken. CI runs ``CI_TRIALS``; the soak tier runs ``LOADER_ASSETS_CDC_TRIALS`` per
+configuration (default 34, so 340 orders and batchings over the ten configurations), from trial
 ``LOADER_ASSETS_CDC_FIRST_TRIAL`` (default 0; trial n loads stream 1000 + n // 4 in order n), one line per trial:
 
     LOADER_ASSETS_CDC_TRIALS=34 .venv/bin/python -m pytest loader_assets_tests/integration/test_cdc_orders.py -m soak -s
@@ -14,9 +17,11 @@ per configuration (default 34, so 204 orders and batchings over the six configur
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import time
+from collections import Counter
 from datetime import UTC, datetime, timedelta
 
 import pyarrow as pa
@@ -43,12 +48,20 @@ CONFIGS = {
     "scd1": {"loading_strategy": "scd1", "delete_condition": "op = 'D'"},
     "scd1_on_spark": {"loading_strategy": "scd1", "delete_condition": "op = 'D'", "small_batch_max_bytes": 0},
     "scd1_full_invalidate": {"loading_strategy": "scd1", "extract_mode": "full", "hard_deletes": "invalidate"},
+    # streams whose files follow each other in sequence, delivered in order but for one swap of neighbours: most
+    # batches have no late row and take Spark's in-order MERGE (writers/keyed.py), which the random orders of
+    # the configurations above rarely give
+    "scd2_in_order_on_spark": {"loading_strategy": "scd2", "delete_condition": "op = 'D'",
+                               "small_batch_max_bytes": 0, "stream": "ordered"},
+    "scd1_in_order_on_spark": {"loading_strategy": "scd1", "delete_condition": "op = 'D'",
+                               "small_batch_max_bytes": 0, "stream": "ordered"},
 }
 Row = tuple[int, str | None, str, int, str]  # (customer_id, name, tier, sequence in hours, op)
 
 
-def stream(seed: int, full: bool) -> list[list[Row]]:
-    """A change stream: 8 to 10 files; full extracts are each the whole source at their own sequence."""
+def stream(seed: int, full: bool, ordered: bool = False) -> list[list[Row]]:
+    """A change stream: 8 to 10 files; full extracts are each the whole source at their own sequence; with
+    ``ordered``, file n's rows have sequences from 12n + 1 on, so the files follow each other."""
     rng = random.Random(seed)
     files: list[list[Row]] = []
     used: set[tuple[int, int]] = set()
@@ -63,7 +76,7 @@ def stream(seed: int, full: bool) -> list[list[Row]]:
             if files and rng.random() < 0.2:  # an identical row in two files
                 rows.append(rng.choice(rng.choice(files)))
                 continue
-            key, seq = rng.randint(1, 6), rng.randint(1, 120)
+            key, seq = rng.randint(1, 6), (12 * number + rng.randint(1, 12) if ordered else rng.randint(1, 120))
             while (key, seq) in used:
                 seq += 1
             used.add((key, seq))
@@ -108,17 +121,22 @@ def actual(spark, settings, config) -> list[tuple]:
 
 def trial(spark, lake, instance, config_name: str, seed: int, order_seed: int) -> None:
     config = CONFIGS[config_name]
-    files = stream(seed, config.get("extract_mode") == "full")
+    ordered = config.get("stream") == "ordered"
+    files = stream(seed, config.get("extract_mode") == "full", ordered)
     rng = random.Random(order_seed)
     order = list(range(len(files)))
-    rng.shuffle(order)
+    if ordered:  # in order, but for one swap of neighbours
+        swap = rng.randrange(len(files) - 1)
+        order[swap], order[swap + 1] = order[swap + 1], order[swap]
+    else:
+        rng.shuffle(order)
     max_files = rng.randint(1, len(files))
     cuts = sorted(rng.sample(range(1, len(files)), rng.randint(0, 2)))
     waves = [order[a:b] for a, b in zip([0, *cuts], [*cuts, len(files)], strict=True)]
     engine_bytes = config.get("small_batch_max_bytes", 32 << 20)
     spec = {"table_name": "customers", "source_path": "landing/customers", "file_format": "parquet",
             "primary_keys": ["customer_id"], "scd2_sequence_column": "updated_at",
-            **{k: v for k, v in config.items() if k != "small_batch_max_bytes"}}
+            **{k: v for k, v in config.items() if k not in ("small_batch_max_bytes", "stream")}}
     if config["loading_strategy"] == "scd2":
         spec["tracking_columns"] = ["name"]
     settings = lake.config(tables=[spec], max_files_per_run=max_files, small_batch_max_bytes=engine_bytes)
@@ -138,12 +156,20 @@ def trial(spark, lake, instance, config_name: str, seed: int, order_seed: int) -
     assert actual(spark, settings, config) == expected(files, config), label
     violations, difference = keyed_report(spark, settings.tables[0], settings)
     assert difference.ok and (violations is None or violations.ok), (label, violations, difference)
-    return engine_commits(settings)
+    return commit_kinds(settings)
 
 
-def engine_commits(settings) -> int:
-    """The target's commits made by the small-batch engine (delta-rs names itself in engineInfo)."""
-    return sum("delta-rs" in str(c.get("engineInfo")) for c in DeltaTable(settings.table_path("customers")).history())
+def commit_kinds(settings) -> Counter:
+    """How the target's commits were made: by the small-batch engine ("delta-rs", which names itself in
+    engineInfo), or by Spark's in-order MERGE or difference MERGE (the ``merge`` of the commit's userMetadata)."""
+    kinds: Counter = Counter()
+    for commit in DeltaTable(settings.table_path("customers")).history():
+        if "delta-rs" in str(commit.get("engineInfo")):
+            kinds["delta-rs"] += 1
+        merge = json.loads(commit.get("userMetadata") or "{}").get("merge")
+        if merge:
+            kinds[merge] += 1
+    return kinds
 
 
 # one trial per configuration (each against the model, which no order or batching changes); the soak tier runs
@@ -154,11 +180,15 @@ CI_TRIALS = [(name, 100 + i, 7 * i + 1) for i, name in enumerate(CONFIGS)]
 @pytest.mark.spark
 @pytest.mark.parametrize(("config_name", "seed", "order_seed"), CI_TRIALS)
 def test_the_table_is_a_function_of_the_change_rows(spark, lake, instance, config_name, seed, order_seed):
-    commits = trial(spark, lake, instance, config_name, seed, order_seed)
+    kinds = trial(spark, lake, instance, config_name, seed, order_seed)
     if config_name in ("scd2", "scd1"):
-        assert commits >= 2, "the small-batch engine took fewer than two of the stream's batches"
+        assert kinds["delta-rs"] >= 2, "the small-batch engine took fewer than two of the stream's batches"
     else:  # Spark for every batch: the engine refuses full extracts, and is off for the *_on_spark ones
-        assert commits == 0
+        assert kinds["delta-rs"] == 0
+    if config_name.endswith("_in_order_on_spark"):
+        assert kinds["in_order"] >= 2, f"Spark's in-order MERGE took fewer than two batches: {dict(kinds)}"
+    elif "full" in config_name:  # a full extract always takes the MERGE of the difference
+        assert kinds["in_order"] == 0 and kinds["diff"] >= 1, dict(kinds)
 
 
 @pytest.mark.soak
@@ -172,6 +202,6 @@ def test_many_orders_and_batchings(spark, tmp_path, instance, config_name):
     started = time.monotonic()
     for number in range(first, first + trials):
         seed = 1000 + number // 4  # four orders and batchings of each stream
-        trial(spark, Lake(tmp_path / f"t{number}"), instance, config_name, seed, number)
-        print(f"{config_name} trial {number} (stream {seed}) ok ({time.monotonic() - started:.0f} s so far)",
-              flush=True)
+        kinds = trial(spark, Lake(tmp_path / f"t{number}"), instance, config_name, seed, number)
+        print(f"{config_name} trial {number} (stream {seed}) ok, commits {dict(kinds)} "
+              f"({time.monotonic() - started:.0f} s so far)", flush=True)
