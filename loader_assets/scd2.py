@@ -135,7 +135,9 @@ def merge_diff(spark: SparkSession, target_path: str, source: DataFrame, match: 
     view = f"__loader_assets_merge_{uuid.uuid4().hex}"
     condition = " AND ".join([*(f"t.{quoted(c)} = s.{quoted(MERGE_KEY_PREFIX + c)}" for c in match),
                               *([target_condition] if target_condition else [])])
-    updates = ", ".join(f"t.{quoted(c)} = s.{quoted(c)}" for c in changed)
+    # unqualified on the left: Delta resolves `t.<column>` only for columns the table has, and a column a batch
+    # adds (schema_evolution: add_new_columns) fails the MERGE as an unresolved expression
+    updates = ", ".join(f"{quoted(c)} = s.{quoted(c)}" for c in changed)
     columns = ", ".join(quoted(c) for c in insert_columns)
     values = ", ".join(f"s.{quoted(c)}" for c in insert_columns)
     also = f" AND ({update_condition})" if update_condition else ""

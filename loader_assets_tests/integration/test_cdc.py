@@ -158,3 +158,70 @@ def test_scd1_keeps_the_latest_row_discards_stale_ones_and_deletes(spark, lake, 
     assert feed.rows() == [(1, "A2", "x"), (3, "C", "x")]
     feed.load((3, "C", "x", 4, "D"), (2, "B3", "y", 5, "U"))  # delete, and a key revived
     assert feed.rows() == [(1, "A2", "x"), (2, "B3", "y")]
+
+
+def merges_of(settings):
+    """The ``merge`` each commit of the table names in its userMetadata (None for appends), oldest first."""
+    import json
+
+    from deltalake import DeltaTable
+
+    history = DeltaTable(settings.table_path("customers")).history()
+    return [json.loads(c.get("userMetadata") or "{}").get("merge") for c in reversed(history)]
+
+
+@pytest.mark.parametrize("strategy", ["scd2", "scd1"])
+def test_the_in_order_merge_takes_a_new_column_and_leaves_repeated_rows_alone(spark, lake, instance, strategy):
+    """A Spark batch with no late row takes the in-order MERGE, also when it adds a column (add_new_columns): an
+    scd2 row repeating its key's tracked values with the new column NULL starts no version; a changed row or a
+    new key carries the new column. A late row then takes the MERGE of the difference, adding another column
+    (both MERGEs once failed on a new column: Delta does not resolve `t.<new column>` in UPDATE SET)."""
+    spec = {"loading_strategy": strategy, "schema_evolution": "add_new_columns",
+            **({"tracking_columns": []} if strategy == "scd1" else {})}
+    feed = Feed(lake, spark, instance, **spec)
+    feed.settings = lake.config(tables=[table(**spec)], small_batch_max_bytes=0)  # every batch on Spark
+    feed.load((1, "A", "x", 1, "U"), (2, "B", "x", 1, "U"))
+
+    def load_wider(name, column, rows):
+        path = lake.landing / "customers" / name
+        pq.write_table(pa.Table.from_pylist(
+            [dict(zip([*SCHEMA.names, column], (cid, nm, tier, day(d), "U", extra), strict=True))
+             for cid, nm, tier, d, extra in rows], schema=pa.schema([*SCHEMA, (column, pa.string())])), path)
+        moment = (datetime.now(UTC) - timedelta(days=1) + timedelta(minutes=len(merges_of(feed.settings)))
+                  ).timestamp()
+        os.utime(path, (moment, moment))
+        summary = run_pipeline(feed.settings, instance=instance, run_checks=False)
+        assert summary.total_files_failed == 0, summary.tables["customers"].failed_files
+        violations, difference = keyed_report(spark, feed.settings.tables[0], feed.settings)
+        assert difference.ok and (violations is None or violations.ok), (violations, difference)
+
+    load_wider("f02.parquet", "email", [(1, "A2", "x", 3, "a@x"), (2, "B", "x", 3, None), (3, "C", "y", 3, "c@x")])
+    frame = spark.read.format("delta").load(feed.settings.table_path("customers"))
+    batches = {r[0]: r[1] for r in frame.groupBy("_batch_id").count().collect()}
+    if strategy == "scd2":
+        rows = frame.selectExpr("customer_id", "name", "email", "dayofyear(effective_date) - 1",
+                                "dayofyear(end_date) - 1", "is_current").collect()
+        assert sorted(tuple(r) for r in rows) == [
+            (1, "A", None, 1, 3, False), (1, "A2", "a@x", 3, None, True), (2, "B", None, 1, None, True),
+            (3, "C", "c@x", 3, None, True)]
+        assert sorted(batches.values()) == [2, 2]  # the closed version keeps its batch; key 2 got no version
+    else:
+        rows = frame.select("customer_id", "name", "email").collect()
+        assert sorted(tuple(r) for r in rows) == [(1, "A2", "a@x"), (2, "B", None), (3, "C", "c@x")]
+        # key 2's row is the batch's too: its newer row has another updated_at and _source_file
+        assert sorted(batches.values()) == [3]
+    assert merges_of(feed.settings) == [None, "in_order"]
+    # late (older than key 1's newest change), with another new column: the MERGE of the difference
+    load_wider("f03.parquet", "phone", [(1, "A1", "x", 2, "555"), (2, "B2", "x", 4, "777")])
+    assert merges_of(feed.settings) == [None, "in_order", "diff"]
+    frame = spark.read.format("delta").load(feed.settings.table_path("customers"))
+    if strategy == "scd2":
+        rows = frame.selectExpr("customer_id", "name", "email", "phone", "dayofyear(effective_date) - 1",
+                                "dayofyear(end_date) - 1").collect()
+        assert sorted((tuple(r) for r in rows), key=repr) == sorted([
+            (1, "A", None, None, 1, 2), (1, "A1", None, "555", 2, 3), (1, "A2", "a@x", None, 3, None),
+            (2, "B", None, None, 1, 4), (2, "B2", None, "777", 4, None), (3, "C", "c@x", None, 3, None)], key=repr)
+    else:  # key 1's row at day 3 is newer than the stale day-2 row
+        rows = frame.select("customer_id", "name", "email", "phone").collect()
+        assert sorted(tuple(r) for r in rows) == [(1, "A2", "a@x", None), (2, "B2", None, "777"),
+                                                  (3, "C", "c@x", None)]
