@@ -348,7 +348,8 @@ def validate_batch(
     errors: dict[str, str] = {}
     while True:
         good = rows.where(~F.col(SOURCE_FILE_COLUMN).isin(list(errors))) if errors else rows
-        annotated = keep(annotate(good, table, known))
+        # kept without the record's values and op at the row's sequence, which only the flags read
+        annotated = keep(annotate(good, table, known).drop("__rec_values", "__rec_op"))
         summary = summarise(annotated, table)
         if not summary.errors:
             return ChangeValidation(errors=errors, rows=annotated, new_rows=summary.new_rows,

@@ -313,11 +313,10 @@ def violations_of(frame: DataFrame, table: TableSettings) -> Scd2Violations:
         | (following.isNull() & F.col(end).isNotNull() & F.lit(not gaps_allowed))  # closed, never superseded
         | (F.col(end).isNotNull() & (F.col(end) <= F.col(start))),
     }
-    flagged = frame.select(key_json(keys).alias("__key"),
-                           *[F.coalesce(flag, F.lit(False)).alias(name) for name, flag in flags.items()])
-    summary = flagged.agg(
+    flagged = frame.select(*keys, *[F.coalesce(flag, F.lit(False)).alias(name) for name, flag in flags.items()])
+    summary = flagged.agg(  # a key as text only for the flagged rows, not to_json of every row
         *[F.sum(F.col(name).cast("long")).alias(name) for name in flags],
-        *[F.slice(F.collect_list(F.when(F.col(name), F.col("__key"))), 1, SAMPLE).alias(f"sample_{name}")
+        *[F.slice(F.collect_list(F.when(F.col(name), key_json(keys))), 1, SAMPLE).alias(f"sample_{name}")
           for name in flags],
     ).collect()[0]
     result = Scd2Violations()
