@@ -30,6 +30,7 @@ from loader_assets.scd2 import (
     difference,
     merge_diff,
     quoted,
+    with_table_columns,
 )
 from loader_assets.settings import TableSettings
 
@@ -40,15 +41,20 @@ if TYPE_CHECKING:
 def latest_from_events(events: DataFrame, table: TableSettings) -> DataFrame:
     """The rows ``events`` define: per key, the latest event if it is an upsert. Columns: keys, ``VALUES``,
     ``_source_file``."""
+    from pyspark.sql import functions as F
+
+    return (newest_events(events, table).where(F.col(OP) == F.lit(UPSERT))
+            .select(*table.primary_keys, VALUES, SOURCE_FILE_COLUMN))
+
+
+def newest_events(events: DataFrame, table: TableSettings) -> DataFrame:
+    """Each key's newest event in sequence order (then file time, then path)."""
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
-    keys = list(table.primary_keys)
-    newest_first = Window.partitionBy(*keys).orderBy(F.col(SEQ).desc(), F.col(FILE_TIME).desc(),
-                                                      F.col(SOURCE_FILE_COLUMN).desc(), F.col(OP).desc())
-    return (events.withColumn("__rank", F.row_number().over(newest_first))
-            .where((F.col("__rank") == 1) & (F.col(OP) == F.lit(UPSERT)))
-            .select(*keys, VALUES, SOURCE_FILE_COLUMN))
+    newest_first = Window.partitionBy(*table.primary_keys).orderBy(
+        F.col(SEQ).desc(), F.col(FILE_TIME).desc(), F.col(SOURCE_FILE_COLUMN).desc(), F.col(OP).desc())
+    return events.withColumn("__rank", F.row_number().over(newest_first)).where(F.col("__rank") == 1)
 
 
 def row_diff(old: DataFrame, new: DataFrame, table: TableSettings) -> DataFrame:
@@ -57,21 +63,12 @@ def row_diff(old: DataFrame, new: DataFrame, table: TableSettings) -> DataFrame:
     return diff(old, new, table.primary_keys, [VALUES, SOURCE_FILE_COLUMN])
 
 
-def _table_rows(rows: DataFrame, audit: Mapping[str, Column]) -> DataFrame:
-    """A row diff with the table's columns: values and audit columns beside it."""
-    from pyspark.sql import functions as F
-
-    values = rows.schema[VALUES].dataType.names
-    return rows.select("*", *[F.col(f"{VALUES}.{c}").alias(c) for c in values if c not in rows.columns],
-                       *[value.alias(name) for name, value in audit.items()])
-
-
 def merge_rows(spark: SparkSession, target_path: str, rows: DataFrame, table: TableSettings,
                insert_columns: Sequence[str], audit: Mapping[str, Column]) -> None:
     """Apply a ``row_diff``: matched on the key, update (values, source file and audit columns: the row is the
     batch's now) or delete; not matched, insert."""
     values = rows.schema[VALUES].dataType.names
-    merge_diff(spark, target_path, _table_rows(rows, audit), table.primary_keys,
+    merge_diff(spark, target_path, with_table_columns(rows, audit), table.primary_keys,
                [*values, SOURCE_FILE_COLUMN, *audit], insert_columns)
 
 
@@ -79,13 +76,10 @@ def in_order_rows(events: DataFrame, table: TableSettings) -> DataFrame:
     """``row_diff`` for a batch whose new events (``cdc.in_order_events``) are all newer than their key's recorded
     ones (the module docstring): per key, the batch's newest event: an ``UPSERT_ROW`` with its values and
     ``_source_file``, or a delete (``REMOVE``), matched on the key."""
-    from pyspark.sql import Window
     from pyspark.sql import functions as F
 
     keys = list(table.primary_keys)
-    newest_first = Window.partitionBy(*keys).orderBy(F.col(SEQ).desc(), F.col(FILE_TIME).desc(),
-                                                      F.col(SOURCE_FILE_COLUMN).desc(), F.col(OP).desc())
-    return (events.withColumn("__rank", F.row_number().over(newest_first)).where(F.col("__rank") == 1)
+    return (newest_events(events, table)
             .select(*[F.col(k).alias(MERGE_KEY_PREFIX + k) for k in keys],
                     F.when(F.col(OP) == F.lit(UPSERT), F.lit(UPSERT_ROW)).otherwise(F.lit(REMOVE)).alias(ACTION),
                     *keys, VALUES, SOURCE_FILE_COLUMN))
@@ -100,7 +94,7 @@ def merge_in_order(spark: SparkSession, target_path: str, rows: DataFrame, table
     values = rows.schema[VALUES].dataType.names
     same = [f"t.{quoted(c)} <=> s.{quoted(c)}" if c in target_columns else f"s.{quoted(c)} IS NULL"
             for c in [*values, SOURCE_FILE_COLUMN]]
-    merge_diff(spark, target_path, _table_rows(rows, audit), table.primary_keys,
+    merge_diff(spark, target_path, with_table_columns(rows, audit), table.primary_keys,
                [*values, SOURCE_FILE_COLUMN, *audit], insert_columns,
                update_condition="NOT (" + " AND ".join(same) + ")")
 

@@ -161,13 +161,21 @@ def version_diff(old: DataFrame, new: DataFrame, table: TableSettings) -> DataFr
     return diff(old, new, [*table.primary_keys, start], [end, current, "__deleted", VALUES, SOURCE_FILE_COLUMN])
 
 
-def _version_rows(versions: DataFrame, table: TableSettings, audit: Mapping[str, Column]) -> DataFrame:
-    """A version diff with the table's columns: values, audit columns (and the deleted flag) beside it."""
+def with_table_columns(diff_rows: DataFrame, audit: Mapping[str, Column]) -> DataFrame:
+    """A version or row diff with the table's columns beside it: each field of ``VALUES`` as a column, and the
+    audit columns."""
     from pyspark.sql import functions as F
 
-    values = versions.schema[VALUES].dataType.names
-    source = versions.select("*", *[F.col(f"{VALUES}.{c}").alias(c) for c in values if c not in versions.columns],
-                             *[value.alias(name) for name, value in audit.items()])
+    values = diff_rows.schema[VALUES].dataType.names
+    return diff_rows.select("*", *[F.col(f"{VALUES}.{c}").alias(c) for c in values if c not in diff_rows.columns],
+                            *[value.alias(name) for name, value in audit.items()])
+
+
+def _version_rows(versions: DataFrame, table: TableSettings, audit: Mapping[str, Column]) -> DataFrame:
+    """A version diff with the table's columns (``with_table_columns``, and the deleted flag)."""
+    from pyspark.sql import functions as F
+
+    source = with_table_columns(versions, audit)
     if table.flags_deletions:
         source = source.withColumn(table.scd2_deleted_flag_column, F.col("__deleted"))
     return source
