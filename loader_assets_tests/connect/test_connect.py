@@ -131,9 +131,11 @@ def test_a_late_merge_of_a_killed_client_is_fenced_out(spark, connect_server, la
     fails its files for retry; the test holds that run after its claim until the server is idle, so the late
     MERGE has had every chance to land. It cannot: the history holds each version once. (Without the fence,
     the late MERGE commits during the hold and the reload inserts every new version a second time.)"""
-    # 100k changes: the server's MERGE runs for seconds after the REST API shows it running, and the kill lands
-    # within 0.1 s of that (an earlier 400k took six minutes of CI for the same window)
-    keys = 100_000
+    # 300k changes: the server's MERGE runs for seconds after the REST API shows it running, and the kill lands
+    # within 0.1 s of that (an earlier 400k took six minutes of CI for the same window; 100k stopped being enough
+    # once the in-order MERGE made it short: the MERGE committed before the rerun's recovery, which then rightly
+    # completed the batch, and the test's window never opened)
+    keys = 300_000
     lake.config(two_tables()[1:], spark={"master": "local[2]", "remote": connect_server.url, "conf": TEST_SPARK_CONF})
     write_customers(lake, "extract-0.parquet", keys, "a", 10, days_ago=2)
     code, _, err = cli(lake, "run")
