@@ -137,7 +137,8 @@ def in_order_events(annotated: DataFrame, table: TableSettings) -> DataFrame:
 
 
 def known_of_keys(record: DataFrame, rows: DataFrame, table: TableSettings) -> DataFrame:
-    """The record's change rows of the batch's keys (a semi-join), shaped by ``as_events``; cache it."""
+    """The record's change rows of the batch's keys (a semi-join), shaped by ``as_events``: what ``annotate``
+    compares the batch with, and, cached, the history before the batch on the diff MERGE's path."""
     keys = table.primary_keys
     wanted = rows.select(*keys).distinct()
     return as_events(record.join(wanted, keys, "left_semi"), table, rows.schema[VALUES].dataType.fields)
@@ -225,9 +226,8 @@ def _add_error(errors: dict[str, str], path: str, message: str) -> None:
 
 
 def annotate(rows: DataFrame, table: TableSettings, known: DataFrame | None) -> DataFrame:
-    """Join each row with what the record knows of its key (its change row at the row's sequence, if any; its
-    newest change's sequence, op and tracked values: ``__last_seq``, ``LAST_OP``, ``LAST_TRACKED``) and, over each
-    key in load order (one window), flag it:
+    """Flag each row against what the record knows of its key (``known``, shaped by ``as_events``; None when the
+    record is empty) and against the batch's previous row of the key:
 
     - ``__applied``: the record has this change row (same key, sequence, op and values): a replay, dropped;
     - ``__clash``: the record has a change row of the key at this sequence with another op or other values;
@@ -235,39 +235,62 @@ def annotate(rows: DataFrame, table: TableSettings, known: DataFrame | None) -> 
     - ``__ambiguous``: the previous row of the key in the batch has the same sequence but another op or other
       values (``__prev_file`` names that row's file);
     - ``__new``: to be recorded and applied: not applied, and not an identical duplicate of the previous row.
+
+    Each row also carries its key's newest recorded change: its sequence (``__last_seq``), op and tracked values
+    (``LAST_OP``, ``LAST_TRACKED``).
+
+    One shuffle: the batch's rows and the record's rows of their keys in one frame, partitioned by key and
+    ordered by (sequence, file time, path), the record's rows carrying NULL file time and path so that at an
+    equal sequence they come before the batch's; one window pass gives each batch row the last record row up to
+    it (the row at its sequence, if that is its sequence), the key's last record row (its newest change) and the
+    last batch row before it (its previous row). The record holds at most one change row per (key, sequence)
+    (a second one is refused as a clash), so "the last record row up to it" is the one at its sequence when
+    there is one. The result stays partitioned by key and sorted by (sequence, file time, path), which the
+    in-order MERGE's window reuses without a shuffle or a sort (``scd2.in_order_versions``).
     """
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
-    keys = table.primary_keys
-    if known is None:
-        joined = rows.select(
-            "*", F.lit(None).cast(rows.schema[SEQ].dataType).alias("__last_seq"),
-            F.lit(None).cast("string").alias(LAST_OP),
-            F.lit(None).cast(rows.schema[TRACKED].dataType).alias(LAST_TRACKED),
-            F.lit(None).cast(rows.schema[VALUES].dataType).alias("__rec_values"), F.lit(None).cast("string")
-            .alias("__rec_op"))
-    else:
-        newest = F.max_by(F.struct(F.col(OP).alias("op"), F.col(TRACKED).alias("tracked")), F.col(SEQ))
-        latest = known.groupBy(*keys).agg(F.max(SEQ).alias("__last_seq"), newest.alias("__newest")).select(
-            *keys, "__last_seq", F.col("__newest.op").alias(LAST_OP),
-            F.col("__newest.tracked").alias(LAST_TRACKED))
-        at_seq = known.select(*keys, SEQ, F.col(VALUES).alias("__rec_values"), F.col(OP).alias("__rec_op"))
-        joined = rows.join(latest, list(keys), "left").join(at_seq, [*keys, SEQ], "left")
-    recorded = F.col("__rec_op").isNotNull()
-    same = F.coalesce((F.col("__rec_op") == F.col(OP)) & F.col("__rec_values").eqNullSafe(F.col(VALUES)),
-                      F.lit(False))
-    in_order = Window.partitionBy(*keys).orderBy(SEQ, FILE_TIME, SOURCE_FILE_COLUMN)
-    same_seq_as_previous = F.coalesce(F.lag(SEQ).over(in_order) == F.col(SEQ), F.lit(False))
-    equal_to_previous = F.coalesce((F.lag(OP).over(in_order) == F.col(OP))
-                                   & F.lag(VALUES).over(in_order).eqNullSafe(F.col(VALUES)), F.lit(False))
-    return (
-        joined.withColumn("__applied", recorded & same)
-        .withColumn("__clash", recorded & ~same)
-        .withColumn("__late", F.coalesce(F.col(SEQ) < F.col("__last_seq"), F.lit(False)) & ~recorded)
-        .withColumn("__ambiguous", same_seq_as_previous & ~equal_to_previous)
-        .withColumn("__prev_file", F.lag(SOURCE_FILE_COLUMN).over(in_order))
-        .withColumn("__new", ~F.col("__applied") & ~(same_seq_as_previous & equal_to_previous))
+    keys = list(table.primary_keys)
+    origin = "__from_batch"
+    both = rows.withColumn(origin, F.lit(True))
+    if known is not None:
+        both = both.unionByName(known.select(
+            *keys, SEQ, F.lit(None).cast("timestamp").alias(FILE_TIME), OP, VALUES, TRACKED,
+            F.lit(None).cast("string").alias(SOURCE_FILE_COLUMN), F.lit(False).alias(origin)),
+            allowMissingColumns=True)
+    in_order = Window.partitionBy(*keys).orderBy(SEQ, FILE_TIME, SOURCE_FILE_COLUMN, origin)
+    from_batch, from_record = F.col(origin), ~F.col(origin)
+
+    def last(condition: Column, frame_end: int, **fields: Column) -> Column:
+        """The named fields of the last row up to ``frame_end`` (rows from the current one) where ``condition``
+        holds."""
+        value = F.when(condition, F.struct(*[column.alias(name) for name, column in fields.items()]))
+        return F.last(value, ignorenulls=True).over(in_order.rowsBetween(Window.unboundedPreceding, frame_end))
+
+    marked = both.select(
+        "*",
+        last(from_record, Window.currentRow, seq=F.col(SEQ), op=F.col(OP), values=F.col(VALUES)).alias("__rec"),
+        last(from_record, Window.unboundedFollowing, seq=F.col(SEQ), op=F.col(OP), tracked=F.col(TRACKED))
+        .alias("__newest"),
+        last(from_batch, -1, seq=F.col(SEQ), op=F.col(OP), values=F.col(VALUES), file=F.col(SOURCE_FILE_COLUMN))
+        .alias("__prev"),
+    ).where(from_batch)
+    recorded = F.coalesce(F.col("__rec.seq") == F.col(SEQ), F.lit(False))
+    same = recorded & F.coalesce((F.col("__rec.op") == F.col(OP)) & F.col("__rec.values").eqNullSafe(F.col(VALUES)),
+                                 F.lit(False))
+    same_seq_as_previous = F.coalesce(F.col("__prev.seq") == F.col(SEQ), F.lit(False))
+    equal_to_previous = F.coalesce((F.col("__prev.op") == F.col(OP))
+                                   & F.col("__prev.values").eqNullSafe(F.col(VALUES)), F.lit(False))
+    return marked.select(
+        *[F.col(c).cast(rows.schema[c].dataType).alias(c) if c == SEQ else F.col(c) for c in rows.columns],
+        F.col("__newest.seq").cast(rows.schema[SEQ].dataType).alias("__last_seq"),
+        F.col("__newest.op").alias(LAST_OP), F.col("__newest.tracked").alias(LAST_TRACKED),
+        same.alias("__applied"), (recorded & ~same).alias("__clash"),
+        (F.coalesce(F.col(SEQ) < F.col("__newest.seq"), F.lit(False)) & ~recorded).alias("__late"),
+        (same_seq_as_previous & ~equal_to_previous).alias("__ambiguous"),
+        F.col("__prev.file").alias("__prev_file"),
+        (~same & ~(same_seq_as_previous & equal_to_previous)).alias("__new"),
     )
 
 
@@ -340,16 +363,16 @@ def validate_batch(
     (``annotate``), and how many are new and late. ``known`` comes from ``known_of_keys``, None when the record
     is empty. ``keep`` may persist the annotated rows, which the summary and the writes all read.
 
-    Happy path: one join, one window and one aggregation (``summarise``). When some files fail, the annotation
-    is computed again without them, because a failed file's rows must not take part in the other files' flags.
+    Happy path: one shuffle and one window (``annotate``) and one aggregation (``summarise``). When some files
+    fail, the annotation is computed again without them, because a failed file's rows must not take part in the
+    other files' flags.
     """
     from pyspark.sql import functions as F
 
     errors: dict[str, str] = {}
     while True:
         good = rows.where(~F.col(SOURCE_FILE_COLUMN).isin(list(errors))) if errors else rows
-        # kept without the record's values and op at the row's sequence, which only the flags read
-        annotated = keep(annotate(good, table, known).drop("__rec_values", "__rec_op"))
+        annotated = keep(annotate(good, table, known))
         summary = summarise(annotated, table)
         if not summary.errors:
             return ChangeValidation(errors=errors, rows=annotated, new_rows=summary.new_rows,

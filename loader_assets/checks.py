@@ -70,10 +70,9 @@ from loader_assets.scd2 import (
     SCOPED_CHECK_MAX_KEYS,
     HistoryDifference,
     Scd2Violations,
-    compare_history,
+    history_report,
     scd2_violations,
     version_columns,
-    violations_of,
 )
 from loader_assets.settings import Expectation, ExpectationAction, LoaderSettings, TableSettings
 from loader_assets.target import open_target, rows_per_source_file
@@ -297,7 +296,7 @@ def keyed_report(
         if is_full(table):
             events = events.unionByName(absence_events(events, extracts_of(record.committed(spark)), table))
         if table.is_scd2:
-            return violations_of(target, table), compare_history(target, events, table)
+            return history_report(target, events, table)
         return None, compare_rows(target, events, table)
     finally:
         for frame in cached:

@@ -75,11 +75,16 @@ def merge_rows(spark: SparkSession, target_path: str, rows: DataFrame, table: Ta
 def in_order_rows(events: DataFrame, table: TableSettings) -> DataFrame:
     """``row_diff`` for a batch whose new events (``cdc.in_order_events``) are all newer than their key's recorded
     ones (the module docstring): per key, the batch's newest event: an ``UPSERT_ROW`` with its values and
-    ``_source_file``, or a delete (``REMOVE``), matched on the key."""
+    ``_source_file``, or a delete (``REMOVE``), matched on the key. The newest is the key's last event in
+    (sequence, file time, path) order, unique among a batch's new events (rows equal there are one file's rows at
+    one sequence: identical ones are not new, others fail the file), and the order ``cdc.annotate`` leaves the
+    rows in, so the window needs neither a shuffle nor a sort."""
+    from pyspark.sql import Window
     from pyspark.sql import functions as F
 
     keys = list(table.primary_keys)
-    return (newest_events(events, table)
+    in_order = Window.partitionBy(*keys).orderBy(SEQ, FILE_TIME, SOURCE_FILE_COLUMN)
+    return (events.withColumn("__last", F.lead(SEQ).over(in_order).isNull()).where("__last")
             .select(*[F.col(k).alias(MERGE_KEY_PREFIX + k) for k in keys],
                     F.when(F.col(OP) == F.lit(UPSERT), F.lit(UPSERT_ROW)).otherwise(F.lit(REMOVE)).alias(ACTION),
                     *keys, VALUES, SOURCE_FILE_COLUMN))

@@ -48,7 +48,7 @@ from loader_assets.settings import ExtractMode, HardDeletes, TableSettings
 from loader_assets.target import sql_table
 
 if TYPE_CHECKING:
-    from pyspark.sql import Column, DataFrame, SparkSession
+    from pyspark.sql import Column, DataFrame, Row, SparkSession
 
 ACTION = "__action"
 MERGE_KEY_PREFIX = "__mk_"
@@ -209,7 +209,9 @@ def in_order_versions(events: DataFrame, table: TableSettings) -> DataFrame:
 
     keys = list(table.primary_keys)
     start, end, current = table.scd2_output_columns
-    in_order = Window.partitionBy(*keys).orderBy(SEQ, FILE_TIME, SOURCE_FILE_COLUMN, OP)
+    # a batch's new events of a key are unique in this order (see ``scd1.in_order_rows``), the order
+    # ``cdc.annotate`` leaves them in: no shuffle, no sort
+    in_order = Window.partitionBy(*keys).orderBy(SEQ, FILE_TIME, SOURCE_FILE_COLUMN)
     first = F.lag(SEQ).over(in_order).isNull()  # sequences are never null here (validation fails such rows)
     previous_op = F.when(first, F.col(LAST_OP)).otherwise(F.lag(OP).over(in_order))
     previous_tracked = F.when(first, F.col(LAST_TRACKED)).otherwise(F.lag(TRACKED).over(in_order))
@@ -296,11 +298,8 @@ def scd2_violations(
     return violations_of(frame, table)
 
 
-def violations_of(frame: DataFrame, table: TableSettings) -> Scd2Violations:
-    """The invariants in one pass (one window over each key, one aggregation): at most one current row per key,
-    exactly one unless the table can delete keys; the current flag is set exactly when the end is NULL; each
-    version starts before it ends; a key's versions never overlap, and follow one another without gaps unless
-    the table can delete keys (a gap is a deleted span); only a key's last version can be current."""
+def violation_flags(frame: DataFrame, table: TableSettings) -> dict[str, Column]:
+    """The invariants as one flag per row and kind (see ``violations_of``), over one window per key."""
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
@@ -321,18 +320,41 @@ def violations_of(frame: DataFrame, table: TableSettings) -> Scd2Violations:
         | (following.isNull() & F.col(end).isNotNull() & F.lit(not gaps_allowed))  # closed, never superseded
         | (F.col(end).isNotNull() & (F.col(end) <= F.col(start))),
     }
-    flagged = frame.select(*keys, *[F.coalesce(flag, F.lit(False)).alias(name) for name, flag in flags.items()])
-    summary = flagged.agg(  # a key as text only for the flagged rows, not to_json of every row
-        *[F.sum(F.col(name).cast("long")).alias(name) for name in flags],
-        *[F.slice(F.collect_list(F.when(F.col(name), key_json(keys))), 1, SAMPLE).alias(f"sample_{name}")
-          for name in flags],
-    ).collect()[0]
+    return {name: F.coalesce(flag, F.lit(False)) for name, flag in flags.items()}
+
+
+VIOLATION_KINDS = ("keys_without_one_current", "flag_end_disagreements", "interval_breaks")
+
+
+def violation_sums(table: TableSettings) -> list[Column]:
+    """The aggregation of ``violation_flags`` columns: a count of each kind and a few keys (a key as text only
+    for the flagged rows, not to_json of every row)."""
+    from pyspark.sql import functions as F
+
+    keys = table.primary_keys
+    return [*[F.sum(F.col(name).cast("long")).alias(name) for name in VIOLATION_KINDS],
+            *[F.slice(F.collect_list(F.when(F.col(name), key_json(keys))), 1, SAMPLE).alias(f"sample_{name}")
+              for name in VIOLATION_KINDS]]
+
+
+def violations_read(summary: Row) -> Scd2Violations:
+    """``Scd2Violations`` from a row holding ``violation_sums``."""
     result = Scd2Violations()
-    for name in flags:
+    for name in VIOLATION_KINDS:
         setattr(result, name, int(summary[name] or 0))
         if summary[name]:
             result.samples[name] = list(summary[f"sample_{name}"])
     return result
+
+
+def violations_of(frame: DataFrame, table: TableSettings) -> Scd2Violations:
+    """The invariants in one pass (one window over each key, one aggregation): at most one current row per key,
+    exactly one unless the table can delete keys; the current flag is set exactly when the end is NULL; each
+    version starts before it ends; a key's versions never overlap, and follow one another without gaps unless
+    the table can delete keys (a gap is a deleted span); only a key's last version can be current."""
+    flags = violation_flags(frame, table)
+    flagged = frame.select(*table.primary_keys, *[flag.alias(name) for name, flag in flags.items()])
+    return violations_read(flagged.agg(*violation_sums(table)).collect()[0])
 
 
 @dataclass
@@ -361,14 +383,9 @@ def table_history(target: DataFrame, table: TableSettings) -> DataFrame:
         "__deleted"), struct_of(columns).alias(VALUES), SOURCE_FILE_COLUMN)
 
 
-def same_rows(expected: DataFrame, actual: DataFrame, columns: Sequence[str]) -> bool:
-    """Whether ``expected`` and ``actual`` hold the same multiset of rows over ``columns``, by row count and two
-    sums of 64-bit row hashes per side (``xxhash64`` unsalted and salted, summed as decimals so they never
-    overflow): two aggregations that shuffle neither side, collected in one query. Equal sums of different
-    multisets need a 2^-64 accident twice over; anything this cannot vouch for (a map column, which Spark does
-    not hash; rows that compare equal but hash differently, such as -0.0 and 0.0) answers False, and the caller
-    compares row by row."""
-    from pyspark.sql import functions as F
+def hashable(expected: DataFrame, actual: DataFrame, columns: Sequence[str]) -> bool:
+    """Whether ``row_sums`` can vouch for the two frames over ``columns``: no map column (Spark does not hash
+    one), and the same types (nullability aside)."""
     from pyspark.sql.types import MapType
 
     def has_map(data_type: object) -> bool:
@@ -376,35 +393,55 @@ def same_rows(expected: DataFrame, actual: DataFrame, columns: Sequence[str]) ->
 
     if any(has_map(frame.schema[c].dataType) for frame in (expected, actual) for c in columns):
         return False
-    if ([expected.schema[c].dataType.simpleString() for c in columns]
-            != [actual.schema[c].dataType.simpleString() for c in columns]):  # nullability aside
-        return False
+    return ([expected.schema[c].dataType.simpleString() for c in columns]
+            == [actual.schema[c].dataType.simpleString() for c in columns])
 
-    def sums(frame: DataFrame, side: int) -> DataFrame:
-        row = [F.col(c) for c in columns]
-        return frame.agg(
-            F.lit(side).alias("side"),
-            F.count(F.lit(1)).alias("rows"),
+
+ROW_SUMS = ("rows", "h1", "h2")
+
+
+def row_sums(columns: Sequence[str]) -> list[Column]:
+    """A multiset of rows over ``columns`` as its row count and two sums of 64-bit row hashes (``xxhash64``
+    unsalted and salted, summed as decimals so they never overflow): one aggregation, no shuffle."""
+    from pyspark.sql import functions as F
+
+    row = [F.col(c) for c in columns]
+    return [F.count(F.lit(1)).alias("rows"),
             F.sum(F.xxhash64(*row).cast("decimal(20,0)")).alias("h1"),
-            F.sum(F.xxhash64(F.lit("loader-assets"), *row).cast("decimal(20,0)")).alias("h2"),
-        )
+            F.sum(F.xxhash64(F.lit("loader-assets"), *row).cast("decimal(20,0)")).alias("h2")]
 
+
+def same_sums(expected: Row, actual: Row) -> bool:
+    return all(expected[name] == actual[name] for name in ROW_SUMS)
+
+
+def same_rows(expected: DataFrame, actual: DataFrame, columns: Sequence[str]) -> bool:
+    """Whether ``expected`` and ``actual`` hold the same multiset of rows over ``columns`` (``row_sums`` of both
+    sides, collected in one query). Equal sums of different multisets need a 2^-64 accident twice over; anything
+    this cannot vouch for (``hashable``; rows that compare equal but hash differently, such as -0.0 and 0.0)
+    answers False, and the caller compares row by row."""
+    from pyspark.sql import functions as F
+
+    if not hashable(expected, actual, columns):
+        return False
     # both sides in one query (a union: one Spark job, where a job per side costs more than these small sums)
-    both = {row["side"]: tuple(row)[1:] for row in sums(expected, 0).unionByName(sums(actual, 1)).collect()}
-    return both[0] == both[1]
+    sides = (expected.agg(F.lit(0).alias("side"), *row_sums(columns))
+             .unionByName(actual.agg(F.lit(1).alias("side"), *row_sums(columns))).collect())
+    both = {row["side"]: row for row in sides}
+    return same_sums(both[0], both[1])
 
 
 def difference(expected: DataFrame, actual: DataFrame, keys: Sequence[str], rest: Sequence[str],
-               label: Column) -> HistoryDifference:
+               label: Column, sums_compared: bool = False) -> HistoryDifference:
     """Rows of ``expected`` and ``actual`` (matched on ``keys``) that differ in any of ``rest``: the ``diff`` that
     would turn ``actual`` into ``expected``, counted in one aggregation (a row to insert or update is missing, a
     row to delete or update is unexpected, and so is each extra copy of a row of ``actual`` whose ``keys`` are
     there more than once), with a few keys of each. When ``same_rows`` vouches that both hold
     the same rows (a check that passes, the usual case) the row-by-row diff, a full outer join of both sides, is
-    not computed (benchmark P2)."""
+    not computed (benchmark P2); ``sums_compared``: the caller compared them already and they differed."""
     from pyspark.sql import functions as F
 
-    if same_rows(expected, actual, [*keys, *rest]):
+    if not sums_compared and same_rows(expected, actual, [*keys, *rest]):
         return HistoryDifference(compared="by hash sums")
     action = F.col(ACTION)
     missing, unexpected = action.isin(INSERT, UPDATE), action.isin(REMOVE, UPDATE)
@@ -430,14 +467,33 @@ def difference(expected: DataFrame, actual: DataFrame, keys: Sequence[str], rest
     return result
 
 
-def compare_history(target: DataFrame, events: DataFrame, table: TableSettings) -> HistoryDifference:
-    """The table's versions against ``history_from_events`` of the record's events (already scoped), on every
-    column that defines a version: keys, start, end, current flag, deleted flag, the source values and
-    ``_source_file``."""
+def history_report(target: DataFrame, events: DataFrame, table: TableSettings
+                   ) -> tuple[Scd2Violations, HistoryDifference]:
+    """The table's invariants (``violations_of``) and its versions against ``history_from_events`` of the
+    record's events (already scoped), compared on every column that defines a version: keys, start, end, current
+    flag, deleted flag, the source values and ``_source_file``.
+
+    One pass over each side when the table is right (the usual case): the expected history's row sums and its
+    invariants in one aggregation (the invariants' window reuses the history's partitioning and order, no second
+    shuffle), the table's row sums beside it, one query. Equal sums mean the table holds the same multiset of
+    versions, so its invariants are the history's, counted in that pass. Sums that differ (or cannot be taken,
+    ``hashable``) fall back to the invariants of the table itself and the row-by-row ``difference``."""
     from pyspark.sql import functions as F
 
     start, end, current = table.scd2_output_columns
     keys = [*table.primary_keys, start]
+    rest = [end, current, "__deleted", VALUES, SOURCE_FILE_COLUMN]
     label = F.concat(key_json(table.primary_keys), F.lit(" from "), F.col(start).cast("string"))
-    return difference(history_from_events(events, table), table_history(target, table), keys,
-                      [end, current, "__deleted", VALUES, SOURCE_FILE_COLUMN], label)
+    expected, actual = history_from_events(events, table), table_history(target, table)
+    columns = [*keys, *rest]
+    if hashable(expected, actual, columns):
+        flags = violation_flags(expected, table)
+        flagged = expected.select(*columns, *[flag.alias(name) for name, flag in flags.items()])
+        sides = (flagged.agg(F.lit(0).alias("side"), *row_sums(columns), *violation_sums(table))
+                 .unionByName(actual.agg(F.lit(1).alias("side"), *row_sums(columns)), allowMissingColumns=True)
+                 .collect())
+        both = {row["side"]: row for row in sides}
+        if same_sums(both[0], both[1]):
+            return violations_read(both[0]), HistoryDifference(compared="by hash sums")
+    return (violations_of(target, table),
+            difference(expected, actual, keys, rest, label, sums_compared=hashable(expected, actual, columns)))

@@ -123,15 +123,16 @@ class KeyedWriter(TableWriter):
     def prepare(self, batch: ClaimedBatch, frame: DataFrame) -> tuple[PreparedRows, dict[str, str]]:
         spark = frame.sparkSession
         prepared = PreparedRows(frame)
-        # The batch's rows and what the record knows of the batch's keys are each read by several steps:
-        # computed once and kept for the batch, instead of re-reading the files and the record each time.
+        # The batch's rows are read by several steps: computed once and kept for the batch, instead of re-reading
+        # the files each time. What the record knows of the batch's keys is read once by the validation (whose
+        # annotated rows are kept), and again only by the diff MERGE, which keeps it then (``write``).
         rows = prepared.keep(with_sequence(spark, frame, batch.table, batch.file_times))
         known, committed = None, None
         if self.record.exists():
             committed = self.record.committed(spark, target_txn_version(self.target_path, self.table.table_name))
             fields = rows.schema[VALUES].dataType.fields
-            known = prepared.keep(as_events(committed, batch.table, fields) if is_full(batch.table)
-                                  else known_of_keys(committed, rows, batch.table))
+            known = (as_events(committed, batch.table, fields) if is_full(batch.table)
+                     else known_of_keys(committed, rows, batch.table))
         result = validate_batch(rows, batch.table, known, keep=prepared.keep)
         assert result.rows is not None
         prepared.rows = result.rows
@@ -158,8 +159,11 @@ class KeyedWriter(TableWriter):
         if not prepared.extras.get("new_rows") and markers is None and open_target(batch.target_path) is not None:
             empty_commit(spark, batch.target_path, batch.txn_options())  # only replays: the batch's commit is empty, but there is one
             return
+        in_order = not full and not prepared.extras.get("late_rows") and not table.flags_deletions
         known: DataFrame | None = prepared.extras.get("known")
         batch_events = new_events(prepared.rows, table)
+        if known is not None and not in_order:  # read by both histories of the diff
+            known = prepared.keep(known)
         before = known if known is not None else batch_events.limit(0)
         after = before.unionByName(batch_events)
         if full:
@@ -178,7 +182,6 @@ class KeyedWriter(TableWriter):
             insert_columns += [c for c in prepared.rows.schema[VALUES].dataType.names if c not in insert_columns]
             insert_columns += [c for c in (*version_columns(table), SOURCE_FILE_COLUMN, *audit)
                                if c not in insert_columns and (table.is_scd2 or c not in version_columns(table))]
-        in_order = not full and not prepared.extras.get("late_rows") and not table.flags_deletions
         metadata = batch.user_metadata(MERGE_IN_ORDER if in_order else MERGE_DIFF)
         with delta_txn(spark, batch.app_id, batch.batch_seq, metadata, evolve_schema):
             if in_order:
