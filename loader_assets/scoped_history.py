@@ -49,14 +49,16 @@ def _sample(samples: dict[str, list[str]], name: str, text: str) -> None:
         found.append(text)
 
 
-def record_rows_per_file(change_record: ChangeRecord, files: Sequence[str]) -> dict[str, int] | None:
-    """Change rows each of ``files`` has in the record (batches the target committed; markers left out), read
-    with delta-rs; None when the table or its record does not exist."""
+def record_rows_per_file(change_record: ChangeRecord, files: Sequence[str], up_to: int | None = None
+                         ) -> dict[str, int] | None:
+    """Change rows each of ``files`` has in the record (batches up to ``up_to``, by default those the target
+    committed; markers left out), read with delta-rs; None when the table or its record does not exist.
+    ``ChangeRecord.rows_per_file`` answers the same in Spark."""
     target = open_target(change_record.target_path)
     record = open_target(change_record.path)
     if target is None or record is None or RECORD_OP not in pa.schema(record.schema().to_arrow()).names:
         return None
-    committed = target.transaction_version(app_id(change_record.table_name)) or 0
+    committed = up_to if up_to is not None else target.transaction_version(app_id(change_record.table_name)) or 0
     found = record.to_pyarrow_dataset().to_table(columns=[SOURCE_FILE_COLUMN], filter=counted_changes(
         committed) & ds.field(SOURCE_FILE_COLUMN).isin(pa.array(list(files), pa.string())))
     return per_file(found[SOURCE_FILE_COLUMN])
