@@ -400,12 +400,34 @@ def hashable(expected: DataFrame, actual: DataFrame, columns: Sequence[str]) -> 
 ROW_SUMS = ("rows", "h1", "h2")
 
 
-def row_sums(columns: Sequence[str]) -> list[Column]:
-    """A multiset of rows over ``columns`` as its row count and two sums of 64-bit row hashes (``xxhash64``
-    unsalted and salted, summed as decimals so they never overflow): one aggregation, no shuffle."""
+def hash_inputs(frame: DataFrame, columns: Sequence[str]) -> list[Column]:
+    """``columns`` of ``frame`` as inputs to ``xxhash64`` where a NULL cannot move. Spark's ``xxhash64`` skips a
+    NULL (the running hash goes on unchanged), so (NULL, 'x') and ('x', NULL) hash alike, in two columns as in
+    two fields of a struct or two elements of an array: a table whose value moved into a neighbouring NULL
+    column would match its record. Here every value is followed by whether it is NULL, a struct is expanded into
+    its fields and an array's elements are expanded the same way, so each NULL leaves a mark in its place."""
+    from pyspark.sql import functions as F
+    from pyspark.sql.types import ArrayType, StructType
+
+    def expand(column: Column, data_type: object) -> list[Column]:
+        if isinstance(data_type, StructType):
+            return [column.isNull(), *[part for f in data_type.fields
+                                       for part in expand(column.getField(f.name), f.dataType)]]
+        if isinstance(data_type, ArrayType):
+            element = data_type.elementType
+            return [column.isNull(), F.transform(column, lambda e: F.struct(*expand(e, element)))]
+        return [column, column.isNull()]
+
+    return [part for c in columns for part in expand(F.col(c), frame.schema[c].dataType)]
+
+
+def row_sums(frame: DataFrame, columns: Sequence[str]) -> list[Column]:
+    """A multiset of rows over ``columns`` as its row count and two sums of 64-bit row hashes (``xxhash64`` of
+    ``hash_inputs``, unsalted and salted, summed as decimals so they never overflow): one aggregation, no
+    shuffle."""
     from pyspark.sql import functions as F
 
-    row = [F.col(c) for c in columns]
+    row = hash_inputs(frame, columns)
     return [F.count(F.lit(1)).alias("rows"),
             F.sum(F.xxhash64(*row).cast("decimal(20,0)")).alias("h1"),
             F.sum(F.xxhash64(F.lit("loader-assets"), *row).cast("decimal(20,0)")).alias("h2")]
@@ -425,8 +447,8 @@ def same_rows(expected: DataFrame, actual: DataFrame, columns: Sequence[str]) ->
     if not hashable(expected, actual, columns):
         return False
     # both sides in one query (a union: one Spark job, where a job per side costs more than these small sums)
-    sides = (expected.agg(F.lit(0).alias("side"), *row_sums(columns))
-             .unionByName(actual.agg(F.lit(1).alias("side"), *row_sums(columns))).collect())
+    sides = (expected.agg(F.lit(0).alias("side"), *row_sums(expected, columns))
+             .unionByName(actual.agg(F.lit(1).alias("side"), *row_sums(actual, columns))).collect())
     both = {row["side"]: row for row in sides}
     return same_sums(both[0], both[1])
 
@@ -489,8 +511,9 @@ def history_report(target: DataFrame, events: DataFrame, table: TableSettings
     if hashable(expected, actual, columns):
         flags = violation_flags(expected, table)
         flagged = expected.select(*columns, *[flag.alias(name) for name, flag in flags.items()])
-        sides = (flagged.agg(F.lit(0).alias("side"), *row_sums(columns), *violation_sums(table))
-                 .unionByName(actual.agg(F.lit(1).alias("side"), *row_sums(columns)), allowMissingColumns=True)
+        sides = (flagged.agg(F.lit(0).alias("side"), *row_sums(flagged, columns), *violation_sums(table))
+                 .unionByName(actual.agg(F.lit(1).alias("side"), *row_sums(actual, columns)),
+                              allowMissingColumns=True)
                  .collect())
         both = {row["side"]: row for row in sides}
         if same_sums(both[0], both[1]):
