@@ -282,20 +282,19 @@ def test_the_history_check_finds_versions_written_by_hand(spark, lake, instance,
     assert difference.ok and difference.compared == "by hash sums", difference
     assert (violations is None) == (strategy == "scd1") and (violations is None or violations.ok), violations
     path = settings.table_path("customers")
-    spark.sql(f"UPDATE delta.`{path}` SET tier = 'platinum' WHERE customer_id = 2")
-    _, difference = keyed_report(spark, settings.tables[0], settings)
-    assert (difference.missing, difference.unexpected, difference.compared) == (1, 1, "row by row"), difference
-    assert difference.samples["missing"][0].startswith('{"customer_id":2}')
-    spark.sql(f"UPDATE delta.`{path}` SET tier = 'free' WHERE customer_id = 2")  # repaired
-    assert keyed_report(spark, settings.tables[0], settings)[1].compared == "by hash sums"
+
+    def found_row_by_row_then_repaired(change: str, repair: str, key: int) -> None:
+        spark.sql(f"UPDATE delta.`{path}` SET {change} WHERE customer_id = {key}")
+        _, difference = keyed_report(spark, settings.tables[0], settings)
+        assert (difference.missing, difference.unexpected, difference.compared) == (1, 1, "row by row"), difference
+        assert difference.samples["missing"][0].startswith(f'{{"customer_id":{key}}}')
+        spark.sql(f"UPDATE delta.`{path}` SET {repair} WHERE customer_id = {key}")
+        assert keyed_report(spark, settings.tables[0], settings)[1].compared == "by hash sums"
+
+    found_row_by_row_then_repaired("tier = 'platinum'", "tier = 'free'", 2)
     # key 3 has no email: its tier moved into the email column is a different row, though Spark's xxhash64 of
     # the two rows is the same (it skips NULLs); the check's hash inputs mark each NULL in its place
-    spark.sql(f"UPDATE delta.`{path}` SET email = tier, tier = NULL WHERE customer_id = 3")
-    _, difference = keyed_report(spark, settings.tables[0], settings)
-    assert (difference.missing, difference.unexpected, difference.compared) == (1, 1, "row by row"), difference
-    assert difference.samples["missing"][0].startswith('{"customer_id":3}')
-    spark.sql(f"UPDATE delta.`{path}` SET tier = email, email = NULL WHERE customer_id = 3")  # repaired
-    assert keyed_report(spark, settings.tables[0], settings)[1].compared == "by hash sums"
+    found_row_by_row_then_repaired("email = tier, tier = NULL", "tier = email, email = NULL", 3)
     spark.sql(f"DELETE FROM delta.`{path}` WHERE customer_id = 2")
     _, difference = keyed_report(spark, settings.tables[0], settings)
     assert (difference.missing, difference.unexpected) == (1, 0), difference
