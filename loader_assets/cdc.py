@@ -284,7 +284,7 @@ def annotate(rows: DataFrame, table: TableSettings, known: DataFrame | None) -> 
                                    & F.col("__prev.values").eqNullSafe(F.col(VALUES)), F.lit(False))
     return marked.select(
         *[F.col(c).cast(rows.schema[c].dataType).alias(c) if c == SEQ else F.col(c) for c in rows.columns],
-        F.col("__newest.seq").cast(rows.schema[SEQ].dataType).alias("__last_seq"),
+        F.col("__newest.seq").alias("__last_seq"),  # the record's type: its values may not fit the batch's
         F.col("__newest.op").alias(LAST_OP), F.col("__newest.tracked").alias(LAST_TRACKED),
         same.alias("__applied"), (recorded & ~same).alias("__clash"),
         (F.coalesce(F.col(SEQ) < F.col("__newest.seq"), F.lit(False)) & ~recorded).alias("__late"),
