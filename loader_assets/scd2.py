@@ -508,7 +508,8 @@ def history_report(target: DataFrame, events: DataFrame, table: TableSettings
     label = F.concat(key_json(table.primary_keys), F.lit(" from "), F.col(start).cast("string"))
     expected, actual = history_from_events(events, table), table_history(target, table)
     columns = [*keys, *rest]
-    if hashable(expected, actual, columns):
+    sums_taken = hashable(expected, actual, columns)
+    if sums_taken:
         flags = violation_flags(expected, table)
         flagged = expected.select(*columns, *[flag.alias(name) for name, flag in flags.items()])
         sides = (flagged.agg(F.lit(0).alias("side"), *row_sums(flagged, columns), *violation_sums(table))
@@ -519,4 +520,4 @@ def history_report(target: DataFrame, events: DataFrame, table: TableSettings
         if same_sums(both[0], both[1]):
             return violations_read(both[0]), HistoryDifference(compared="by hash sums")
     return (violations_of(target, table),
-            difference(expected, actual, keys, rest, label, sums_compared=hashable(expected, actual, columns)))
+            difference(expected, actual, keys, rest, label, sums_compared=sums_taken))
