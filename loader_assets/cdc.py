@@ -246,18 +246,26 @@ def annotate(rows: DataFrame, table: TableSettings, known: DataFrame | None) -> 
     last batch row before it (its previous row). The record holds at most one change row per (key, sequence)
     (a second one is refused as a clash), so "the last record row up to it" is the one at its sequence when
     there is one. The result stays partitioned by key and sorted by (sequence, file time, path), which the
-    in-order MERGE's window reuses without a shuffle or a sort (``scd2.in_order_versions``).
+    in-order MERGE's window reuses without a shuffle or a sort (``scd2.in_order_versions``). Each value crosses
+    the shuffle once: the source columns other than the keys travel only inside ``VALUES`` and are taken out of
+    it afterwards, and so are an scd1 row's tracked values (all its source columns).
     """
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
     keys = list(table.primary_keys)
     origin = "__from_batch"
-    both = rows.withColumn(origin, F.lit(True))
+    # What crosses the shuffle: each value once. The source columns are fields of VALUES (``with_sequence``), and
+    # an scd1 row's tracked values are all of them, so both are taken from VALUES after the window.
+    unkeyed = [c for c in data_columns(rows) if c not in keys]
+    tracked = F.col(TRACKED) if table.is_scd2 else F.col(VALUES)
+    narrow = [*unkeyed, *([] if table.is_scd2 else [TRACKED])]
+    both = rows.drop(*narrow).withColumn(origin, F.lit(True))
     if known is not None:
         both = both.unionByName(known.select(
-            *keys, SEQ, F.lit(None).cast("timestamp").alias(FILE_TIME), OP, VALUES, TRACKED,
-            F.lit(None).cast("string").alias(SOURCE_FILE_COLUMN), F.lit(False).alias(origin)),
+            *keys, SEQ, F.lit(None).cast("timestamp").alias(FILE_TIME), OP, VALUES,
+            *([TRACKED] if table.is_scd2 else []), F.lit(None).cast("string").alias(SOURCE_FILE_COLUMN),
+            F.lit(False).alias(origin)),
             allowMissingColumns=True)
     in_order = Window.partitionBy(*keys).orderBy(SEQ, FILE_TIME, SOURCE_FILE_COLUMN, origin)
     from_batch, from_record = F.col(origin), ~F.col(origin)
@@ -271,7 +279,7 @@ def annotate(rows: DataFrame, table: TableSettings, known: DataFrame | None) -> 
     marked = both.select(
         "*",
         last(from_record, Window.currentRow, seq=F.col(SEQ), op=F.col(OP), values=F.col(VALUES)).alias("__rec"),
-        last(from_record, Window.unboundedFollowing, seq=F.col(SEQ), op=F.col(OP), tracked=F.col(TRACKED))
+        last(from_record, Window.unboundedFollowing, seq=F.col(SEQ), op=F.col(OP), tracked=tracked)
         .alias("__newest"),
         last(from_batch, -1, seq=F.col(SEQ), op=F.col(OP), values=F.col(VALUES), file=F.col(SOURCE_FILE_COLUMN))
         .alias("__prev"),
@@ -282,8 +290,18 @@ def annotate(rows: DataFrame, table: TableSettings, known: DataFrame | None) -> 
     same_seq_as_previous = F.coalesce(F.col("__prev.seq") == F.col(SEQ), F.lit(False))
     equal_to_previous = F.coalesce((F.col("__prev.op") == F.col(OP))
                                    & F.col("__prev.values").eqNullSafe(F.col(VALUES)), F.lit(False))
+
+    def restored(column: str) -> Column:
+        if column == SEQ:
+            return F.col(SEQ).cast(rows.schema[SEQ].dataType).alias(SEQ)
+        if column == TRACKED and not table.is_scd2:
+            return F.col(VALUES).alias(TRACKED)
+        if column in unkeyed:
+            return F.col(VALUES).getField(column).alias(column)
+        return F.col(column)
+
     return marked.select(
-        *[F.col(c).cast(rows.schema[c].dataType).alias(c) if c == SEQ else F.col(c) for c in rows.columns],
+        *[restored(c) for c in rows.columns],
         F.col("__newest.seq").alias("__last_seq"),  # the record's type: its values may not fit the batch's
         F.col("__newest.op").alias(LAST_OP), F.col("__newest.tracked").alias(LAST_TRACKED),
         same.alias("__applied"), (recorded & ~same).alias("__clash"),

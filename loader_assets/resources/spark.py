@@ -42,8 +42,16 @@ DELTA_CONFS = {
 # The session time zone is UTC on every master, not the JVM's: timestamps without an offset in csv/json files
 # and the SQL of expectations must mean the same on a laptop, a cluster and a Spark Connect server. No
 # progress bars on any master: the terminal shows the loader's own lines.
+# Spark keeps the classes it generates for a query's operators in a cache shared by every query of the JVM,
+# 100 classes by default (a static conf). One keyed load run generates about 150 (the validation, the change
+# record's append, Delta's MERGE, the checks), so its own repeated shapes were evicted before they came back and
+# every run compiled them again, and HotSpot compiled them again after that (docs/ARCHITECTURE.md, "Spark
+# session"). With room for 1,000, a run reuses what it and earlier runs of the same JVM compiled (a Spark
+# Connect server, or `materialize` in one process).
+CODEGEN_CACHE_ENTRIES = "1000"
 DELTA_DEFAULTS = {
     "spark.databricks.io.skipping.stringPrefixLength": "256",
+    "spark.sql.codegen.cache.maxEntries": CODEGEN_CACHE_ENTRIES,
     "spark.sql.session.timeZone": "UTC",
     "spark.ui.showConsoleProgress": "false",
 }
