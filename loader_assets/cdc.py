@@ -247,55 +247,67 @@ def annotate(rows: DataFrame, table: TableSettings, known: DataFrame | None) -> 
     (a second one is refused as a clash), so "the last record row up to it" is the one at its sequence when
     there is one. The result stays partitioned by key and sorted by (sequence, file time, path), which the
     in-order MERGE's window reuses without a shuffle or a sort (``scd2.in_order_versions``). Each value crosses
-    the shuffle once: the source columns other than the keys travel only inside ``VALUES`` and are taken out of
-    it afterwards, and so are an scd1 row's tracked values (all its source columns).
+    the shuffle once (see the comment below): the source columns other than the keys, and the tracked values,
+    travel only inside ``VALUES`` and are taken out of it afterwards.
     """
     from pyspark.sql import Window
     from pyspark.sql import functions as F
+    from pyspark.sql.types import StringType, StructField, StructType
 
     keys = list(table.primary_keys)
-    origin = "__from_batch"
-    # What crosses the shuffle: each value once. The source columns are fields of VALUES (``with_sequence``), and
-    # an scd1 row's tracked values are all of them, so both are taken from VALUES after the window.
+    origin, record_row, batch_seq = "__from_batch", "__record_row", "__batch_seq"
+    # What crosses the shuffle: each value once. The source columns are fields of VALUES (``with_sequence``) and
+    # so are the tracked values, so both are taken from VALUES after the window. A record row carries its
+    # sequence, op and values in one struct and nothing else of its own; a batch row its own columns. Every
+    # window input is then a column of one side (NULL on the other), never an expression, which Spark would
+    # compute before the shuffle and send through it as one more copy of the values.
     unkeyed = [c for c in data_columns(rows) if c not in keys]
-    tracked = F.col(TRACKED) if table.is_scd2 else F.col(VALUES)
-    narrow = [*unkeyed, *([] if table.is_scd2 else [TRACKED])]
-    both = rows.drop(*narrow).withColumn(origin, F.lit(True))
+
+    def tracked_of_values(values: Column) -> Column:
+        if not table.is_scd2:  # an scd1 row's tracked values are all its source columns
+            return values
+        return F.when(values.isNotNull(), F.struct(*[values.getField(c).alias(c) for c in table.tracking_columns]))
+
+    both = rows.drop(*unkeyed, TRACKED).select("*", F.col(SEQ).alias(batch_seq), F.lit(True).alias(origin))
     if known is not None:
         both = both.unionByName(known.select(
-            *keys, SEQ, F.lit(None).cast("timestamp").alias(FILE_TIME), OP, VALUES,
-            *([TRACKED] if table.is_scd2 else []), F.lit(None).cast("string").alias(SOURCE_FILE_COLUMN),
-            F.lit(False).alias(origin)),
+            *keys, SEQ, F.lit(None).cast("timestamp").alias(FILE_TIME),
+            F.lit(None).cast("string").alias(SOURCE_FILE_COLUMN), F.lit(False).alias(origin),
+            F.struct(F.col(SEQ).alias("seq"), F.col(OP).alias("op"), F.col(VALUES).alias("values"))
+            .alias(record_row)),
             allowMissingColumns=True)
+    else:  # no record: no record rows, the struct is always NULL
+        both = both.withColumn(record_row, F.lit(None).cast(StructType([
+            StructField("seq", rows.schema[SEQ].dataType), StructField("op", StringType()),
+            StructField("values", rows.schema[VALUES].dataType)])))
     in_order = Window.partitionBy(*keys).orderBy(SEQ, FILE_TIME, SOURCE_FILE_COLUMN, origin)
-    from_batch, from_record = F.col(origin), ~F.col(origin)
 
-    def last(condition: Column, frame_end: int, **fields: Column) -> Column:
-        """The named fields of the last row up to ``frame_end`` (rows from the current one) where ``condition``
-        holds."""
-        value = F.when(condition, F.struct(*[column.alias(name) for name, column in fields.items()]))
-        return F.last(value, ignorenulls=True).over(in_order.rowsBetween(Window.unboundedPreceding, frame_end))
+    def last(column: str, frame_end: int) -> Column:
+        """``column`` of the last row up to ``frame_end`` (rows from the current one) where it is not NULL: a
+        record row's struct, or a column of the batch's rows (none of them NULL on a batch row but the sequence,
+        and a NULL sequence sorts first, so the last non-NULL sequence before a row is its previous row's)."""
+        return F.last(F.col(column), ignorenulls=True).over(
+            in_order.rowsBetween(Window.unboundedPreceding, frame_end))
 
     marked = both.select(
         "*",
-        last(from_record, Window.currentRow, seq=F.col(SEQ), op=F.col(OP), values=F.col(VALUES)).alias("__rec"),
-        last(from_record, Window.unboundedFollowing, seq=F.col(SEQ), op=F.col(OP), tracked=tracked)
-        .alias("__newest"),
-        last(from_batch, -1, seq=F.col(SEQ), op=F.col(OP), values=F.col(VALUES), file=F.col(SOURCE_FILE_COLUMN))
-        .alias("__prev"),
-    ).where(from_batch)
+        last(record_row, Window.currentRow).alias("__rec"),
+        last(record_row, Window.unboundedFollowing).alias("__newest"),
+        *[last(column, -1).alias(f"__prev_{name}")
+          for name, column in (("seq", batch_seq), ("op", OP), ("values", VALUES), ("file", SOURCE_FILE_COLUMN))],
+    ).where(F.col(origin))
     recorded = F.coalesce(F.col("__rec.seq") == F.col(SEQ), F.lit(False))
     same = recorded & F.coalesce((F.col("__rec.op") == F.col(OP)) & F.col("__rec.values").eqNullSafe(F.col(VALUES)),
                                  F.lit(False))
-    same_seq_as_previous = F.coalesce(F.col("__prev.seq") == F.col(SEQ), F.lit(False))
-    equal_to_previous = F.coalesce((F.col("__prev.op") == F.col(OP))
-                                   & F.col("__prev.values").eqNullSafe(F.col(VALUES)), F.lit(False))
+    same_seq_as_previous = F.coalesce(F.col("__prev_seq") == F.col(SEQ), F.lit(False))
+    equal_to_previous = F.coalesce((F.col("__prev_op") == F.col(OP))
+                                   & F.col("__prev_values").eqNullSafe(F.col(VALUES)), F.lit(False))
 
     def restored(column: str) -> Column:
         if column == SEQ:
             return F.col(SEQ).cast(rows.schema[SEQ].dataType).alias(SEQ)
-        if column == TRACKED and not table.is_scd2:
-            return F.col(VALUES).alias(TRACKED)
+        if column == TRACKED:
+            return tracked_of_values(F.col(VALUES)).alias(TRACKED)
         if column in unkeyed:
             return F.col(VALUES).getField(column).alias(column)
         return F.col(column)
@@ -303,11 +315,11 @@ def annotate(rows: DataFrame, table: TableSettings, known: DataFrame | None) -> 
     return marked.select(
         *[restored(c) for c in rows.columns],
         F.col("__newest.seq").alias("__last_seq"),  # the record's type: its values may not fit the batch's
-        F.col("__newest.op").alias(LAST_OP), F.col("__newest.tracked").alias(LAST_TRACKED),
+        F.col("__newest.op").alias(LAST_OP), tracked_of_values(F.col("__newest.values")).alias(LAST_TRACKED),
         same.alias("__applied"), (recorded & ~same).alias("__clash"),
         (F.coalesce(F.col(SEQ) < F.col("__newest.seq"), F.lit(False)) & ~recorded).alias("__late"),
         (same_seq_as_previous & ~equal_to_previous).alias("__ambiguous"),
-        F.col("__prev.file").alias("__prev_file"),
+        F.col("__prev_file"),
         (~same & ~(same_seq_as_previous & equal_to_previous)).alias("__new"),
     )
 
