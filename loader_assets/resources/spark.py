@@ -45,9 +45,9 @@ DELTA_CONFS = {
 # Spark keeps the classes it generates for a query's operators in a cache shared by every query of the JVM,
 # 100 classes by default (a static conf). One keyed load run generates about 150 (the validation, the change
 # record's append, Delta's MERGE, the checks), so its own repeated shapes were evicted before they came back and
-# every run compiled them again, and HotSpot compiled them again after that (docs/ARCHITECTURE.md, "Spark
-# session"). With room for 1,000, a run reuses what it and earlier runs of the same JVM compiled (a Spark
-# Connect server, or `materialize` in one process).
+# every run compiled them again, and HotSpot compiled them again after that (docs/ARCHITECTURE.md, "Generated
+# code kept between queries"). With room for 1,000, a run reuses what it and earlier runs of the same JVM
+# compiled (a Spark Connect server, or `materialize` in one process).
 CODEGEN_CACHE_ENTRIES = "1000"
 DELTA_DEFAULTS = {
     "spark.databricks.io.skipping.stringPrefixLength": "256",
