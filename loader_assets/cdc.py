@@ -79,6 +79,16 @@ def tracked_of(table: TableSettings, columns: Sequence[str]) -> Column:
     return struct_of(table.tracking_columns if table.is_scd2 else columns)
 
 
+def tracked_in(values: Column, table: TableSettings) -> Column:
+    """The tracked values (``tracked_of``) taken out of a ``VALUES`` struct: the struct itself for scd1 (every
+    source column), its tracking fields for scd2; NULL when ``values`` is."""
+    from pyspark.sql import functions as F
+
+    if not table.is_scd2:
+        return values
+    return F.when(values.isNotNull(), F.struct(*[values.getField(c).alias(c) for c in table.tracking_columns]))
+
+
 def with_sequence(
     spark: SparkSession, frame: DataFrame, table: TableSettings, file_times: Mapping[str, int]
 ) -> DataFrame:
@@ -117,9 +127,7 @@ def as_events(record: DataFrame, table: TableSettings, fields: Sequence[StructFi
         *table.primary_keys, F.col(RECORD_SEQUENCE).alias(SEQ), F.col(RECORD_FILE_TIME).alias(FILE_TIME),
         op.alias(OP), values.alias(VALUES), SOURCE_FILE_COLUMN,
     ).where(F.col(OP) != F.lit(EXTRACT))
-    names = [f.name for f in fields]
-    tracked = [F.col(f"{VALUES}.{c}").alias(c) for c in (table.tracking_columns if table.is_scd2 else names)]
-    return shaped.withColumn(TRACKED, F.struct(*tracked))
+    return shaped.withColumn(TRACKED, tracked_in(F.col(VALUES), table))
 
 
 def new_events(annotated: DataFrame, table: TableSettings) -> DataFrame:
@@ -252,7 +260,6 @@ def annotate(rows: DataFrame, table: TableSettings, known: DataFrame | None) -> 
     """
     from pyspark.sql import Window
     from pyspark.sql import functions as F
-    from pyspark.sql.types import StringType, StructField, StructType
 
     keys = list(table.primary_keys)
     origin, record_row, batch_seq = "__from_batch", "__record_row", "__batch_seq"
@@ -262,24 +269,16 @@ def annotate(rows: DataFrame, table: TableSettings, known: DataFrame | None) -> 
     # window input is then a column of one side (NULL on the other), never an expression, which Spark would
     # compute before the shuffle and send through it as one more copy of the values.
     unkeyed = [c for c in data_columns(rows) if c not in keys]
-
-    def tracked_of_values(values: Column) -> Column:
-        if not table.is_scd2:  # an scd1 row's tracked values are all its source columns
-            return values
-        return F.when(values.isNotNull(), F.struct(*[values.getField(c).alias(c) for c in table.tracking_columns]))
-
+    as_record_row = F.struct(F.col(SEQ).alias("seq"), F.col(OP).alias("op"), F.col(VALUES).alias("values"))
     both = rows.drop(*unkeyed, TRACKED).select("*", F.col(SEQ).alias(batch_seq), F.lit(True).alias(origin))
     if known is not None:
         both = both.unionByName(known.select(
             *keys, SEQ, F.lit(None).cast("timestamp").alias(FILE_TIME),
             F.lit(None).cast("string").alias(SOURCE_FILE_COLUMN), F.lit(False).alias(origin),
-            F.struct(F.col(SEQ).alias("seq"), F.col(OP).alias("op"), F.col(VALUES).alias("values"))
-            .alias(record_row)),
+            as_record_row.alias(record_row)),
             allowMissingColumns=True)
-    else:  # no record: no record rows, the struct is always NULL
-        both = both.withColumn(record_row, F.lit(None).cast(StructType([
-            StructField("seq", rows.schema[SEQ].dataType), StructField("op", StringType()),
-            StructField("values", rows.schema[VALUES].dataType)])))
+    else:  # no record, no record rows: the struct is NULL (of the type a record row's would have)
+        both = both.withColumn(record_row, F.when(F.lit(False), as_record_row))
     in_order = Window.partitionBy(*keys).orderBy(SEQ, FILE_TIME, SOURCE_FILE_COLUMN, origin)
 
     def last(column: str, frame_end: int) -> Column:
@@ -307,7 +306,7 @@ def annotate(rows: DataFrame, table: TableSettings, known: DataFrame | None) -> 
         if column == SEQ:
             return F.col(SEQ).cast(rows.schema[SEQ].dataType).alias(SEQ)
         if column == TRACKED:
-            return tracked_of_values(F.col(VALUES)).alias(TRACKED)
+            return tracked_in(F.col(VALUES), table).alias(TRACKED)
         if column in unkeyed:
             return F.col(VALUES).getField(column).alias(column)
         return F.col(column)
@@ -315,7 +314,7 @@ def annotate(rows: DataFrame, table: TableSettings, known: DataFrame | None) -> 
     return marked.select(
         *[restored(c) for c in rows.columns],
         F.col("__newest.seq").alias("__last_seq"),  # the record's type: its values may not fit the batch's
-        F.col("__newest.op").alias(LAST_OP), tracked_of_values(F.col("__newest.values")).alias(LAST_TRACKED),
+        F.col("__newest.op").alias(LAST_OP), tracked_in(F.col("__newest.values"), table).alias(LAST_TRACKED),
         same.alias("__applied"), (recorded & ~same).alias("__clash"),
         (F.coalesce(F.col(SEQ) < F.col("__newest.seq"), F.lit(False)) & ~recorded).alias("__late"),
         (same_seq_as_previous & ~equal_to_previous).alias("__ambiguous"),
