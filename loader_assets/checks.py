@@ -11,8 +11,8 @@ would load every partition). They run after each materialisation of the table an
   come from a file that is not completed, and no file's rows carry two batch ids (a duplicate load). For an
   scd2 table the count is the file's change rows in the change record, and no change row may come from a file
   the tracker does not count as loaded. Its ``counted_by`` metadata says how the rows were counted: from the
-  Delta log's statistics, from the fingerprints the run's writes observed (``loader_assets.fingerprint``), or
-  by reading them in Spark.
+  Delta log's statistics, from the data files the batches' commits added (``loader_assets.written_rows``),
+  or by reading them in Spark.
 - ``expectation_<name>`` (one per configured expectation): rows checked, passed and failed over the table's
   current files, from the counts the loads stored in the tracker, with sample failing rows. No Spark.
 - ``freshness`` (tables with ``freshness``): the newest loaded file is at most ``max_lag_minutes`` old
@@ -33,7 +33,7 @@ would load every partition). They run after each materialisation of the table an
 
 
 import json
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -46,14 +46,7 @@ import pyarrow.compute as pc
 from loader_assets.cdc import absence_events, as_events, extracts_of, is_full
 from loader_assets.changes import ChangeRecord, changes_location
 from loader_assets.core.states import FileStatus
-from loader_assets.fingerprint import (
-    Fingerprint,
-    fingerprint_columns,
-    observed_in_run,
-    same,
-    tracker_fingerprints,
-    verified_by_fingerprints,
-)
+from loader_assets.fingerprint import fingerprint_columns, same, tracker_fingerprints
 from loader_assets.planning import needs_operator
 from loader_assets.reading import AUDIT_COLUMNS, BATCH_ID_COLUMN, SOURCE_FILE_COLUMN
 from loader_assets.resources.lock import (
@@ -84,6 +77,7 @@ from loader_assets.verification import (
     current_state,
     unchanged_since,
 )
+from loader_assets.written_rows import verified_by_commits
 
 SAMPLE = 20
 SAMPLE_TABLE = 50  # rows of a files table in a check's metadata; a longer list says how many it left out
@@ -91,7 +85,7 @@ SAMPLE_TABLE = 50  # rows of a files table in a check's metadata; a longer list 
 
 COUNTED_BY_SPARK = "spark (the rows read back)"
 COUNTED_BY_LOG = "delta log statistics (one source file per data file)"
-COUNTED_BY_FINGERPRINTS = "the writes' observed fingerprints and the delta log's statistics"
+COUNTED_BY_COMMITS = "the data files the batches' commits added (their source-file column) and the delta log"
 
 
 @dataclass
@@ -115,15 +109,14 @@ def compare_target_with_tracker(
     tracker: FileTracker,
     target_path: str,
     files: Sequence[str] | None = None,
-    observed: Mapping[str, Fingerprint] | None = None,
 ) -> TargetConsistency:
     """Per-file row counts and batch ids of the target against the tracker. ``spark`` is a session, or a
     function returning one, called only when the Delta log cannot answer (so a check after a small batch starts
     no JVM).
 
-    ``observed``: the fingerprints of the rows the run's writes added, per batch (``loader_assets.fingerprint``).
-    With ``files``, when they and the Delta log's statistics prove the files' rows
-    (``fingerprint.verified_by_fingerprints``), no row is read back: what a large append's check costs.
+    With ``files``, when the Delta log's statistics count them (one source file per data file), or the data
+    files their batches' commits added prove them (``written_rows.verified_by_commits``, a packed append), no
+    row is read with Spark: what a large append's check costs.
 
     With ``files``, only those files are compared, each with one aggregation per file (a load checks what it
     wrote: their counts, and that none of them is in the table twice); rows of other files are not looked at.
@@ -167,9 +160,9 @@ def compare_target_with_tracker(
         logged = rows_per_source_file(target_path, SOURCE_FILE_COLUMN, BATCH_ID_COLUMN,
                                       None if every_file else files)
         result.counted_by = COUNTED_BY_LOG
-        if logged is None and observed:
-            logged = verified_by_fingerprints(target_path, expected, observed, every_file)
-            result.counted_by = COUNTED_BY_FINGERPRINTS
+        if logged is None:
+            logged = verified_by_commits(target_path, expected, every_file)
+            result.counted_by = COUNTED_BY_COMMITS
         if logged is not None:
             _compare_counts(result, logged, expected)
             return result
@@ -672,9 +665,8 @@ def build_table_checks(table: TableSettings, settings: LoaderSettings) -> list[d
         if record is not None:
             consistency = compare_record_with_tracker(lambda: spark.session, table_tracker, record, scope or None)
         else:
-            consistency = compare_target_with_tracker(
-                lambda: spark.session, table_tracker, target_path, scope or None,
-                observed_in_run(context.instance, context.run.run_id, name) if scope else None)
+            consistency = compare_target_with_tracker(lambda: spark.session, table_tracker, target_path,
+                                                      scope or None)
         recorded = state_metadata(context, name, check_name, state, consistency.consistent, table_tracker,
                                   target_path, record, batches_of_run(table_tracker, context.run.run_id) if scope
                                   else None, scope)

@@ -58,7 +58,6 @@ from loader_assets.batch import ClaimedBatch
 from loader_assets.core import faults
 from loader_assets.core.errors import BatchWriteError, TrackerError, interruption_of, root_cause
 from loader_assets.core.states import FileStatus
-from loader_assets.fingerprint import Fingerprint
 from loader_assets.planning import VANISHED_MESSAGE, Plan, plan_batch
 from loader_assets.reading import (
     BATCH_ID_COLUMN,
@@ -155,9 +154,6 @@ class LoadOutcome:
     replaced: bool = False  # a commit replaced rows the files had
     split: bool = False  # a batch that failed as a whole was split to isolate a bad file
     small_batches: int = 0  # batches committed with delta-rs (small_batch.py) rather than Spark
-    # per batch committed by this load: the fingerprint of the rows its write added, where the writer observed
-    # it (loader_assets.fingerprint); the post-load check compares it instead of reading the batch back
-    fingerprints: dict[str, Fingerprint] = field(default_factory=dict)
     late_rows: int = 0  # scd2: rows older than their key's newest change (re-threaded); scd1: stale rows
     expectations: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)  # per file (reading.py)
     notes: list[str] = field(default_factory=list)
@@ -485,7 +481,6 @@ class TableLoad:
         budget[0] -= 1
         prepared, errors = self.writer.prepare(part, read.dataframe)
         outcome.late_rows += int(prepared.extras.get("late_rows") or 0)
-        fingerprint: Fingerprint | None = None  # none if the write raised, even after its commit landed
         try:
             if errors:
                 self._fail(part, errors, outcome)
@@ -498,7 +493,7 @@ class TableLoad:
             faults.crash_during(faults.DURING_TARGET_WRITE)
             self._write_quarantine(part, read)
             try:
-                fingerprint = self.writer.write(part, prepared, evolve)
+                self.writer.write(part, prepared, evolve)
             except Exception as error:
                 if target_txn_version(part.target_path, name) >= part.batch_seq:
                     self._log.warning(f"table {name}: the write raised after its commit landed: "
@@ -513,8 +508,6 @@ class TableLoad:
             prepared.release()
         faults.crash_point(faults.AFTER_TARGET_COMMIT)
         self._complete(part, read, outcome)
-        if fingerprint is not None:
-            outcome.fingerprints[part.batch_id] = fingerprint
 
     def _complete(self, part: ClaimedBatch, read: BatchRead | None, outcome: LoadOutcome,
                   counts: Mapping[str, int] | None = None) -> None:

@@ -22,7 +22,6 @@ import dagster as dg
 import pyarrow as pa
 
 from loader_assets.core.states import FileStatus
-from loader_assets.fingerprint import RUN_METADATA_KEY, as_metadata
 from loader_assets.load import LoadOutcome
 from loader_assets.settings import LoaderSettings, TableSettings, quarantine_location
 from loader_assets.target import history_counts, target_snapshot
@@ -80,8 +79,6 @@ def run_metadata(outcome: LoadOutcome, settings: LoaderSettings, table: TableSet
             # how many of the batches the small-batch engine committed with delta-rs, without Spark
             "run_batches_without_spark": outcome.small_batches,
         })
-    if outcome.fingerprints:  # what the post-load check compares instead of reading the batches back
-        metadata[RUN_METADATA_KEY] = dg.MetadataValue.json(as_metadata(outcome.fingerprints))
     if outcome.split:
         metadata["run_split_into_batches"] = len(outcome.batch_ids)
     if table.expectations:

@@ -157,7 +157,7 @@ LONGEST_FILES_FIRST = (
     "connect/test_connect.py", "integration/test_benchmark_smoke.py", "integration/test_cdc_orders.py",
     "integration/test_reset_and_reload.py", "integration/test_scd2_load.py", "integration/test_testing_kit.py",
     "integration/test_postgres_instance.py", "integration/test_file_policies.py", "integration/test_bad_input.py",
-    "integration/test_fingerprint_check.py", "integration/test_log_row_counts.py", "integration/test_run_queue.py",
+    "integration/test_written_rows_check.py", "integration/test_log_row_counts.py", "integration/test_run_queue.py",
 )
 
 

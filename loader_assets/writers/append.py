@@ -13,7 +13,6 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from loader_assets.batch import ClaimedBatch, PreparedRows
-from loader_assets.fingerprint import Fingerprint, observe, observed
 from loader_assets.writers.base import TableWriter, audited, batch_row_counts, replace_predicate
 
 if TYPE_CHECKING:
@@ -23,11 +22,10 @@ if TYPE_CHECKING:
 class AppendWriter(TableWriter):
     """Appends each batch with Spark + delta-spark, carrying ``txnAppId``/``txnVersion``."""
 
-    def write(self, batch: ClaimedBatch, prepared: PreparedRows, evolve_schema: bool) -> Fingerprint | None:
-        """One append (or ``replaceWhere`` overwrite) of the batch; returns the fingerprint of the rows it wrote,
-        observed by the write itself (``loader_assets.fingerprint``), for the post-load check."""
-        rows, observation = observe(audited(prepared.rows, batch.batch_id))
-        writer = rows.write.format("delta").options(**batch.txn_options())
+    def write(self, batch: ClaimedBatch, prepared: PreparedRows, evolve_schema: bool) -> None:
+        """One append (or ``replaceWhere`` overwrite) of the batch. Nothing is computed beside the rows: the check
+        after the load reads what the commit wrote from its data files (``loader_assets.written_rows``)."""
+        writer = audited(prepared.rows, batch.batch_id).write.format("delta").options(**batch.txn_options())
         if evolve_schema:  # schema_evolution add_new_columns / rescue: new columns join in this commit
             writer = writer.option("mergeSchema", "true")
         if batch.replace:
@@ -35,7 +33,6 @@ class AppendWriter(TableWriter):
         else:
             writer = writer.mode("append")
         writer.save(batch.target_path)
-        return observed(observation)
 
     def row_counts(self, spark: SparkSession, batch: ClaimedBatch, commit: Mapping[str, Any],
                    footer_rows: Mapping[str, int]) -> dict[str, int]:

@@ -14,7 +14,6 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from loader_assets.batch import ClaimedBatch, PreparedRows
-from loader_assets.fingerprint import Fingerprint
 from loader_assets.settings import LoaderSettings, TableSettings
 
 if TYPE_CHECKING:
@@ -58,10 +57,8 @@ class TableWriter(ABC):
         return PreparedRows(frame), {}
 
     @abstractmethod
-    def write(self, batch: ClaimedBatch, prepared: PreparedRows, evolve_schema: bool) -> Fingerprint | None:
-        """Write the batch as exactly one target commit carrying its txn (see the module docstring). Returns the
-        fingerprint of the rows the commit added, when the writer observed it (``loader_assets.fingerprint``;
-        None otherwise): the post-load check compares it instead of reading the batch back."""
+    def write(self, batch: ClaimedBatch, prepared: PreparedRows, evolve_schema: bool) -> None:
+        """Write the batch as exactly one target commit carrying its txn (see the module docstring)."""
 
     def abandon(self, spark: SparkProvider, batch: ClaimedBatch) -> None:
         """A write of ``batch`` failed and did not reach the target: undo what the strategy wrote beside it."""

@@ -142,8 +142,8 @@ class KeyedWriter(TableWriter):
         return prepared, result.errors
 
     def write(self, batch: ClaimedBatch, prepared: PreparedRows, evolve_schema: bool) -> None:
-        """The change record's append, then the target's commit (the module docstring). No fingerprint: the
-        checks of a keyed table compare the record and the history instead."""
+        """The change record's append, then the target's commit (the module docstring). The checks of a keyed
+        table compare the record and the history."""
         from pyspark.sql import functions as F
 
         spark = prepared.rows.sparkSession
