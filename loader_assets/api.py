@@ -32,8 +32,9 @@ from loader_assets.resources.lock import (
     holder_is_live,
     lock_stale_reason,
     run_ended_checker,
+    table_lock,
 )
-from loader_assets.resources.tracker import DeltaTrackerResource, FileTracker
+from loader_assets.resources.tracker import DeltaTrackerResource, FileTracker, table_tracker
 from loader_assets.sensors import range_tags
 from loader_assets.settings import LoaderSettings
 
@@ -76,6 +77,8 @@ class RunSummary:
 
 def _outcome(tracker: FileTracker, run_ids: list[str]) -> tuple[int, int, int, dict[str, str]]:
     """Files this invocation's runs completed and failed, and the rows they loaded (read from the tracker)."""
+    if not run_ids:  # no run: nothing to read
+        return 0, 0, 0, {}
     rows = tracker.read(columns=["file_path", "status", "run_id", "row_count", "error_message"])
     mine = rows.filter(pc.is_in(rows["run_id"], pc.cast(run_ids, "string"))) if run_ids else rows.slice(0, 0)
     completed = mine.filter(pc.equal(mine["status"], FileStatus.COMPLETED.value))
@@ -138,25 +141,34 @@ def run_pipeline(
     ``run_checks`` false the asset checks do not run after each load (``validate_consistency`` runs the same
     checks over whole tables when wanted). ``progress`` gets one line per run as it ends (table, partitions,
     files loaded and failed, rows, seconds): the CLI prints them on a terminal."""
-    definitions = build_definitions(settings, load_checks=run_checks)
+    built: list[dg.Definitions] = []  # built when a run is needed: a rerun that finds nothing new skips it
+
+    def load_job(name: str) -> dg.JobDefinition:
+        if not built:
+            built.append(build_definitions(settings, load_checks=run_checks))
+        return built[0].resolve_job_def(load_job_name(name))
+
+    def tracker_of(name: str) -> FileTracker:
+        return table_tracker(settings.checkpoint_path, settings.state_storage, name)
+
+    def lock_of(name: str) -> TableLock:
+        return table_lock(settings.checkpoint_path, settings.state_storage, name, settings.timeout_minutes * 60)
+
     selected = [settings.table(name) for name in tables] if tables else list(settings.tables)
     own_instance = instance is None
     instance = instance or dg.DagsterInstance.get()
     started_before = spark_resource.sessions_started()
     summary = RunSummary()
-    tracker_resource = DeltaTrackerResource.from_settings(settings)
-    locks = DeltaLockResource.from_settings(settings)
     run_ended = run_ended_checker(instance)
     try:
         for table in selected:
             name = table.table_name
             result = TableRunSummary(table_name=name)
-            job = definitions.resolve_job_def(load_job_name(name))
-            _release_stale_lock(locks.for_table(name), run_ended)
+            _release_stale_lock(lock_of(name), run_ended)
             last_digest = None
             for round_number in range(MAX_ROUNDS_PER_TABLE):
-                live = holder_is_live(locks.for_table(name).read(), run_ended)
-                work = pending_work(table, tracker_resource.for_table(name), settings.retry_attempts, live)
+                live = holder_is_live(lock_of(name).read(), run_ended)
+                work = pending_work(table, tracker_of(name), settings.retry_attempts, live)
                 if round_number == 0:
                     result.files_discovered = work.discovered
                 # Later rounds only drain files no run of this invocation has claimed (left by
@@ -164,7 +176,7 @@ def run_pipeline(
                 # in this invocation, or went back to pending because it was still being written, waits for the
                 # next invocation (or sensor tick) instead of a tight loop here.
                 fresh = work.count("new") + (
-                    _untried_work(tracker_resource.for_table(name), result.run_ids, settings.retry_attempts)
+                    _untried_work(tracker_of(name), result.run_ids, settings.retry_attempts)
                     if round_number
                     else work.count("pending", "changed")
                 )
@@ -174,7 +186,7 @@ def run_pipeline(
                 for start, end in work.ranges:
                     started = time.monotonic()
                     tags = range_tags(start, end) if start != end else {}
-                    outcome = job.execute_in_process(
+                    outcome = load_job(name).execute_in_process(
                         instance=instance,
                         partition_key=start if start == end else None,
                         tags=tags,
@@ -191,10 +203,10 @@ def run_pipeline(
                                 result.errors.append(_step_failure_message(event.step_failure_data.error))
                 if result.errors:
                     break
-            processed, failed, rows_loaded, failures = _outcome(tracker_resource.for_table(name), result.run_ids)
+            processed, failed, rows_loaded, failures = _outcome(tracker_of(name), result.run_ids)
             result.files_processed, result.files_failed, result.rows_loaded = processed, failed, rows_loaded
             result.failed_files = failures
-            result.status_counts = tracker_resource.for_table(name).status_counts()
+            result.status_counts = tracker_of(name).status_counts()
             summary.tables[name] = result
             summary.total_files_discovered += result.files_discovered
             summary.total_files_processed += processed

@@ -20,16 +20,19 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import unquote
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from loader_assets.core.discovery import resolve
 from loader_assets.reading import BATCH_ID_COLUMN, SOURCE_FILE_COLUMN
 
 READ_ROWS = 1 << 20  # rows decoded at a time: what the driver holds of a data file is bounded by this
+READERS = 4  # data files read at once
 
 
 def _value_counts(column: pa.Array) -> Counter[str | None]:
@@ -47,25 +50,39 @@ def _value_counts(column: pa.Array) -> Counter[str | None]:
     return counts
 
 
+def _rows_per_file_of(filesystem: pafs.FileSystem, location: str, batch_id: str) -> Counter[str | None] | None:
+    """Rows per ``_source_file`` value of one data file, or None if a row belongs to another batch or the file
+    cannot be read."""
+    counts: Counter[str | None] = Counter()
+    try:
+        with filesystem.open_input_file(location) as handle:
+            data = pq.ParquetFile(handle, read_dictionary=[SOURCE_FILE_COLUMN, BATCH_ID_COLUMN])
+            for part in data.iter_batches(batch_size=READ_ROWS, columns=[SOURCE_FILE_COLUMN, BATCH_ID_COLUMN]):
+                if set(_value_counts(part.column(BATCH_ID_COLUMN))) != {batch_id}:
+                    return None
+                counts.update(_value_counts(part.column(SOURCE_FILE_COLUMN)))
+    except (OSError, KeyError, ValueError, pa.ArrowException):
+        return None
+    return counts
+
+
 def rows_per_file_in(target_path: str, data_files: Iterable[str], batch_id: str) -> dict[str, int] | None:
     """Rows per ``_source_file`` held by ``data_files`` (paths relative to the table's root, as its log names
-    them, percent-decoded), read from the files' ``_source_file`` and ``_batch_id`` columns. None when a row
-    belongs to another batch or has no source file, when a file cannot be read, or when a path is not under the
-    table's root (an absolute path in the log: left to Spark)."""
+    them, percent-decoded), read from the files' ``_source_file`` and ``_batch_id`` columns, ``READERS`` files
+    at a time (pyarrow decodes without the GIL). None when a row belongs to another batch or has no source
+    file, when a file cannot be read, or when a path is not under the table's root (an absolute path in the
+    log: left to Spark)."""
     filesystem, root = resolve(target_path.rstrip("/"))
+    relative = sorted(data_files)
+    if any(":" in path.split("/", 1)[0] or path.startswith("/") for path in relative):
+        return None
+    with ThreadPoolExecutor(max_workers=max(1, min(READERS, len(relative)))) as pool:
+        found = list(pool.map(lambda path: _rows_per_file_of(filesystem, f"{root}/{path}", batch_id), relative))
     counts: Counter[str | None] = Counter()
-    for relative in sorted(data_files):
-        if ":" in relative.split("/", 1)[0] or relative.startswith("/"):
+    for each in found:
+        if each is None:
             return None
-        try:
-            with filesystem.open_input_file(f"{root}/{relative}") as handle:
-                data = pq.ParquetFile(handle, read_dictionary=[SOURCE_FILE_COLUMN, BATCH_ID_COLUMN])
-                for part in data.iter_batches(batch_size=READ_ROWS, columns=[SOURCE_FILE_COLUMN, BATCH_ID_COLUMN]):
-                    if set(_value_counts(part.column(BATCH_ID_COLUMN))) != {batch_id}:
-                        return None
-                    counts.update(_value_counts(part.column(SOURCE_FILE_COLUMN)))
-        except (OSError, KeyError, ValueError, pa.ArrowException):
-            return None
+        counts.update(each)
     if None in counts:
         return None
     return {str(path): rows for path, rows in counts.items()}

@@ -393,6 +393,13 @@ def lock_stale_reason(state: "LockState | None", run_ended: RunEnded | None) -> 
 
 
 
+def table_lock(checkpoint_path: str, storage: StorageConfig, table_name: str, lease_seconds: float) -> TableLock:
+    """The lock of one table under ``checkpoint_path``; what ``DeltaLockResource.for_table`` returns, without
+    building the Dagster resource (``tracker.table_tracker`` says why)."""
+    return TableLock(f"{checkpoint_path.rstrip('/')}/{LOCKS_DIR}/{table_name}", table_name, lease_seconds,
+                     storage_options(storage))
+
+
 class DeltaLockResource(dg.ConfigurableResource):
     """Per-table lease locks as Delta tables under ``checkpoint_path``.
 
@@ -414,8 +421,7 @@ class DeltaLockResource(dg.ConfigurableResource):
                    wait_seconds=settings.lock_wait_seconds, storage=settings.state_storage)
 
     def for_table(self, table_name: str) -> TableLock:
-        return TableLock(f"{self.checkpoint_path.rstrip('/')}/{LOCKS_DIR}/{table_name}", table_name,
-                         self.lease_seconds, storage_options(self.storage))
+        return table_lock(self.checkpoint_path, self.storage, table_name, self.lease_seconds)
 
 
 def holder_is_live(state: "LockState | None", run_ended: RunEnded | None) -> bool:
