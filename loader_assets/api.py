@@ -31,6 +31,7 @@ from loader_assets.resources.lock import (
     TableLock,
     holder_is_live,
     lock_stale_reason,
+    lease_seconds_of,
     run_ended_checker,
     table_lock,
 )
@@ -80,7 +81,7 @@ def _outcome(tracker: FileTracker, run_ids: list[str]) -> tuple[int, int, int, d
     if not run_ids:  # no run: nothing to read
         return 0, 0, 0, {}
     rows = tracker.read(columns=["file_path", "status", "run_id", "row_count", "error_message"])
-    mine = rows.filter(pc.is_in(rows["run_id"], pc.cast(run_ids, "string"))) if run_ids else rows.slice(0, 0)
+    mine = rows.filter(pc.is_in(rows["run_id"], pc.cast(run_ids, "string")))
     completed = mine.filter(pc.equal(mine["status"], FileStatus.COMPLETED.value))
     failed = mine.filter(pc.equal(mine["status"], FileStatus.FAILED.value))
     failures = dict(zip(failed["file_path"].to_pylist(), failed["error_message"].to_pylist(), strict=True))
@@ -152,7 +153,7 @@ def run_pipeline(
         return table_tracker(settings.checkpoint_path, settings.state_storage, name)
 
     def lock_of(name: str) -> TableLock:
-        return table_lock(settings.checkpoint_path, settings.state_storage, name, settings.timeout_minutes * 60)
+        return table_lock(settings.checkpoint_path, settings.state_storage, name, lease_seconds_of(settings))
 
     selected = [settings.table(name) for name in tables] if tables else list(settings.tables)
     own_instance = instance is None

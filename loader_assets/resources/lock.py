@@ -393,6 +393,11 @@ def lock_stale_reason(state: "LockState | None", run_ended: RunEnded | None) -> 
 
 
 
+def lease_seconds_of(settings: LoaderSettings) -> float:
+    """A lock's lease: the settings' ``timeout_minutes``."""
+    return settings.timeout_minutes * 60
+
+
 def table_lock(checkpoint_path: str, storage: StorageConfig, table_name: str, lease_seconds: float) -> TableLock:
     """The lock of one table under ``checkpoint_path``; what ``DeltaLockResource.for_table`` returns, without
     building the Dagster resource (``tracker.table_tracker`` says why)."""
@@ -417,7 +422,7 @@ class DeltaLockResource(dg.ConfigurableResource):
 
     @classmethod
     def from_settings(cls, settings: LoaderSettings) -> "DeltaLockResource":
-        return cls(checkpoint_path=settings.checkpoint_path, lease_seconds=settings.timeout_minutes * 60,
+        return cls(checkpoint_path=settings.checkpoint_path, lease_seconds=lease_seconds_of(settings),
                    wait_seconds=settings.lock_wait_seconds, storage=settings.state_storage)
 
     def for_table(self, table_name: str) -> TableLock:
