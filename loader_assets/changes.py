@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING
 from loader_assets.cdc import EXTRACT, RECORD_BATCH_SEQ, RECORD_FILE_TIME, RECORD_OP, RECORD_SEQUENCE, UPSERT
 from loader_assets.reading import BATCH_ID_COLUMN, LOAD_TIMESTAMP_COLUMN, SOURCE_FILE_COLUMN
 from loader_assets.scd2 import version_columns
-from loader_assets.target import app_id, open_target, sql_table, target_txn_version, txn_version
+from loader_assets.target import app_id, open_target, sql_table, target_exists, target_txn_version, txn_version
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -64,7 +64,7 @@ class ChangeRecord:
         self.app_id = f"{app_id(table_name)}/changes"
 
     def exists(self) -> bool:
-        return open_target(self.path) is not None
+        return target_exists(self.path)
 
     def txn_version(self) -> int:
         """The highest batch_seq whose rows the record took (whether or not the target then committed it)."""

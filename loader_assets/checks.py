@@ -68,7 +68,7 @@ from loader_assets.scd2 import (
     version_columns,
 )
 from loader_assets.settings import Expectation, ExpectationAction, LoaderSettings, TableSettings
-from loader_assets.target import open_target, rows_per_source_file
+from loader_assets.target import rows_per_source_file, target_exists
 from loader_assets.verification import (
     CHECKED_TRACKER_COLUMNS,
     VerifiedState,
@@ -144,7 +144,7 @@ def compare_target_with_tracker(
         every_file = pc.all(chosen).as_py() is not False and not tracker.baseline_txn()
         expected = expected.filter(chosen)
     result.completed_files = expected.num_rows
-    if open_target(target_path) is None:
+    if not target_exists(target_path):
         result.counted_by = "no target table"
         result.count_mismatches = [
             {"file": row["file_path"], "tracker_rows": row["row_count"], "target_rows": 0}
@@ -655,7 +655,7 @@ def build_table_checks(table: TableSettings, settings: LoaderSettings) -> list[d
         context: dg.AssetCheckExecutionContext, tracker: DeltaTrackerResource, spark: SparkSessionResource
     ) -> dg.AssetCheckResult:
         table_tracker = tracker.for_table(name)
-        if open_target(target_path) is None and table_tracker.status_counts()[FileStatus.COMPLETED.value] == 0:
+        if not target_exists(target_path) and table_tracker.status_counts()[FileStatus.COMPLETED.value] == 0:
             return dg.AssetCheckResult(passed=True, description="nothing loaded yet", metadata={"completed_files": 0})
         scope = files_of_run(table_tracker, context.run.run_id)
         state = current_state(table_tracker, target_path, record)
@@ -750,7 +750,7 @@ def build_table_checks(table: TableSettings, settings: LoaderSettings) -> list[d
         def _history_checks(
             context: dg.AssetCheckExecutionContext, tracker: DeltaTrackerResource, spark: SparkSessionResource
         ) -> Iterator[dg.AssetCheckResult]:
-            if open_target(target_path) is None:
+            if not target_exists(target_path):
                 for spec in specs:
                     yield dg.AssetCheckResult(check_name=spec.name, passed=True, description="nothing loaded yet")
                 return

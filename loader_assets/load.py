@@ -76,7 +76,7 @@ from loader_assets.settings import DuplicateContent, LoaderSettings, SchemaEvolu
 from loader_assets.small_batch import commit_small_batch, plan_small_batch, table_refusal
 from loader_assets.small_keyed import KeyedSmallBatch, commit_small_keyed, plan_small_keyed
 from loader_assets.small_keyed import table_refusal as keyed_refusal
-from loader_assets.target import batch_commit, open_target, target_txn_version
+from loader_assets.target import batch_commit, target_exists, target_txn_version
 from loader_assets.writers.base import TableWriter, replace_predicate
 
 if TYPE_CHECKING:
@@ -195,7 +195,7 @@ def data_schema_of_target(spark: SparkSession, target_path: str, table: TableSet
     """The target's source columns (a StructType: no audit or SCD2 columns), or None if it does not exist yet."""
     from pyspark.sql.types import StructType
 
-    if open_target(target_path) is None:
+    if not target_exists(target_path):
         return None
     schema = spark.read.format("delta").load(target_path).schema
     return StructType([f for f in schema.fields if f.name not in table.loader_columns()])

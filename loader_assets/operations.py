@@ -56,7 +56,7 @@ from loader_assets.resources.lock import (
 from loader_assets.resources.tracker import DeltaTrackerResource, FileTracker
 from loader_assets.scd2 import HistoryDifference, Scd2Violations
 from loader_assets.settings import LoaderSettings, TableSettings
-from loader_assets.target import batch_commit, open_target, target_txn_version
+from loader_assets.target import batch_commit, open_target, target_exists, target_txn_version
 from loader_assets.writers import writer_for
 
 if TYPE_CHECKING:
@@ -197,7 +197,7 @@ def check_table(
     failed = exhausted_failures(rows.filter(pc.equal(rows["status"], FileStatus.FAILED.value)),
                                 settings.retry_attempts)
     result.failed_beyond_retry = sorted(failed["file_path"].to_pylist())
-    if open_target(target_path) is not None:
+    if target_exists(target_path):
         spark = spark_provider()
         if table.keeps_changes:
             result.target = compare_record_with_tracker(spark, tracker, _record(settings, table))
@@ -306,7 +306,7 @@ def adopt_untracked(
             return []
         frame = ChangeRecord.change_rows(record.committed(spark_provider()))
     else:
-        if open_target(settings.table_path(name)) is None:
+        if not target_exists(settings.table_path(name)):
             return []
         frame = spark_provider().read.format("delta").load(settings.table_path(name))
     found = (frame.groupBy(F.col(SOURCE_FILE_COLUMN).alias("file_path"))
@@ -484,4 +484,4 @@ def reset_state(settings: LoaderSettings, table_name: str) -> tuple[int, bool]:
             tracker.create(baseline_txn=baseline)
     finally:
         lease.release()
-    return forgotten, open_target(settings.table_path(table_name)) is not None
+    return forgotten, target_exists(settings.table_path(table_name))

@@ -52,6 +52,7 @@ from loader_assets.resources._state_tables import (
     LocalConfig,
     StorageConfig,
     open_state_table,
+    read_state_table,
     storage_options,
 )
 from loader_assets.settings import LoaderSettings
@@ -259,7 +260,7 @@ class TableLock:
 
     @staticmethod
     def _state_of(table: DeltaTable) -> "LockState | None":
-        rows = table.to_pyarrow_table().to_pylist()
+        rows = read_state_table(table).to_pylist()
         return _state_from_row(rows[0]) if rows else None
 
     def read(self) -> "LockState | None":

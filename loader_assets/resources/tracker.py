@@ -72,6 +72,7 @@ from loader_assets.resources._state_tables import (
     LocalConfig,
     StorageConfig,
     open_state_table,
+    read_state_table,
     storage_options,
 )
 from loader_assets.resources.events import FileEvents
@@ -337,9 +338,9 @@ class FileTracker:
         if values is not None and not partitioned and "status" not in wanted:
             wanted.append("status")
         if values is not None and partitioned:
-            result = table.to_pyarrow_table(columns=wanted, filters=[("status", "in", values)])
+            result = read_state_table(table, wanted, {"status": values})
         else:
-            result = table.to_pyarrow_table(columns=wanted)
+            result = read_state_table(table, wanted)
             if values is not None:
                 result = result.filter(pc.is_in(result["status"], pa.array(values, pa.string())))
         if paths is not None:

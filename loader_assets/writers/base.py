@@ -46,9 +46,9 @@ class TableWriter(ABC):
         carrying the txn (``loader_assets/<table>``, ``batch_seq``) does it: Delta skips it if that txn is
         already recorded (the batch did commit), and a late commit of the batch, which checked the same txn,
         then fails with a concurrent-transaction conflict instead of landing after recovery decided."""
-        from loader_assets.target import app_id, open_target
+        from loader_assets.target import app_id, target_exists
 
-        if open_target(self.target_path) is not None:
+        if target_exists(self.target_path):
             fence_commit(spark, self.target_path, app_id(self.table.table_name), batch_seq, batch_ids)
 
     def prepare(self, batch: ClaimedBatch, frame: DataFrame) -> tuple[PreparedRows, dict[str, str]]:

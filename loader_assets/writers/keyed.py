@@ -62,7 +62,7 @@ from loader_assets.scd2 import (
 )
 from loader_assets.scoped_history import record_rows_per_file
 from loader_assets.settings import LoaderSettings, TableSettings
-from loader_assets.target import MERGE_DIFF, MERGE_IN_ORDER, open_target, target_txn_version
+from loader_assets.target import MERGE_DIFF, MERGE_IN_ORDER, target_exists, target_txn_version
 from loader_assets.writers.base import SparkProvider, TableWriter, empty_commit, fence_commit
 
 if TYPE_CHECKING:
@@ -110,7 +110,7 @@ class KeyedWriter(TableWriter):
     def recover(self, spark: SparkProvider, target_txn: int, uncommitted: Sequence[int] = ()) -> None:
         """Create the record of a table loaded before it existed (from the history); delete change rows of
         batches the target never committed."""
-        if not self.record.exists() and open_target(self.target_path) is not None:
+        if not self.record.exists() and target_exists(self.target_path):
             self.record.bootstrap(spark(), self.table)
         self.record.drop_uncommitted(spark, target_txn, uncommitted)
 
@@ -157,7 +157,7 @@ class KeyedWriter(TableWriter):
             self.record.append(recorded, batch.batch_id, batch.batch_seq, evolve_schema)
         faults.crash_point(faults.AFTER_CHANGE_RECORD)
         audit = {LOAD_TIMESTAMP_COLUMN: F.current_timestamp(), BATCH_ID_COLUMN: F.lit(batch.batch_id)}
-        if not prepared.extras.get("new_rows") and markers is None and open_target(batch.target_path) is not None:
+        if not prepared.extras.get("new_rows") and markers is None and target_exists(batch.target_path):
             empty_commit(spark, batch.target_path, batch.txn_options())  # only replays: the batch's commit is empty, but there is one
             return
         in_order = not full and not prepared.extras.get("late_rows") and not table.flags_deletions
@@ -172,7 +172,7 @@ class KeyedWriter(TableWriter):
             old_extracts = extracts_of(committed) if committed is not None else markers.limit(0)
             before = before.unionByName(absence_events(before, old_extracts, table))
             after = after.unionByName(absence_events(after, old_extracts.unionByName(markers), table))
-        if open_target(batch.target_path) is None:  # a new table: the whole table is one append
+        if not target_exists(batch.target_path):  # a new table: the whole table is one append
             rows = self._table_rows(after, audit)
             (rows.write.format("delta").mode("append").option("mergeSchema", str(evolve_schema).lower())
              .options(**batch.txn_options()).save(batch.target_path))
