@@ -1,4 +1,7 @@
-"""Opening the loader's own state tables (tracker, lock, event log) with delta-rs, telling "absent" from "damaged".
+"""Opening and reading the loader's own state tables (tracker, lock, event log) with delta-rs: telling "absent"
+from "damaged" (``open_state_table``), reading rows without deltalake's per-file statistics expressions
+(``read_state_table``), and keeping the handles of reads up to date instead of opening them again
+(``read_latest``). Commits always go through a freshly opened handle.
 
 The state tables live under ``checkpoint_path`` on any store delta-rs writes to. Where they live and with which
 credentials is a dagster-deltalake storage config (``LocalConfig``, ``S3Config``, ``AzureConfig``,
@@ -6,7 +9,11 @@ credentials is a dagster-deltalake storage config (``LocalConfig``, ``S3Config``
 best left out of it: delta-rs reads the usual environment variables (``AWS_ACCESS_KEY_ID`` and so on) itself.
 """
 
-from collections.abc import Mapping, Sequence
+import os
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import TypeVar
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -31,8 +38,15 @@ STATE_TABLE_PROPERTIES = {"delta.checkpointInterval": "10"}
 # Reader features a state table never has; a table with one is read by deltalake's own reader (which refuses it).
 _FEATURES_READ_ELSEWHERE = frozenset({"deletionVectors", "columnMapping"})
 
-__all__ = ["STATE_TABLE_PROPERTIES", "LocalConfig", "StorageConfig", "open_state_table", "read_state_table",
-           "storage_options"]
+__all__ = ["STATE_TABLE_PROPERTIES", "LocalConfig", "StorageConfig", "open_state_table", "read_latest",
+           "read_state_table", "storage_options"]
+
+T = TypeVar("T")
+
+# How long a handle kept by ``read_latest`` is brought up to date instead of opened again.
+HANDLE_MAX_AGE_SECONDS = 30.0
+_handles: dict[tuple[int, str, tuple[tuple[str, str], ...]], tuple[DeltaTable, tuple[int, int, int], float]] = {}
+_handles_lock = threading.Lock()
 
 
 def storage_options(config: StorageConfig | None) -> dict[str, str]:
@@ -103,3 +117,66 @@ def read_state_table(table: DeltaTable, columns: Sequence[str] | None = None,
         fragments.append(parquet.make_fragment(row["path"], filesystem=filesystem, partition_expression=expression))
     return ds.FileSystemDataset(fragments, schema, parquet, filesystem).to_table(
         columns=list(columns) if columns is not None else None)
+
+
+def _local_directory(path: str) -> str | None:
+    """The directory of a table on the local filesystem; None for a table in an object store."""
+    if path.startswith("file://"):
+        return path[len("file://"):]
+    return None if "://" in path else path
+
+
+def _commit_stamp(directory: str, version: int) -> tuple[int, int, int] | None:
+    """What identifies the commit file of ``version``: its inode, modification time (ns) and size; None when it
+    is not there."""
+    try:
+        found = os.stat(os.path.join(directory, "_delta_log", f"{version:020d}.json"))
+    except OSError:
+        return None
+    return found.st_ino, found.st_mtime_ns, found.st_size
+
+
+def read_latest(path: str, damaged_hint: str, options: Mapping[str, str] | None,
+                read: Callable[[DeltaTable], T]) -> T | None:
+    """``read`` of the state table's latest snapshot; None when there is no table (``open_state_table``).
+
+    For reads only: ``read`` must not commit through the table, nor keep it. Opening a state table costs
+    5-8 ms (delta-rs loads its checkpoint and the commits after it) and a run reads its tracker and lock about
+    twenty times (docs/ARCHITECTURE.md, "A small run's fixed cost"), so a read of a local table keeps the
+    handle it opened and the next read of the same table in this process brings it up to date with
+    ``update_incremental`` (under 1 ms: it lists the log for newer commits and applies them). That is the
+    snapshot a fresh open gives as long as the log only grew, which the handle checks first: the commit file of
+    the version it holds must still be the one it read (same inode, modification time and size). A table
+    deleted and created again (its log starts over) fails that check and is opened afresh, as is a handle
+    older than ``HANDLE_MAX_AGE_SECONDS`` (so no commit it would need can have been cleaned from the log) or
+    one from another process (a forked child never touches its parent's handles). A handle is out of the
+    cache while a read uses it, so no two threads share one; tables in object stores are opened each time.
+    """
+    directory = _local_directory(path)
+    if directory is None:
+        table = open_state_table(path, damaged_hint, options)
+        return None if table is None else read(table)
+    key = (os.getpid(), path, tuple(sorted((options or {}).items())))
+    with _handles_lock:
+        entry = _handles.pop(key, None)
+    table: DeltaTable | None = None
+    opened = time.monotonic()
+    if entry is not None:
+        cached, stamp, cached_opened = entry
+        if opened - cached_opened <= HANDLE_MAX_AGE_SECONDS and _commit_stamp(directory, cached.version()) == stamp:
+            try:
+                cached.update_incremental()
+            except Exception:  # noqa: BLE001 - whatever went wrong, a fresh open decides
+                pass
+            else:
+                table, opened = cached, cached_opened
+    if table is None:
+        table = open_state_table(path, damaged_hint, options)
+        if table is None:
+            return None
+    result = read(table)
+    stamp = _commit_stamp(directory, table.version())
+    if stamp is not None:
+        with _handles_lock:
+            _handles.setdefault(key, (table, stamp, opened))
+    return result

@@ -52,6 +52,7 @@ from loader_assets.resources._state_tables import (
     LocalConfig,
     StorageConfig,
     open_state_table,
+    read_latest,
     read_state_table,
     storage_options,
 )
@@ -233,13 +234,13 @@ class TableLock:
         self.lease_seconds = lease_seconds
         self.options = dict(options or {})
 
+    def _damaged_hint(self) -> str:
+        return (f"the lock of table {self.table_name!r} is damaged: make sure no run is active, then remove "
+                f"{self.path} (it is recreated free)")
+
     def _open(self) -> DeltaTable | None:
-        return open_state_table(
-            self.path,
-            f"the lock of table {self.table_name!r} is damaged: make sure no run is active, then remove "
-            f"{self.path} (it is recreated free)",
-            self.options,
-        )
+        """A fresh handle, for a caller that commits through it."""
+        return open_state_table(self.path, self._damaged_hint(), self.options)
 
     def _free_state(self) -> LockState:
         return LockState(self.lock_name, None, None, None, None, None, None, None, None)
@@ -265,8 +266,7 @@ class TableLock:
 
     def read(self) -> "LockState | None":
         """The current lock row, or None when the lock table does not exist yet (free)."""
-        table = self._open()
-        return self._state_of(table) if table is not None else None
+        return read_latest(self.path, self._damaged_hint(), self.options, self._state_of)
 
     def _conditional_write(self, table: DeltaTable, state: LockState, operation: str) -> bool:
         """Overwrite the row from ``table``'s snapshot; False when another commit came first."""

@@ -54,7 +54,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import dagster as dg
 import pyarrow as pa
@@ -72,6 +72,7 @@ from loader_assets.resources._state_tables import (
     LocalConfig,
     StorageConfig,
     open_state_table,
+    read_latest,
     read_state_table,
     storage_options,
 )
@@ -79,6 +80,7 @@ from loader_assets.resources.events import FileEvents
 from loader_assets.settings import LoaderSettings, OnFileChange
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 TRACKER_DIR = "file_processing_tracker"
 TRACKER_SCHEMA_VERSION = "4"
@@ -240,15 +242,19 @@ class FileTracker:
         return FileEvents(self.path.rsplit("/", 2)[0] + "/file_events/" + self.table_name, self.table_name,
                           self.options)
 
+    def _damaged_hint(self) -> str:
+        return (f"the tracker of table {self.table_name!r} is damaged (its _delta_log is missing or unreadable). "
+                "Restore it from a backup, or run `loader-assets reset-state --table "
+                f"{self.table_name}`: a new tracker re-registers the files and, since the table holds batches it "
+                "never saw, every reload replaces the files' rows instead of duplicating them")
+
     def _open(self) -> DeltaTable | None:
-        return open_state_table(
-            self.path,
-            f"the tracker of table {self.table_name!r} is damaged (its _delta_log is missing or unreadable). "
-            "Restore it from a backup, or run `loader-assets reset-state --table "
-            f"{self.table_name}`: a new tracker re-registers the files and, since the table holds batches it "
-            "never saw, every reload replaces the files' rows instead of duplicating them",
-            self.options,
-        )
+        """A fresh handle, for a caller that commits through it."""
+        return open_state_table(self.path, self._damaged_hint(), self.options)
+
+    def _read_latest(self, read: Callable[[DeltaTable], T]) -> T | None:
+        """``read`` of the latest snapshot without committing (``read_latest``); None when there is no tracker."""
+        return read_latest(self.path, self._damaged_hint(), self.options, read)
 
     def _reopen(self) -> DeltaTable:
         return DeltaTable(self.path, storage_options=self.options or None)
@@ -301,11 +307,8 @@ class FileTracker:
         before the tracker existed: ``reset-state``, a lost tracker). Such files are written with replace
         semantics; the flag lives in the tracker, not in a run.
         """
-        table = self._open()
-        if table is None:
-            return None
-        value = table.metadata().configuration.get(BASELINE_PROPERTY)
-        return int(value) if value is not None else None
+        value = self._read_latest(lambda table: table.metadata().configuration.get(BASELINE_PROPERTY, ""))
+        return int(value) if value else None
 
     def ensure_baseline(self, target_txn: int) -> int:
         """Record a baseline on a tracker written before baselines existed: the target's txn version if the
@@ -359,11 +362,11 @@ class FileTracker:
     ) -> pa.Table:
         """All rows (or the given columns; only rows of the given statuses or paths). An absent tracker reads as
         empty. Filters are pushed into the scan: a status filter reads only those partitions."""
-        table = self._open()
-        if table is None:
+        result = self._read_latest(lambda table: self._scan(table, columns, statuses, paths))
+        if result is None:
             empty = TRACKER_SCHEMA.empty_table()
             return empty.select(list(columns)) if columns else empty
-        return self._scan(table, columns, statuses, paths)
+        return result
 
     def read_as_of(self, version: int, columns: Sequence[str] | None = None) -> pa.Table:
         """All rows (or the given columns) as of a Delta version; -1 (before the tracker existed) reads as empty.
@@ -380,38 +383,36 @@ class FileTracker:
 
     def max_batch_seq(self) -> int:
         """The highest batch_seq in the tracker, from the files' statistics when they all have them."""
-        table = self._open()
-        if table is None:
-            return 0
-        stats = self._file_stats(table)
-        if "max.batch_seq" in stats.column_names and stats.num_rows and stats["num_records"].null_count == 0:
-            # a file whose batch_seq values are all NULL has a NULL max: it adds nothing
-            value = pc.max(stats["max.batch_seq"]).as_py()
-        else:
-            value = pc.max(self._scan(table, ["batch_seq"])["batch_seq"]).as_py()
+        def highest(table: DeltaTable) -> int | None:
+            stats = self._file_stats(table)
+            if "max.batch_seq" in stats.column_names and stats.num_rows and stats["num_records"].null_count == 0:
+                # a file whose batch_seq values are all NULL has a NULL max: it adds nothing
+                return pc.max(stats["max.batch_seq"]).as_py()
+            return pc.max(self._scan(table, ["batch_seq"])["batch_seq"]).as_py()
+
+        value = self._read_latest(highest)
         return int(value) if value is not None else 0
 
     def version(self) -> int:
         """The tracker's Delta version (-1 when it does not exist): any change to any row makes a new one."""
-        table = self._open()
-        return -1 if table is None else table.version()
+        version = self._read_latest(lambda table: table.version())
+        return -1 if version is None else version
 
     def status_counts(self) -> dict[str, int]:
         """Files per status. From the Delta log's per-file record counts of the status partitions when the
         tracker is partitioned (no data read), else from the status column."""
         counts = {status.value: 0 for status in ALL_STATUSES}
-        table = self._open()
-        if table is None:
-            return counts
-        stats = self._file_stats(table)
-        if "partition.status" in stats.column_names and stats["num_records"].null_count == 0:
-            grouped = stats.group_by("partition.status").aggregate([("num_records", "sum")])
-            pairs = zip(grouped["partition.status"].to_pylist(), grouped["num_records_sum"].to_pylist(),
-                        strict=True)
-        else:
+
+        def per_status(table: DeltaTable) -> list[tuple[str, int]]:
+            stats = self._file_stats(table)
+            if "partition.status" in stats.column_names and stats["num_records"].null_count == 0:
+                grouped = stats.group_by("partition.status").aggregate([("num_records", "sum")])
+                return list(zip(grouped["partition.status"].to_pylist(), grouped["num_records_sum"].to_pylist(),
+                                strict=True))
             values = pc.value_counts(self._scan(table, ["status"])["status"]).to_pylist()
-            pairs = ((item["values"], item["counts"]) for item in values)
-        for status, count in pairs:
+            return [(item["values"], item["counts"]) for item in values]
+
+        for status, count in self._read_latest(per_status) or []:
             counts[status] = counts.get(status, 0) + int(count)
         return counts
 

@@ -1,11 +1,17 @@
 """``read_state_table`` reads what deltalake's own reader reads, on the shapes a state table takes over its life:
-partitioned or not, files from before a column was added, a NULL partition value, a pruned partition filter."""
+partitioned or not, files from before a column was added, a NULL partition value, a pruned partition filter.
+``read_latest`` reads the latest snapshot with a kept handle: every later commit, and a table deleted and created
+again, read as a fresh open reads them."""
+
+import shutil
+import threading
 
 import pyarrow as pa
 import pytest
 from deltalake import DeltaTable, write_deltalake
 
-from loader_assets.resources._state_tables import read_state_table
+from loader_assets.resources import _state_tables as state_tables
+from loader_assets.resources._state_tables import _handles, read_latest, read_state_table
 
 
 def _sorted(table: pa.Table) -> pa.Table:
@@ -62,3 +68,81 @@ def test_an_unpartitioned_table(tmp_path):
 def test_a_filter_on_a_column_that_is_not_a_partition_is_refused(evolved):
     with pytest.raises(ValueError, match="not a partition column"):
         read_state_table(evolved, None, {"file_path": ["a"]})
+
+
+def _rows(table: DeltaTable) -> list[dict]:
+    return sorted(read_state_table(table).to_pylist(), key=lambda row: row["n"])
+
+
+def _append(path: str, *values: int) -> None:
+    write_deltalake(path, pa.table({"n": pa.array(values, pa.int64())}), mode="append")
+
+
+def test_a_kept_handle_sees_every_later_commit(tmp_path):
+    path = str(tmp_path / "t")
+    _append(path, 1)
+    assert read_latest(path, "damaged", None, _rows) == [{"n": 1}]
+    assert [key[1] for key in _handles] == [path]  # kept for the next read
+    _append(path, 2)
+    DeltaTable(path).delete("n = 1")
+    assert read_latest(path, "damaged", None, _rows) == [{"n": 2}]
+    assert read_latest(path, "damaged", None, lambda table: table.version()) == DeltaTable(path).version() == 2
+
+
+@pytest.mark.parametrize("commits_after", [1, 3, 6], ids=["fewer", "as many", "more"])
+def test_a_table_created_again_is_read_afresh(tmp_path, commits_after):
+    """The old log had 3 commits (versions 0-2). A handle brought up to date by listing newer commits would
+    apply the new table's commits 3.. on top of the old snapshot; the commit-file check opens it again."""
+    path = str(tmp_path / "t")
+    for n in range(3):
+        _append(path, n)
+    assert read_latest(path, "damaged", None, _rows) == [{"n": 0}, {"n": 1}, {"n": 2}]
+    shutil.rmtree(path)
+    for n in range(commits_after):
+        _append(path, 100 + n)
+    assert read_latest(path, "damaged", None, _rows) == [{"n": 100 + n} for n in range(commits_after)]
+
+
+def test_a_table_removed_reads_as_absent(tmp_path):
+    path = str(tmp_path / "t")
+    _append(path, 1)
+    assert read_latest(path, "damaged", None, _rows) == [{"n": 1}]
+    shutil.rmtree(path)
+    assert read_latest(path, "damaged", None, _rows) is None
+
+
+def test_an_old_handle_is_not_used(tmp_path, monkeypatch):
+    path = str(tmp_path / "t")
+    _append(path, 1)
+    read_latest(path, "damaged", None, _rows)
+    kept = next(entry[0] for key, entry in _handles.items() if key[1] == path)
+    monkeypatch.setattr(state_tables, "HANDLE_MAX_AGE_SECONDS", -1.0)
+    seen = []
+    _append(path, 2)
+    assert read_latest(path, "damaged", None, lambda table: seen.append(table) or _rows(table)) == [{"n": 1}, {"n": 2}]
+    assert seen[0] is not kept
+
+
+def test_threads_reading_while_another_commits(tmp_path):
+    path = str(tmp_path / "t")
+    _append(path, 0)
+    failures: list[str] = []
+
+    def reader() -> None:
+        last = -1
+        for _ in range(40):
+            rows = read_latest(path, "damaged", None, _rows)
+            values = [row["n"] for row in rows]
+            if values != list(range(len(values))) or len(values) - 1 < last:  # a prefix, never going back
+                failures.append(repr(values))
+            last = len(values) - 1
+
+    threads = [threading.Thread(target=reader) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for n in range(1, 15):
+        _append(path, n)
+    for thread in threads:
+        thread.join()
+    assert not failures, failures[:3]
+    assert read_latest(path, "damaged", None, _rows) == [{"n": n} for n in range(15)]
