@@ -45,6 +45,7 @@ T = TypeVar("T")
 
 # How long a handle kept by ``read_latest`` is brought up to date instead of opened again.
 HANDLE_MAX_AGE_SECONDS = 30.0
+MAX_KEPT_HANDLES = 64  # above this, a read drops the kept handles older than HANDLE_MAX_AGE_SECONDS
 _handles: dict[tuple[int, str, tuple[tuple[str, str], ...]], tuple[DeltaTable, tuple[int, int, int], float]] = {}
 _handles_lock = threading.Lock()
 
@@ -179,4 +180,7 @@ def read_latest(path: str, damaged_hint: str, options: Mapping[str, str] | None,
     if stamp is not None:
         with _handles_lock:
             _handles.setdefault(key, (table, stamp, opened))
+            if len(_handles) > MAX_KEPT_HANDLES:  # a process that read many tables: drop the handles too old to use
+                for old in [k for k, (_, _, at) in _handles.items() if time.monotonic() - at > HANDLE_MAX_AGE_SECONDS]:
+                    del _handles[old]
     return result

@@ -146,3 +146,18 @@ def test_threads_reading_while_another_commits(tmp_path):
         thread.join()
     assert not failures, failures[:3]
     assert read_latest(path, "damaged", None, _rows) == [{"n": n} for n in range(15)]
+
+
+def test_handles_too_old_to_use_are_dropped_once_there_are_many(tmp_path, monkeypatch):
+    monkeypatch.setattr(state_tables, "MAX_KEPT_HANDLES", 3)
+    paths = [str(tmp_path / f"t{n}") for n in range(5)]
+    for path in paths:
+        _append(path, 1)
+    for path in paths[:3]:
+        read_latest(path, "damaged", None, _rows)
+    monkeypatch.setattr(state_tables, "HANDLE_MAX_AGE_SECONDS", -1.0)  # every kept handle is now too old
+    read_latest(paths[3], "damaged", None, _rows)  # four kept: above the bound, the old ones go
+    assert not [key for key in _handles if key[1] in paths]
+    monkeypatch.setattr(state_tables, "HANDLE_MAX_AGE_SECONDS", 30.0)
+    read_latest(paths[4], "damaged", None, _rows)
+    assert [key[1] for key in _handles if key[1] in paths] == [paths[4]]
