@@ -59,6 +59,7 @@ from loader_assets.core import faults
 from loader_assets.core.errors import BatchWriteError, TrackerError, interruption_of, root_cause
 from loader_assets.core.states import FileStatus
 from loader_assets.planning import VANISHED_MESSAGE, Plan, plan_batch
+from loader_assets.read_tasks import split_for, split_for_write
 from loader_assets.reading import (
     BATCH_ID_COLUMN,
     LOAD_TIMESTAMP_COLUMN,
@@ -492,8 +493,15 @@ class TableLoad:
             faults.crash_point(faults.BEFORE_TARGET_COMMIT)
             faults.crash_during(faults.DURING_TARGET_WRITE)
             self._write_quarantine(part, read)
+            split = (split_for(self.context.spark(), read.relation_sizes)
+                     if self.writer.balances_read_tasks and read.relation_sizes else None)
+            if split is not None:
+                self._log.info(f"table {name}: batch {part.batch_id} read in file partitions of at most {split} "
+                               "bytes, which fill the session's cores to the end (docs/ARCHITECTURE.md, "
+                               "\"Read tasks in full waves\")")
             try:
-                self.writer.write(part, prepared, evolve)
+                with split_for_write(self.context.spark(), split):
+                    self.writer.write(part, prepared, evolve)
             except Exception as error:
                 if target_txn_version(part.target_path, name) >= part.batch_seq:
                     self._log.warning(f"table {name}: the write raised after its commit landed: "

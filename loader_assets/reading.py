@@ -114,6 +114,8 @@ class BatchRead:
     notes: list[str] = field(default_factory=list)  # what the read did that the operator should know
     expectations: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
     dropped: dict[str, int] = field(default_factory=dict)
+    # sizes of the files when the batch is one Spark relation (one parquet group), for read_tasks.split_for
+    relation_sizes: list[int] = field(default_factory=list)
 
 
 def _csv_has_header(table: TableSettings) -> bool:
@@ -660,6 +662,8 @@ def read_batch(
         return result
     order = {f.path: i for i, f in enumerate(files)}
     result.loaded_paths = sorted((p for item in good for p in item.paths), key=order.__getitem__)
+    if len(good) == 1 and good[0].source is not None:
+        result.relation_sizes = [f.size for f in good[0].files]
     union = _union_all([_project(item, schema, table) for item in good])
     text = table.file_format is not FileFormat.PARQUET
     own_types = [{f.name: f.dataType for f in item.data_schema.fields} for item in good]

@@ -22,6 +22,8 @@ if TYPE_CHECKING:
 class AppendWriter(TableWriter):
     """Appends each batch with Spark + delta-spark, carrying ``txnAppId``/``txnVersion``."""
 
+    balances_read_tasks = True
+
     def write(self, batch: ClaimedBatch, prepared: PreparedRows, evolve_schema: bool) -> None:
         """One append (or ``replaceWhere`` overwrite) of the batch. Nothing is computed beside the rows: the check
         after the load reads what the commit wrote from its data files (``loader_assets.written_rows``)."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from loader_assets.batch import ClaimedBatch, PreparedRows
 from loader_assets.settings import LoaderSettings, TableSettings
@@ -24,6 +24,10 @@ SparkProvider = Callable[[], "SparkSession"]
 
 class TableWriter(ABC):
     """One table's loading strategy."""
+
+    # the write is the batch read's own tasks (a map-only append), so their split decides how the job fills
+    # the cores (loader_assets.read_tasks); a MERGE shuffles the read, which the model does not describe
+    balances_read_tasks: ClassVar[bool] = False
 
     def __init__(self, table: TableSettings, settings: LoaderSettings) -> None:
         self.table = table
