@@ -93,11 +93,11 @@ def read_state_table(table: DeltaTable, columns: Sequence[str] | None = None,
     Files written without a partition column's values read it as NULL; columns added after a file was written
     read as NULL in it, as in deltalake's reader. A table with deletion vectors or column mapping (never one of
     ours) goes to deltalake's reader, which refuses it."""
+    wanted = list(columns) if columns is not None else None
     protocol = table.protocol()
     if protocol.reader_features and _FEATURES_READ_ELSEWHERE & set(protocol.reader_features):
         filters = [(name, "in", list(values)) for name, values in (partition_values or {}).items()]
-        return table.to_pyarrow_table(columns=list(columns) if columns is not None else None,
-                                      filters=filters or None)
+        return table.to_pyarrow_table(columns=wanted, filters=filters or None)
     schema = pa.schema(table.schema().to_arrow())
     partitions = list(table.metadata().partition_columns)
     actions = pa.table(table.get_add_actions(flatten=True))
@@ -116,8 +116,7 @@ def read_state_table(table: DeltaTable, columns: Sequence[str] | None = None,
             expression = expression & (pc.field(name).is_null() if value is None
                                        else pc.field(name) == pa.scalar(value).cast(schema.field(name).type))
         fragments.append(parquet.make_fragment(row["path"], filesystem=filesystem, partition_expression=expression))
-    return ds.FileSystemDataset(fragments, schema, parquet, filesystem).to_table(
-        columns=list(columns) if columns is not None else None)
+    return ds.FileSystemDataset(fragments, schema, parquet, filesystem).to_table(columns=wanted)
 
 
 def _local_directory(path: str) -> str | None:
