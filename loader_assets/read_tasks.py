@@ -16,8 +16,9 @@ sizes tried in the order they measured.
 
 Invariants: a split is only ever chosen at least as large as the batch's largest file, so no file is cut in
 pieces that Spark would not cut (a parquet file splits at row groups, which the model does not see); nothing
-is chosen when Spark's own split would cut a file, when the session's cores are unknown (Spark Connect: the
-client cannot ask), or when ``spark.sql.files.maxPartitionNum`` is set (Spark would repack). The split changes
+is chosen when Spark's own split would cut a file, when the session's cores cannot be told (a Spark Connect
+client reads them from a planned range, which ``spark.sql.leafNodeDefaultParallelism`` would hide), or when
+``spark.sql.files.maxPartitionNum`` is set (Spark would repack). The split changes
 how many data files the commit writes (15 instead of 8 above), never which rows. The session conf is set around
 the write and restored, as the keyed writers set their txn confs (``writers/keyed.py``, ``delta_txn``): one
 load at a time per Spark session.
@@ -26,17 +27,16 @@ load at a time per Spark session.
 from __future__ import annotations
 
 import heapq
-import logging
 import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from loader_assets.resources.spark import session_conf
+
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
-
-logger = logging.getLogger(__name__)
 
 MAX_PARTITION_BYTES_CONF = "spark.sql.files.maxPartitionBytes"
 OPEN_COST_CONF = "spark.sql.files.openCostInBytes"
@@ -127,17 +127,38 @@ def balanced_split(sizes: Sequence[int], shape: SessionShape) -> int | None:
     return -best[1]
 
 
-def session_shape(spark: SparkSession) -> SessionShape | None:
-    """The session's cores and file-partitioning confs, or None when the cores cannot be asked (Spark Connect)
-    or ``spark.sql.files.maxPartitionNum`` is set."""
+_RANGE_SPLITS = re.compile(r"Range \(0, 1, step=1, splits=(\d+)\)")
+
+
+def _task_slots(spark: SparkSession, leaf: str | None) -> int | None:
+    """The session's default parallelism (its cores), or None if it cannot be told. A classic session asks its
+    SparkContext. A Spark Connect client has none; there, the plan of a one-row range says how many splits the
+    server gives a leaf (its default parallelism, unless ``spark.sql.leafNodeDefaultParallelism`` is set, and
+    then the cores cannot be told): one planning round trip, no job."""
     try:
-        slots = int(spark.sparkContext.defaultParallelism)
-    except Exception:  # Spark Connect has no SparkContext in the client
+        return int(spark.sparkContext.defaultParallelism)
+    except Exception:  # Spark Connect: no SparkContext in the client
+        pass
+    if leaf:
         return None
+    try:
+        plan = str(spark.sql("EXPLAIN SELECT id FROM range(1)").collect()[0][0])
+    except Exception:
+        return None
+    found = _RANGE_SPLITS.search(plan)
+    return int(found.group(1)) if found else None
+
+
+def session_shape(spark: SparkSession) -> SessionShape | None:
+    """The session's cores and file-partitioning confs, or None when the cores cannot be told or
+    ``spark.sql.files.maxPartitionNum`` is set."""
     conf = spark.conf
     if conf.get(MAX_PARTITION_NUM_CONF, None):
         return None
     leaf = conf.get(LEAF_PARALLELISM_CONF, None)
+    slots = _task_slots(spark, leaf)
+    if slots is None:
+        return None
     minimum = conf.get(MIN_PARTITION_NUM_CONF, None) or leaf or str(slots)
     return SessionShape(slots=slots, min_partitions=int(minimum),
                         max_partition_bytes=parse_bytes(conf.get(MAX_PARTITION_BYTES_CONF, "128m") or "128m"),
@@ -159,12 +180,5 @@ def split_for_write(spark: SparkSession, split: int | None) -> Iterator[None]:
     if split is None:
         yield
         return
-    previous = spark.conf.get(MAX_PARTITION_BYTES_CONF, None)
-    spark.conf.set(MAX_PARTITION_BYTES_CONF, str(split))
-    try:
+    with session_conf(spark, MAX_PARTITION_BYTES_CONF, str(split)):
         yield
-    finally:
-        if previous is None:
-            spark.conf.unset(MAX_PARTITION_BYTES_CONF)
-        else:
-            spark.conf.set(MAX_PARTITION_BYTES_CONF, previous)

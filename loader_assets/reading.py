@@ -40,6 +40,7 @@ import pyarrow.parquet as pq
 
 from loader_assets.core.discovery import micros_to_datetime, resolve
 from loader_assets.core.errors import root_cause
+from loader_assets.resources.spark import session_conf
 from loader_assets.settings import (
     AUDIT_COLUMNS,
     RESCUED_DATA_COLUMN,
@@ -335,16 +336,9 @@ def _listed_in_the_driver(spark: SparkSession, paths: Sequence[str]) -> Iterator
     if not all(isinstance(resolve(path)[0], pafs.LocalFileSystem) for path in paths):
         yield
         return
-    with _LISTING_CONF_LOCK:  # two loads in one process must not restore each other's value
-        previous = spark.conf.get(PARALLEL_LISTING_CONF, None)
-        spark.conf.set(PARALLEL_LISTING_CONF, str(len(paths) + 1))
-        try:
-            yield
-        finally:
-            if previous is None:
-                spark.conf.unset(PARALLEL_LISTING_CONF)
-            else:
-                spark.conf.set(PARALLEL_LISTING_CONF, previous)
+    # two loads in one process must not restore each other's value
+    with _LISTING_CONF_LOCK, session_conf(spark, PARALLEL_LISTING_CONF, str(len(paths) + 1)):
+        yield
 
 
 def _read_parquet_group(spark: SparkSession, table: TableSettings, files: list[ExpectedFile]) -> _FileFrame | str:

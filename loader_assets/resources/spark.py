@@ -15,7 +15,8 @@ import subprocess
 import sys
 import tempfile
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -65,6 +66,20 @@ LOG4J2_PROPERTIES = Path(__file__).with_name("log4j2.properties")
 
 _lock = threading.Lock()
 _sessions_started = 0
+
+
+@contextmanager
+def session_conf(spark: "SparkSession", key: str, value: str) -> Iterator[None]:
+    """``key`` set to ``value`` in the session's conf for the block, then put back as it was (unset if it was)."""
+    previous = spark.conf.get(key, None)
+    spark.conf.set(key, value)
+    try:
+        yield
+    finally:
+        if previous is None:
+            spark.conf.unset(key)
+        else:
+            spark.conf.set(key, previous)
 
 
 def sessions_started() -> int:

@@ -45,7 +45,56 @@ def delta_table_api(spark, path: str) -> dict:
                 "sql_rows": spark.sql(f"SELECT count(*) AS n FROM delta.`{path}`").collect()[0]["n"]}
 
 
-STEPS = {"replay": replay, "delta-table-api": delta_table_api}
+def read_tasks(spark, directory: str) -> dict:
+    """Read tasks in full waves over Connect (loader_assets.read_tasks): the client tells the server's cores
+    from a planned range, and the split set around a write decides the server's file partitions. Nine small
+    parquet files under a split cap that packs them 3, 3, 3 on 2 cores, written once with Spark's split and
+    once with the balanced one; the session conf is restored after."""
+    from pathlib import Path
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from loader_assets.read_tasks import (
+        MAX_PARTITION_BYTES_CONF,
+        OPEN_COST_CONF,
+        balanced_split,
+        session_shape,
+        spark_default_split,
+        spark_partitions,
+        split_for_write,
+    )
+    from loader_assets.target import files_added_by
+
+    root = Path(directory)
+    (root / "landing").mkdir(parents=True)
+    paths = []
+    for n in range(9):
+        path = root / "landing" / f"p{n}.parquet"
+        ids = list(range(100 * n, 100 * n + 40))
+        pq.write_table(pa.table({"id": pa.array(ids, pa.int64()), "name": [f"n{i}" for i in ids]}), path)
+        paths.append(str(path))
+    sizes = [Path(p).stat().st_size for p in paths]
+    cap = 3 * (max(sizes) + 1024) + 1
+    spark.conf.set(OPEN_COST_CONF, "1024")
+    spark.conf.set(MAX_PARTITION_BYTES_CONF, str(cap))
+    shape = session_shape(spark)
+    if shape is None:
+        return {"shape": None}
+    split = balanced_split(sizes, shape)
+    written = {}
+    for name, chosen in (("spark", None), ("balanced", split)):
+        with split_for_write(spark, chosen):
+            spark.read.parquet(*paths).write.format("delta").save(str(root / name))
+        written[name] = len(files_added_by(str(root / name), 0))
+    return {"shape": [shape.slots, shape.min_partitions, shape.max_partition_bytes, shape.open_cost], "cap": cap,
+            "split": split, "spark_partitions": len(spark_partitions(sizes, spark_default_split(sizes, shape), 1024)),
+            "balanced_partitions": len(spark_partitions(sizes, split, 1024)) if split else None,
+            "written": written, "restored": spark.conf.get(MAX_PARTITION_BYTES_CONF),
+            "rows": spark.read.format("delta").load(str(root / "balanced")).count()}
+
+
+STEPS = {"replay": replay, "delta-table-api": delta_table_api, "read-tasks": read_tasks}
 
 if __name__ == "__main__":
     url, step, path = sys.argv[1:4]

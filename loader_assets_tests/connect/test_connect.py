@@ -72,6 +72,21 @@ def test_replayed_append_and_merge_are_skipped_over_connect(connect_server, tmp_
     assert result["final"] == [[i, f"w{i}"] for i in range(5, 15)]
 
 
+def test_read_tasks_fill_the_servers_cores_over_connect(connect_server, tmp_path):
+    """The client tells the server's 2 cores from a planned range (no SparkContext over Connect), and the split
+    set around a write decides how the server packs the files: 3 partitions with Spark's split, the balanced
+    split's count with it, every row written, the session's conf restored (loader_assets.read_tasks)."""
+    done = run_client(connect_server.url, "read-tasks", str(tmp_path / "read_tasks"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["shape"] == [2, 2, result["cap"], 1024]
+    assert result["spark_partitions"] == 3 and result["split"] is not None
+    assert result["balanced_partitions"] != 3
+    assert result["written"] == {"spark": 3, "balanced": result["balanced_partitions"]}
+    assert result["restored"] == str(result["cap"])
+    assert result["rows"] == 9 * 40
+
+
 def test_delta_table_api_needs_the_delta_connect_plugin(connect_server, tmp_path):
     """Why the loader's MERGE and DELETE are SQL (target.sql_table): delta-spark's DeltaTable over Connect
     sends Delta Connect relations, which a server without Delta Connect's plugin (not published for this
