@@ -12,7 +12,7 @@ import subprocess
 import sys
 import statistics
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -222,6 +222,41 @@ def median_seconds(function: Callable[[], Any], repeats: int) -> float:
     return statistics.median(timed(function)[0] for _ in range(repeats))
 
 
+def alternating_rounds(
+    repeats: int,
+    prepare: Callable[[int], Any],
+    loader: Callable[[Any], Any],
+    baseline: Callable[[Any], Any],
+    phases: "Phases | None" = None,
+) -> list[dict[str, Any]]:
+    """``repeats`` rounds of one comparison, each on its own copy of the fixture (``prepare(round)``, untimed),
+    the two sides taking turns going first (the baseline in round 0): on this noisy machine one round decides
+    nothing, and whichever side runs second in a process runs warmer. Per round: the fixture, both sides'
+    seconds, the loader's result, and the Dagster runs the loader's call started (``runs``, numbered as
+    ``phases`` counts them, to report that round's phases)."""
+    rounds = []
+    for number in range(repeats):
+        fixture = prepare(number)
+        timings: dict[str, Any] = {}
+        sides = ("baseline", "loader") if number % 2 == 0 else ("loader", "baseline")
+        for side in sides:
+            if side == "baseline":
+                timings["baseline_seconds"], _ = timed(lambda: baseline(fixture))
+            else:
+                first_run = phases.runs + 1 if phases is not None else 0
+                timings["loader_seconds"], timings["loader_result"] = timed(lambda: loader(fixture))
+                timings["runs"] = range(first_run, phases.runs + 1) if phases is not None else range(0)
+        rounds.append({"fixture": fixture, "first": sides[0], **timings})
+    return rounds
+
+
+def median_round(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """The round whose loader time is the median (the lower middle one for an even count): its phases are the
+    ones reported."""
+    ordered = sorted(rounds, key=lambda r: r["loader_seconds"])
+    return ordered[(len(ordered) - 1) // 2]
+
+
 def python_peak_rss_mb() -> int:
     """Peak resident memory of this Python process (the benchmark runs in its own process under run_all)."""
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
@@ -273,12 +308,13 @@ class Phases:
         while self._undo:
             self._undo.pop()()
 
-    def report(self, from_run: int = 0) -> dict[str, dict[str, float | int]]:
-        """Seconds and calls per phase, longest first; ``from_run=N`` keeps the N-th Dagster run and later."""
+    def report(self, from_run: int = 0, runs: Collection[int] | None = None) -> dict[str, dict[str, float | int]]:
+        """Seconds and calls per phase, longest first; ``from_run=N`` keeps the N-th Dagster run and later,
+        ``runs`` only the runs it names (one timed round's)."""
         seconds: dict[str, float] = {}
         calls: dict[str, int] = {}
         for run, name, duration in self.records:
-            if run >= from_run:
+            if run >= from_run and (runs is None or run in runs):
                 seconds[name] = seconds.get(name, 0.0) + duration
                 calls[name] = calls.get(name, 0) + 1
         return {

@@ -6,7 +6,8 @@ which ``--changed`` of the keys change a tracking column. The initial load is no
   per batch, row counts, checks);
 - baseline: the Delta docs' SCD2 pattern (stage NULL-merge-key inserts + keyed updates, one MERGE), once per file
   in order.
-Both tables must end identical (checked), so the comparison is of two correct implementations.
+Both tables must end identical (checked), so the comparison is of two correct implementations. ``--repeats``
+rounds, each on a dimension of its own, the sides taking turns going first; the medians are compared.
 
     python -m benchmarks.bench_scd2 --keys 1000000            # the issue's size; writes benchmarks/results/scd2.json
 """
@@ -20,6 +21,7 @@ import platform
 import random
 import resource
 import shutil
+import statistics
 import tempfile
 import time
 from datetime import UTC, datetime, timedelta
@@ -111,8 +113,10 @@ def jvm_peak_rss_mb(spark: Any) -> int | None:  # noqa: ANN401
     return None
 
 
-def run(keys: int, files: int, changed: float, seed: int, workdir: Path | None = None) -> dict[str, Any]:
-    root = Path(workdir or tempfile.mkdtemp(prefix="bench-scd2-"))
+def _round(root: Path, keys: int, files: int, changed: float, seed: int,
+           instance: dg.DagsterInstance) -> dict[str, Any]:
+    """One round's fixture (untimed): the dimension loaded by the loader, a copy of it without the audit columns
+    for the baseline, and the change files (the same in every round: ``seed``) landed for the loader."""
     paths = make_data(root, keys, files, changed, seed)
     config = {
         "target_root": "lake", "checkpoint_path": "checkpoints",
@@ -125,45 +129,64 @@ def run(keys: int, files: int, changed: float, seed: int, workdir: Path | None =
     (root / "config.yaml").write_text(yaml.safe_dump(config))
     settings = load_settings(root / "config.yaml")
     spark = get_or_create_spark("local[*]", "bench-scd2", {"spark.driver.memory": "8g"})
-    # Untimed: both sides start from the initial dimension.
     changes = paths[1:]
     hidden = root / "hidden"
     hidden.mkdir()
     for path in changes:
         shutil.move(path, hidden / path.name)
-    with dg.DagsterInstance.ephemeral() as instance:
-        run_pipeline(settings, instance=instance)
-        baseline_path = str(root / "baseline")
-        spark.read.format("delta").load(settings.table_path("customers")).drop(
-            "_source_file", "_load_timestamp", "_batch_id").write.format("delta").save(baseline_path)
-        for path in changes:
-            shutil.move(hidden / path.name, path)
-            os.utime(path, (time.time() - 3600 + int(path.name[:3]), time.time() - 3600 + int(path.name[:3])))
+    run_pipeline(settings, instance=instance)
+    baseline_path = str(root / "baseline")
+    spark.read.format("delta").load(settings.table_path("customers")).drop(
+        "_source_file", "_load_timestamp", "_batch_id").write.format("delta").save(baseline_path)
+    for path in changes:
+        shutil.copy2(hidden / path.name, path)
+        os.utime(path, (time.time() - 3600 + int(path.name[:3]), time.time() - 3600 + int(path.name[:3])))
+    return {"settings": settings, "baseline": baseline_path, "changes": [hidden / p.name for p in changes],
+            "instance": instance}
 
-        started = time.perf_counter()
-        for path in changes:
-            canonical_scd2_merge(spark, baseline_path, path)
-        baseline_seconds = time.perf_counter() - started
 
-        started = time.perf_counter()
-        summary = run_pipeline(settings, instance=instance)
-        loader_seconds = time.perf_counter() - started
-    assert summary.success and summary.total_files_processed == files, summary.to_json()
+def run(keys: int, files: int, changed: float, seed: int, repeats: int = 3,
+        workdir: Path | None = None) -> dict[str, Any]:
+    """``repeats`` rounds, each on a dimension of its own, the loader and the baseline taking turns going first;
+    the medians of each side's rounds are compared, and every round's two tables must be identical."""
+    from benchmarks._common import alternating_rounds, loader_phases, median_round
+
+    root = Path(workdir or tempfile.mkdtemp(prefix="bench-scd2-"))
+    spark = get_or_create_spark("local[*]", "bench-scd2", {"spark.driver.memory": "8g"})
+
+    def baseline(fixture: dict[str, Any]) -> None:
+        for path in fixture["changes"]:
+            canonical_scd2_merge(spark, fixture["baseline"], path)
+
+    with dg.DagsterInstance.ephemeral() as instance, loader_phases() as phases:
+        rounds = alternating_rounds(
+            repeats, lambda n: _round(root / f"round-{n}", keys, files, changed, seed, instance),
+            lambda fixture: run_pipeline(fixture["settings"], instance=fixture["instance"]), baseline, phases)
 
     columns = ["customer_id", "name", "email", "tier", "effective_date", "end_date", "is_current"]
-    ours = spark.read.format("delta").load(settings.table_path("customers")).select(*columns)
-    theirs = spark.read.format("delta").load(baseline_path).select(*columns)
-    identical = ours.exceptAll(theirs).isEmpty() and theirs.exceptAll(ours).isEmpty()
+    identical = True
+    for timed_round in rounds:
+        summary, fixture = timed_round["loader_result"], timed_round["fixture"]
+        assert summary.success and summary.total_files_processed == files, summary.to_json()
+        ours = spark.read.format("delta").load(fixture["settings"].table_path("customers")).select(*columns)
+        theirs = spark.read.format("delta").load(fixture["baseline"]).select(*columns)
+        identical = identical and ours.exceptAll(theirs).isEmpty() and theirs.exceptAll(ours).isEmpty()
     rows = ours.count()
+    loader_seconds = statistics.median(r["loader_seconds"] for r in rounds)
+    baseline_seconds = statistics.median(r["baseline_seconds"] for r in rounds)
     result = {
         "benchmark": "P2 scd2",
-        "keys": keys, "files": files, "changed_fraction": changed,
+        "keys": keys, "files": files, "changed_fraction": changed, "repeats": repeats,
         "loader_seconds": round(loader_seconds, 2),
         "baseline_seconds": round(baseline_seconds, 2),
         "ratio": round(loader_seconds / baseline_seconds, 3),
         "target_ratio": 1.0,
         "tables_identical": identical,
         "final_rows": rows,
+        "rounds": [{"first": r["first"], "loader_seconds": round(r["loader_seconds"], 3),
+                    "baseline_seconds": round(r["baseline_seconds"], 3),
+                    "ratio": round(r["loader_seconds"] / r["baseline_seconds"], 3)} for r in rounds],
+        "phases": phases.report(runs=median_round(rounds)["runs"]),
         "loader_rows_per_second": round(keys * changed * files / loader_seconds),
         "python_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
         "jvm_driver_peak_rss_mb": jvm_peak_rss_mb(spark),
@@ -180,9 +203,10 @@ def main() -> None:
     parser.add_argument("--files", type=int, default=5)
     parser.add_argument("--changed", type=float, default=0.10)
     parser.add_argument("--seed", type=int, default=11)
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", default="benchmarks/results/scd2.json")
     args = parser.parse_args()
-    result = run(args.keys, args.files, args.changed, args.seed)
+    result = run(args.keys, args.files, args.changed, args.seed, args.repeats)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     width = max(len(k) for k in result)

@@ -18,9 +18,12 @@ from benchmarks.bench_scd2 import run
 
 @pytest.mark.spark
 def test_scd2_benchmark_at_tiny_size_matches_the_canonical_merge(spark, tmp_path):
-    result = run(keys=300, files=3, changed=0.1, seed=3, workdir=tmp_path / "bench")
+    result = run(keys=300, files=3, changed=0.1, seed=3, repeats=2, workdir=tmp_path / "bench")
     assert result["tables_identical"]
     assert result["final_rows"] == 300 + 3 * 30
+    # both turn orders ran, each round on its own table; the phases are one timed round's (one Dagster run)
+    assert [r["first"] for r in result["rounds"]] == ["baseline", "loader"]
+    assert result["phases"]["dagster run (whole)"]["calls"] == 1
 
 
 # Issue 6 benchmarks (run_all's tiny sizes). Each asserts what the benchmark itself relies on; never a time.
@@ -123,8 +126,10 @@ def test_cdc_benchmarks_at_tiny_sizes_check_their_tables(spark, tmp_path):
 
     late = bench_cdc.run_late(keys=200, changed=40, late=0.25, workdir=tmp_path / "late")
     assert late["id"] == "P11" and late["late_rows"] == 10 and late["loader_seconds"] > 0
-    scd1 = bench_cdc.run_scd1(keys=200, files=2, changed=30, workdir=tmp_path / "scd1")
-    assert scd1["id"] == "P12" and scd1["baseline_seconds"] > 0  # the tables were checked identical inside
+    scd1 = bench_cdc.run_scd1(keys=200, files=2, changed=30, repeats=2, workdir=tmp_path / "scd1")
+    assert scd1["id"] == "P12" and scd1["baseline_seconds"] > 0  # each round's tables were checked identical inside
+    assert [r["first"] for r in scd1["rounds"]] == ["baseline", "loader"]
+    assert scd1["phases"]["dagster run (whole)"]["calls"] == 1
 
 
 @pytest.mark.spark
