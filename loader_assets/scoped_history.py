@@ -64,10 +64,28 @@ def record_rows_per_file(change_record: ChangeRecord, files: Sequence[str], up_t
     return per_file(found[SOURCE_FILE_COLUMN])
 
 
-def scoped_report(table: TableSettings, settings: LoaderSettings, batch_ids: Sequence[str]
-                  ) -> tuple[Scd2Violations | None, HistoryDifference] | None:
+def touched_keys(table: TableSettings, settings: LoaderSettings, batch_ids: Sequence[str]) -> pa.Table | None:
+    """The distinct keys ``batch_ids`` recorded counted change rows of (batches up to the target's txn version,
+    markers left out), read with delta-rs from the record's key and batch id columns: the scope of a run's
+    history check. None when the table, its record or the record's op column is missing (the Spark check
+    then finds the scope itself)."""
+    name = table.table_name
+    target = open_target(settings.table_path(name))
+    record = open_target(changes_location(settings.target_root, name))
+    if target is None or record is None or RECORD_OP not in pa.schema(record.schema().to_arrow()).names:
+        return None
+    keys = list(table.primary_keys)
+    found = record.to_pyarrow_dataset().to_table(
+        columns=keys, filter=counted_changes(target.transaction_version(app_id(name)) or 0)
+        & ds.field(BATCH_ID_COLUMN).isin(pa.array(list(batch_ids), pa.string())))
+    return found.group_by(keys).aggregate([])
+
+
+def scoped_report(table: TableSettings, settings: LoaderSettings, batch_ids: Sequence[str],
+                  touched: pa.Table | None = None) -> tuple[Scd2Violations | None, HistoryDifference] | None:
     """The invariants (scd2; None for scd1) and the difference of the keys ``batch_ids`` recorded change rows
-    of, or None when this module does not answer for the table (see the module docstring)."""
+    of, or None when this module does not answer for the table (see the module docstring). ``touched``: those
+    keys, when the caller read them already (``touched_keys``)."""
     scd2 = table.is_scd2
     if not table.keeps_changes or table.extract_mode is ExtractMode.FULL or table.flags_deletions or not batch_ids:
         return None
@@ -88,11 +106,10 @@ def scoped_report(table: TableSettings, settings: LoaderSettings, batch_ids: Seq
         return None
     counted = counted_changes(target.transaction_version(app_id(name)) or 0)
     changes = record.to_pyarrow_dataset()
-    touched = changes.to_table(columns=keys, filter=counted & ds.field(BATCH_ID_COLUMN).isin(
-        pa.array(list(batch_ids), pa.string())))
-    wanted = set(zip(*(touched[k].to_pylist() for k in keys), strict=True))
-    if len(wanted) > MAX_KEYS:
+    touched = touched if touched is not None else touched_keys(table, settings, batch_ids)
+    if touched is None or touched.num_rows > MAX_KEYS:
         return None
+    wanted = set(zip(*(touched[k].to_pylist() for k in keys), strict=True))
     if not wanted:
         return (Scd2Violations() if scd2 else None), HistoryDifference()
     scope = None

@@ -17,7 +17,8 @@ from loader_assets.api import run_pipeline
 from loader_assets.changes import changes_location
 from loader_assets.checks import keyed_report
 from loader_assets.resources.tracker import DeltaTrackerResource
-from loader_assets.scoped_history import scoped_report
+from loader_assets.scd2 import SCOPED_CHECK_MAX_KEYS
+from loader_assets.scoped_history import scoped_report, touched_keys
 from loader_assets.small_keyed import DeleteTest
 from loader_assets.target import open_target
 from loader_assets_tests.integration.test_scd2_load import customers_table, drop, ordered, t, table_state, version
@@ -122,6 +123,28 @@ def test_the_scoped_check_covers_only_the_keys_of_the_batches_it_is_given(spark,
     assert violations.ok and difference.ok  # key 2 is not the second batch's
     violations, difference = scoped_report(settings.tables[0], settings, [r["batch_id"] for r in rows])
     assert (difference.missing, difference.unexpected) == (1, 1)
+
+
+
+def test_the_keys_a_run_touched_set_the_spark_checks_scope_without_counting_them(spark, lake, instance):
+    settings = lake.config(tables=[customers_table()])
+    drop(lake, "01.parquet", [(1, "ann", "a@x", "gold", t(1)), (2, "bob", "b@x", "free", t(1))], days_ago=3)
+    run_pipeline(settings, instance=instance, run_checks=False)
+    drop(lake, "02.parquet", [(1, "anne", "a@x", "gold", t(2)), (1, "annie", "a@x", "gold", t(3)),
+                              (3, "cy", "c@x", "free", t(2))], days_ago=2)
+    run_pipeline(settings, instance=instance, run_checks=False)
+    rows = DeltaTrackerResource(checkpoint_path=settings.checkpoint_path).for_table("customers").read().to_pylist()
+    second = [r["batch_id"] for r in rows if r["file_path"].endswith("02.parquet")]
+    touched = touched_keys(settings.tables[0], settings, second)
+    assert sorted(touched["customer_id"].to_pylist()) == [1, 3]  # distinct: key 1 has two change rows
+    assert touched_keys(settings.tables[0], settings, [r["batch_id"] for r in rows]).num_rows == 3
+    assert touched_keys(settings.tables[0], settings, ["no-such-batch"]).num_rows == 0
+    # key 2 is not the second batch's: a change to it is outside the run's keys, inside the whole table
+    spark.sql(f"UPDATE delta.`{settings.table_path('customers')}` SET tier = 'platinum' WHERE customer_id = 2")
+    _, narrow = keyed_report(spark, settings.tables[0], settings, second, touched_exactly=touched.num_rows)
+    assert narrow.ok, narrow
+    _, whole = keyed_report(spark, settings.tables[0], settings, second, touched_exactly=SCOPED_CHECK_MAX_KEYS + 1)
+    assert (whole.missing, whole.unexpected) == (1, 1), whole
 
 
 CONDITIONS = ["op = 'D'", "op != 'D'", "op <> 'D'", "op IN ('D', 'X')", "op in ('D')", "  op='D'  ",
