@@ -250,6 +250,13 @@ def alternating_rounds(
     return rounds
 
 
+def same_rows(spark: Any, ours: str, theirs: str, columns: list[str]) -> bool:  # noqa: ANN401
+    """Whether two Delta tables hold the same multiset of rows over ``columns`` (compared in Spark, both ways)."""
+    left = spark.read.format("delta").load(ours).select(*columns)
+    right = spark.read.format("delta").load(theirs).select(*columns)
+    return left.exceptAll(right).isEmpty() and right.exceptAll(left).isEmpty()
+
+
 def median_round(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     """The round whose loader time is the median (the lower middle one for an even count): its phases are the
     ones reported."""

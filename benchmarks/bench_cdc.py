@@ -166,9 +166,8 @@ def run_scd1(keys: int = 1_000_000, files: int = 5, changed: int = 100_000, seed
     for timed_round in rounds:
         summary, fixture = timed_round["loader_result"], timed_round["fixture"]
         assert summary.success and summary.total_files_processed == files, summary.to_json()
-        ours = spark.read.format("delta").load(fixture["settings"].table_path("customers")).select(*columns)
-        theirs = spark.read.format("delta").load(fixture["baseline"]).select(*columns)
-        assert ours.exceptAll(theirs).isEmpty() and theirs.exceptAll(ours).isEmpty(), "tables differ"
+        assert common.same_rows(spark, fixture["settings"].table_path("customers"), fixture["baseline"], columns), \
+            "tables differ"
     loader_seconds = statistics.median(r["loader_seconds"] for r in rounds)
     baseline_seconds = statistics.median(r["baseline_seconds"] for r in rounds)
     ratio = loader_seconds / baseline_seconds

@@ -149,7 +149,7 @@ def run(keys: int, files: int, changed: float, seed: int, repeats: int = 3,
         workdir: Path | None = None) -> dict[str, Any]:
     """``repeats`` rounds, each on a dimension of its own, the loader and the baseline taking turns going first;
     the medians of each side's rounds are compared, and every round's two tables must be identical."""
-    from benchmarks._common import alternating_rounds, loader_phases, median_round
+    from benchmarks._common import alternating_rounds, loader_phases, median_round, same_rows
 
     root = Path(workdir or tempfile.mkdtemp(prefix="bench-scd2-"))
     spark = get_or_create_spark("local[*]", "bench-scd2", {"spark.driver.memory": "8g"})
@@ -168,10 +168,9 @@ def run(keys: int, files: int, changed: float, seed: int, repeats: int = 3,
     for timed_round in rounds:
         summary, fixture = timed_round["loader_result"], timed_round["fixture"]
         assert summary.success and summary.total_files_processed == files, summary.to_json()
-        ours = spark.read.format("delta").load(fixture["settings"].table_path("customers")).select(*columns)
-        theirs = spark.read.format("delta").load(fixture["baseline"]).select(*columns)
-        identical = identical and ours.exceptAll(theirs).isEmpty() and theirs.exceptAll(ours).isEmpty()
-    rows = ours.count()
+        ours = fixture["settings"].table_path("customers")
+        identical = identical and same_rows(spark, ours, fixture["baseline"], columns)
+    rows = spark.read.format("delta").load(ours).count()  # the last round's (every round's are the same data)
     loader_seconds = statistics.median(r["loader_seconds"] for r in rounds)
     baseline_seconds = statistics.median(r["baseline_seconds"] for r in rounds)
     result = {

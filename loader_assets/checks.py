@@ -774,7 +774,7 @@ def build_table_checks(table: TableSettings, settings: LoaderSettings) -> list[d
             scoped = scoped_report(table, settings, batches, touched) if batches else None
             violations, difference = scoped or keyed_report(
                 spark.session, table, settings, batches or None, change_rows,
-                touched_exactly=touched.num_rows if touched is not None else None)
+                touched_exactly=touched.keys.num_rows if touched is not None else None)
 
             def recorded(check_name: str, passed: bool) -> dict[str, Any]:
                 return state_metadata(context, name, check_name, state, passed, table_tracker, target_path, record,

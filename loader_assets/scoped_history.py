@@ -22,10 +22,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.dataset as ds
+from deltalake import DeltaTable
 
 from loader_assets.cdc import DELETE, RECORD_FILE_TIME, RECORD_OP, RECORD_SEQUENCE, UPSERT
 from loader_assets.changes import ChangeRecord, changes_location
@@ -64,39 +66,52 @@ def record_rows_per_file(change_record: ChangeRecord, files: Sequence[str], up_t
     return per_file(found[SOURCE_FILE_COLUMN])
 
 
-def touched_keys(table: TableSettings, settings: LoaderSettings, batch_ids: Sequence[str]) -> pa.Table | None:
-    """The distinct keys ``batch_ids`` recorded counted change rows of (batches up to the target's txn version,
-    markers left out), read with delta-rs from the record's key and batch id columns: the scope of a run's
-    history check. None when the table, its record or the record's op column is missing (the Spark check
-    then finds the scope itself)."""
+@dataclass(frozen=True)
+class RunKeys:
+    """The distinct keys a run's batches recorded counted change rows of (``touched_keys``), with what they were
+    read from: the target, the record, the record's Arrow dataset and the filter of its rows that count. The
+    scoped check reads its events and rows from the same handles, so a run's check opens each table once."""
+
+    keys: pa.Table
+    target: DeltaTable
+    record: DeltaTable
+    changes: ds.Dataset
+    counted: ds.Expression
+
+
+def touched_keys(table: TableSettings, settings: LoaderSettings, batch_ids: Sequence[str]) -> RunKeys | None:
+    """The keys ``batch_ids`` recorded counted change rows of (batches up to the target's txn version, markers
+    left out), distinct, read with delta-rs from the record's key and batch id columns: the scope of a run's
+    history check. None when the table, its record or the record's op column is missing (the Spark check then
+    finds the scope itself)."""
     name = table.table_name
     target = open_target(settings.table_path(name))
     record = open_target(changes_location(settings.target_root, name))
     if target is None or record is None or RECORD_OP not in pa.schema(record.schema().to_arrow()).names:
         return None
     keys = list(table.primary_keys)
-    found = record.to_pyarrow_dataset().to_table(
-        columns=keys, filter=counted_changes(target.transaction_version(app_id(name)) or 0)
-        & ds.field(BATCH_ID_COLUMN).isin(pa.array(list(batch_ids), pa.string())))
-    return found.group_by(keys).aggregate([])
+    counted = counted_changes(target.transaction_version(app_id(name)) or 0)
+    changes = record.to_pyarrow_dataset()
+    found = changes.to_table(columns=keys, filter=counted & ds.field(BATCH_ID_COLUMN).isin(
+        pa.array(list(batch_ids), pa.string())))
+    return RunKeys(found.group_by(keys).aggregate([]), target, record, changes, counted)
 
 
 def scoped_report(table: TableSettings, settings: LoaderSettings, batch_ids: Sequence[str],
-                  touched: pa.Table | None = None) -> tuple[Scd2Violations | None, HistoryDifference] | None:
+                  touched: RunKeys | None = None) -> tuple[Scd2Violations | None, HistoryDifference] | None:
     """The invariants (scd2; None for scd1) and the difference of the keys ``batch_ids`` recorded change rows
     of, or None when this module does not answer for the table (see the module docstring). ``touched``: those
     keys, when the caller read them already (``touched_keys``)."""
     scd2 = table.is_scd2
     if not table.keeps_changes or table.extract_mode is ExtractMode.FULL or table.flags_deletions or not batch_ids:
         return None
-    name = table.table_name
-    target = open_target(settings.table_path(name))
-    record = open_target(changes_location(settings.target_root, name))
-    if target is None or record is None:
+    touched = touched if touched is not None else touched_keys(table, settings, batch_ids)
+    if touched is None or touched.keys.num_rows > MAX_KEYS:
         return None
+    target, changes, counted = touched.target, touched.changes, touched.counted
     schema = pa.schema(target.schema().to_arrow())
-    record_names = set(pa.schema(record.schema().to_arrow()).names)
-    if any(pa.types.is_nested(f.type) for f in schema) or RECORD_OP not in record_names:
+    record_names = set(pa.schema(touched.record.schema().to_arrow()).names)
+    if any(pa.types.is_nested(f.type) for f in schema):
         return None
     keys = list(table.primary_keys)
     start, end, current = table.scd2_output_columns
@@ -104,12 +119,7 @@ def scoped_report(table: TableSettings, settings: LoaderSettings, batch_ids: Seq
     data = [f.name for f in schema if f.name not in own]
     if not set(data) <= record_names:
         return None
-    counted = counted_changes(target.transaction_version(app_id(name)) or 0)
-    changes = record.to_pyarrow_dataset()
-    touched = touched if touched is not None else touched_keys(table, settings, batch_ids)
-    if touched is None or touched.num_rows > MAX_KEYS:
-        return None
-    wanted = set(zip(*(touched[k].to_pylist() for k in keys), strict=True))
+    wanted = set(zip(*(touched.keys[k].to_pylist() for k in keys), strict=True))
     if not wanted:
         return (Scd2Violations() if scd2 else None), HistoryDifference()
     scope = None

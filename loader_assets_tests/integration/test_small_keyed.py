@@ -125,7 +125,6 @@ def test_the_scoped_check_covers_only_the_keys_of_the_batches_it_is_given(spark,
     assert (difference.missing, difference.unexpected) == (1, 1)
 
 
-
 def test_the_keys_a_run_touched_set_the_spark_checks_scope_without_counting_them(spark, lake, instance):
     settings = lake.config(tables=[customers_table()])
     drop(lake, "01.parquet", [(1, "ann", "a@x", "gold", t(1)), (2, "bob", "b@x", "free", t(1))], days_ago=3)
@@ -135,10 +134,10 @@ def test_the_keys_a_run_touched_set_the_spark_checks_scope_without_counting_them
     run_pipeline(settings, instance=instance, run_checks=False)
     rows = DeltaTrackerResource(checkpoint_path=settings.checkpoint_path).for_table("customers").read().to_pylist()
     second = [r["batch_id"] for r in rows if r["file_path"].endswith("02.parquet")]
-    touched = touched_keys(settings.tables[0], settings, second)
+    touched = touched_keys(settings.tables[0], settings, second).keys
     assert sorted(touched["customer_id"].to_pylist()) == [1, 3]  # distinct: key 1 has two change rows
-    assert touched_keys(settings.tables[0], settings, [r["batch_id"] for r in rows]).num_rows == 3
-    assert touched_keys(settings.tables[0], settings, ["no-such-batch"]).num_rows == 0
+    assert touched_keys(settings.tables[0], settings, [r["batch_id"] for r in rows]).keys.num_rows == 3
+    assert touched_keys(settings.tables[0], settings, ["no-such-batch"]).keys.num_rows == 0
     # key 2 is not the second batch's: a change to it is outside the run's keys, inside the whole table
     spark.sql(f"UPDATE delta.`{settings.table_path('customers')}` SET tier = 'platinum' WHERE customer_id = 2")
     _, narrow = keyed_report(spark, settings.tables[0], settings, second, touched_exactly=touched.num_rows)
