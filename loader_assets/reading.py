@@ -35,6 +35,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
+import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
@@ -203,7 +204,8 @@ def type_fit(file_type: DataType, table_type: DataType, text_format: bool) -> st
 
 
 def _schema_difference(reference: StructType, actual: StructType, check_missing: bool = True,
-                       check_extra: bool = True, text_format: bool = False) -> str | None:
+                       check_extra: bool = True, text_format: bool = False,
+                       null_columns: frozenset[str] = frozenset()) -> str | None:
     ref = {f.name: f.dataType for f in reference.fields}
     got = {f.name: f.dataType for f in actual.fields}
     missing = [name for name in ref if name not in got] if check_missing else []
@@ -211,7 +213,7 @@ def _schema_difference(reference: StructType, actual: StructType, check_missing:
     changed = [
         f"{name} ({ref[name].simpleString()} -> {got[name].simpleString()})"
         for name in ref
-        if name in got and type_fit(got[name], ref[name], text_format) == "conflict"
+        if name in got and name not in null_columns and type_fit(got[name], ref[name], text_format) == "conflict"
     ]
     if not (missing or extra or changed):
         return None
@@ -245,6 +247,9 @@ class _FileFrame:
     data_schema: StructType  # the files' columns, without _corrupt_record
     may_have_bad_rows: bool
     source: Column | None = None  # None: the single file's path as a literal
+    # parquet columns of Arrow's null type (a column the writer saw only NULLs in: pyarrow and pandas write a
+    # delete feed's all-NULL value columns so). Spark reads them as int; they fit any type (``type_fit``).
+    null_columns: frozenset[str] = frozenset()
 
     @property
     def paths(self) -> list[str]:
@@ -288,8 +293,9 @@ def _read_file(spark: SparkSession, table: TableSettings, expected: ExpectedFile
         return f"Spark cannot read the file: {root_cause(error)}"
 
 
-def _footer(path: str) -> tuple[str, int] | None:
-    """The parquet footer's schema as text (metadata left out) and its row count, or None if unreadable."""
+def _footer(path: str) -> tuple[str, int, frozenset[str]] | None:
+    """The parquet footer's schema as text (metadata left out), its row count and its columns of Arrow's null
+    type, or None if unreadable."""
     filesystem, fs_path = resolve(path)
     try:
         with filesystem.open_input_file(fs_path) as handle:
@@ -297,7 +303,8 @@ def _footer(path: str) -> tuple[str, int] | None:
     except Exception:  # the per-file read reports the reason
         return None
     schema = metadata.schema.to_arrow_schema().remove_metadata()
-    return schema.to_string(show_field_metadata=False, show_schema_metadata=False), metadata.num_rows
+    nulls = frozenset(f.name for f in schema if pa.types.is_null(f.type))
+    return schema.to_string(show_field_metadata=False, show_schema_metadata=False), metadata.num_rows, nulls
 
 
 _URI, _SOURCE = "__loader_assets_uri", "__loader_assets_source"
@@ -390,12 +397,14 @@ def _read_files(spark: SparkSession, table: TableSettings, files: Sequence[Expec
     """Each file as its own read; parquet files that share a footer schema as one read per schema."""
     items: list[_FileFrame] = []
     single: list[ExpectedFile] = list(files)
+    nulls: dict[str, frozenset[str]] = {}
     if table.file_format is FileFormat.PARQUET:
         groups: dict[str, list[ExpectedFile]] = {}
         for expected in files:
             footer = _footer(expected.path)
             if footer is not None:
                 footer_rows[expected.path] = footer[1]
+                nulls[expected.path] = footer[2]
             groups.setdefault(footer[0] if footer else f"\x00{expected.path}", []).append(expected)
         single = []
         for key, members in groups.items():
@@ -415,6 +424,8 @@ def _read_files(spark: SparkSession, table: TableSettings, files: Sequence[Expec
             errors[expected.path] = item
         else:
             items.append(item)
+    for item in items:  # a group's files share their footer schema, so their null columns too
+        item.null_columns = nulls.get(item.paths[0], frozenset()) & set(item.data_schema.fieldNames())
     return items
 
 
@@ -429,17 +440,24 @@ def _resolve_schema(
     schema = reference
     added = False
     text = table.file_format is not FileFormat.PARQUET
+    untyped: set[str] = set()  # a new table's columns only null-typed files have had so far
     for item in files:
         if schema is None:
             schema = item.data_schema
+            untyped = set(item.null_columns)
             continue
+        typed = {f.name: f for f in item.data_schema.fields if f.name in untyped and f.name not in item.null_columns}
+        if typed:  # the first file that types such a column gives the new table its type
+            schema = StructType([typed.get(f.name, f) for f in schema.fields])
+            untyped -= set(typed)
         if policy is SchemaEvolution.FAIL:
-            difference = _schema_difference(schema, item.data_schema, text_format=text)
+            difference = _schema_difference(schema, item.data_schema, text_format=text,
+                                            null_columns=item.null_columns)
             if difference:
                 errors.update(dict.fromkeys(item.paths, difference + " (schema_evolution=fail)"))
         elif policy is SchemaEvolution.ADD_NEW_COLUMNS:
             difference = _schema_difference(schema, item.data_schema, check_missing=False, check_extra=False,
-                                            text_format=text)
+                                            text_format=text, null_columns=item.null_columns)
             if difference:
                 errors.update(dict.fromkeys(
                     item.paths, difference + " (schema_evolution=add_new_columns adds columns, never retypes one)"))
@@ -470,7 +488,7 @@ def _project(item: _FileFrame, schema: StructType, table: TableSettings) -> Data
     rescued = []
     unparsed = []
     for target in schema.fields:
-        if target.name not in own:
+        if target.name not in own or target.name in item.null_columns:
             columns.append(F.lit(None).cast(target.dataType).alias(target.name))
             continue
         original = F.col(f"`{target.name}`")

@@ -15,6 +15,7 @@ import pytest
 
 from loader_assets.api import run_pipeline
 from loader_assets.checks import keyed_report
+from loader_assets_tests.integration.test_small_keyed import engines
 
 pytestmark = pytest.mark.spark
 
@@ -225,3 +226,53 @@ def test_the_in_order_merge_takes_a_new_column_and_leaves_repeated_rows_alone(sp
         rows = frame.select("customer_id", "name", "email", "phone").collect()
         assert sorted(tuple(r) for r in rows) == [(1, "A2", "a@x", None), (2, "B2", None, "777"),
                                                   (3, "C", "c@x", None)]
+
+
+NULL_VALUES = pa.schema([("customer_id", pa.int64()), ("name", pa.null()), ("tier", pa.null()),
+                         ("updated_at", pa.timestamp("us", tz="UTC")), ("op", pa.string())])
+
+
+def drop_deletes(lake, name, rows, minutes):
+    """A delete file as pyarrow (and pandas) write one whose value columns hold only NULLs: those columns get
+    Arrow's null type, which Spark reads as int."""
+    path = lake.landing / "customers" / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist([{"customer_id": cid, "name": None, "tier": None, "updated_at": day(d),
+                                          "op": "D"} for cid, d in rows], schema=NULL_VALUES), path)
+    moment = (datetime.now(UTC) - timedelta(days=2) + timedelta(minutes=minutes)).timestamp()
+    os.utime(path, (moment, moment))
+
+
+@pytest.mark.parametrize("engine", ["delta-rs", "spark"])
+def test_a_delete_file_whose_value_columns_are_all_null_loads(spark, lake, instance, engine):
+    """The all-NULL columns fit the table's types (they failed the file as `name (string -> int)` before), on
+    both engines, and the deletes apply; the table keeps its types."""
+    feed = Feed(lake, spark, instance)
+    if engine == "spark":
+        feed.settings = lake.config(tables=[table()], small_batch_max_bytes=0)
+    feed.load((1, "A", "x", 1, "U"), (2, "C", "x", 1, "U"))
+    drop_deletes(lake, "f02-deletes.parquet", [(1, 3)], minutes=5)
+    summary = run_pipeline(feed.settings, instance=instance)
+    assert summary.success and summary.total_files_failed == 0, summary.tables["customers"].failed_files
+    assert engines(feed.settings.table_path("customers"))[-1] == engine  # the delete batch's commit
+    violations, difference = keyed_report(spark, feed.settings.tables[0], feed.settings)
+    assert difference.ok and violations.ok, (violations, difference)
+    assert feed.versions() == sorted([v(1, "A", "x", 1, 3), v(2, "C", "x", 1, None)], key=repr)
+    types = dict(spark.read.format("delta").load(feed.settings.table_path("customers")).dtypes)
+    assert (types["name"], types["tier"]) == ("string", "string")
+
+
+def test_a_new_table_takes_a_column_type_from_the_first_file_that_has_one(spark, lake, instance):
+    """The first batch of a new table: its first file (a delete, all-NULL value columns) does not set the
+    columns' types; the next file of the batch does, and both files load."""
+    settings = lake.config(tables=[table()])
+    drop_deletes(lake, "f01-deletes.parquet", [(1, 3)], minutes=0)
+    feed = Feed(lake, spark, instance)
+    feed.settings = settings
+    feed.count = 1
+    feed.write((1, "A", "x", 1, "U"), (2, "C", "x", 1, "U"), name="f02.parquet")
+    summary = run_pipeline(settings, instance=instance)
+    assert summary.success and summary.total_files_processed == 2, summary.tables["customers"].failed_files
+    assert feed.versions() == sorted([v(1, "A", "x", 1, 3), v(2, "C", "x", 1, None)], key=repr)
+    types = dict(spark.read.format("delta").load(settings.table_path("customers")).dtypes)
+    assert (types["name"], types["tier"]) == ("string", "string")
