@@ -248,7 +248,8 @@ class _FileFrame:
     may_have_bad_rows: bool
     source: Column | None = None  # None: the single file's path as a literal
     # parquet columns of Arrow's null type (a column the writer saw only NULLs in: pyarrow and pandas write a
-    # delete feed's all-NULL value columns so). Spark reads them as int; they fit any type (``type_fit``).
+    # delete feed's all-NULL value columns so). Spark reads them as int; they fit a column of any type
+    # (``_schema_difference``) and are projected as a NULL of its type (``_project``).
     null_columns: frozenset[str] = frozenset()
 
     @property

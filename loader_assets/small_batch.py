@@ -172,7 +172,7 @@ def plan_small_batch(table: TableSettings, settings: LoaderSettings, files: Sequ
 def read_parquet_files(files: Sequence[ExpectedFile], data: pa.Schema) -> list[tuple[str, pa.Table]] | str:
     """Each file's rows in ``data``'s column order and types, or why the files go to Spark: a file pyarrow
     cannot read, or whose columns are not ``data``'s with the same Arrow types (in any order; a column of
-    Arrow's null type, all NULL, fits any type, as on the Spark path: ``reading.type_fit``). Every footer is
+    Arrow's null type, all NULL, fits any type, as on the Spark path: ``reading._FileFrame``). Every footer is
     read first (cheap), then the rows, so a misfit late in the batch costs no row read."""
     wanted = {f.name: _normalised(f.type) for f in data}
 
