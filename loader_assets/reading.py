@@ -13,7 +13,9 @@ Per table policies (settings.py):
 - ``schema_evolution``: fail (a file with new, missing or retyped columns fails, naming them), add_new_columns
   (new columns join the table's schema in the batch's commit, missing ones are NULL; a retyped column still fails
   the file), rescue (the table's schema is kept; fields it does not know, and values that do not cast to the
-  column's type, go to ``_rescued_data`` as JSON, so nothing is dropped silently).
+  column's type, go to ``_rescued_data`` as JSON, so nothing is dropped silently). Columns that say nothing
+  about the schema are not differences: a JSON field no record of the file has (NULL in every record), and a
+  parquet column of Arrow's null type (all NULL); the table's column is NULL for them.
 - ``bad_records`` (csv, json): rows the parser cannot read (wrong field count, broken JSON) are found with Spark's
   ``_corrupt_record`` column in PERMISSIVE mode, counted per file in one aggregation over the batch (which is
   cached for it), and either fail their file or go to the quarantine table while the file's good rows load.
@@ -442,17 +444,26 @@ def _resolve_schema(
     added = False
     text = table.file_format is not FileFormat.PARQUET
     untyped: set[str] = set()  # a new table's columns only null-typed files have had so far
+    # JSON lines have no schema: a field no record of a file has is a NULL of every record (serializers leave out
+    # NULL fields, and a file of deletes often carries only keys, sequence and op), as it is for a record that
+    # lacks a field another record of the file has. So a missing field is not a difference, and a new table's
+    # columns are the fields of its first batch's files together.
+    json = table.file_format is FileFormat.JSON
+    new_table = reference is None
     for item in files:
         if schema is None:
             schema = item.data_schema
             untyped = set(item.null_columns)
             continue
+        if json and new_table:
+            schema = StructType([*schema.fields, *[f for f in item.data_schema.fields
+                                                   if f.name not in schema.fieldNames()]])
         typed = {f.name: f for f in item.data_schema.fields if f.name in untyped and f.name not in item.null_columns}
         if typed:  # the first file that types such a column gives the new table its type
             schema = StructType([typed.get(f.name, f) for f in schema.fields])
             untyped -= set(typed)
         if policy is SchemaEvolution.FAIL:
-            difference = _schema_difference(schema, item.data_schema, text_format=text,
+            difference = _schema_difference(schema, item.data_schema, check_missing=not json, text_format=text,
                                             null_columns=item.null_columns)
             if difference:
                 errors.update(dict.fromkeys(item.paths, difference + " (schema_evolution=fail)"))
@@ -654,6 +665,8 @@ def read_batch(
     columns (SCD2 keys, tracking and sequence columns), or has a column the loader writes itself, fails.
     """
     required = table.required_columns()
+    if table.file_format is FileFormat.JSON:  # an absent field is NULL (``_resolve_schema``): tracked values may be
+        required = [c for c in required if c in table.primary_keys or c == table.scd2_sequence_column]
     reserved = table.loader_columns() | {CORRUPT_RECORD_COLUMN}
     result = BatchRead(dataframe=None)
     readable: list[_FileFrame] = []

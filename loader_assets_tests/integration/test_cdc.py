@@ -276,3 +276,66 @@ def test_a_new_table_takes_a_column_type_from_the_first_file_that_has_one(spark,
     assert feed.versions() == sorted([v(1, "A", "x", 1, 3), v(2, "C", "x", 1, None)], key=repr)
     types = dict(spark.read.format("delta").load(settings.table_path("customers")).dtypes)
     assert (types["name"], types["tier"]) == ("string", "string")
+
+
+def drop_json(lake, name, records, minutes):
+    import json
+
+    path = lake.landing / "customers" / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(record) + "\n" for record in records))
+    moment = (datetime.now(UTC) - timedelta(days=2) + timedelta(minutes=minutes)).timestamp()
+    os.utime(path, (moment, moment))
+
+
+def at(d):
+    return day(d).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@pytest.mark.parametrize("first_batch", ["file by file", "one batch"])
+@pytest.mark.parametrize("strategy", ["scd2", "scd1"])
+def test_json_deletes_may_leave_out_the_value_fields(spark, lake, instance, strategy, first_batch):
+    """JSON delete records that carry only the key, the sequence and the op load under `schema_evolution: fail`
+    (they failed as `missing columns ['name', 'tier']`, or for scd2 `missing configured columns ['name']`): a
+    field no record has is NULL, as in a record that lacks it. In one first batch, the delete file comes first
+    and the new table takes its columns from both files."""
+    spec = table(file_format="json", **({"loading_strategy": "scd1", "tracking_columns": []}
+                                       if strategy == "scd1" else {}))
+    settings = lake.config(tables=[spec])
+    upserts = [{"customer_id": 1, "name": "A", "tier": "x", "updated_at": at(1), "op": "U"},
+               {"customer_id": 2, "name": "C", "tier": "x", "updated_at": at(1), "op": "U"}]
+    deletes = [{"customer_id": 1, "updated_at": at(2), "op": "D"}]
+    if first_batch == "one batch":
+        drop_json(lake, "f01-deletes.json", deletes, minutes=0)
+        drop_json(lake, "f02.json", upserts, minutes=1)
+        summaries = [run_pipeline(settings, instance=instance)]
+    else:
+        drop_json(lake, "f01.json", upserts, minutes=0)
+        summaries = [run_pipeline(settings, instance=instance)]
+        drop_json(lake, "f02-deletes.json", deletes, minutes=1)
+        summaries.append(run_pipeline(settings, instance=instance))
+    for summary in summaries:
+        assert summary.success, summary.tables["customers"].failed_files
+    frame = spark.read.format("delta").load(settings.table_path("customers"))
+    if strategy == "scd2":
+        rows = frame.selectExpr("customer_id", "name", "tier", "substr(effective_date, 1, 10)",
+                                "substr(end_date, 1, 10)", "is_current").collect()
+        assert sorted(tuple(r) for r in rows) == [(1, "A", "x", "2025-01-02", "2025-01-03", False),
+                                                  (2, "C", "x", "2025-01-02", None, True)]
+    else:
+        assert sorted(tuple(r) for r in frame.select("customer_id", "name", "tier").collect()) == [(2, "C", "x")]
+    assert dict(frame.dtypes)["name"] == "string"
+
+
+def test_a_json_file_without_a_key_field_or_with_a_renamed_field_still_fails(spark, lake, instance):
+    """What stays a difference for JSON: a key (every row needs one) and a field the table does not have."""
+    settings = lake.config(tables=[table(file_format="json")])
+    drop_json(lake, "f01.json", [{"customer_id": 1, "name": "A", "tier": "x", "updated_at": at(1), "op": "U"}], 0)
+    run_pipeline(settings, instance=instance)
+    drop_json(lake, "f02-nokey.json", [{"name": "B", "tier": "x", "updated_at": at(2), "op": "U"}], 1)
+    drop_json(lake, "f03-renamed.json",
+              [{"customer_id": 1, "full_name": "B", "tier": "x", "updated_at": at(2), "op": "U"}], 2)
+    failed = run_pipeline(settings, instance=instance).tables["customers"].failed_files
+    errors = {os.path.basename(path): error for path, error in failed.items()}
+    assert errors["f02-nokey.json"] == "missing configured columns ['customer_id']"
+    assert "new columns ['full_name']" in errors["f03-renamed.json"], errors
